@@ -1,7 +1,7 @@
 """Model aliases and the checkpoints they build: ``smollm2-135m`` and ``tiny``.
 
 Every command that takes a model accepts an alias or a path.  Aliases are built
-once into the user's cache directory (``$VLLM_DEPTH_CACHE`` or
+once into the user's cache directory (``$VDEPTH_CACHE`` or
 ``~/.cache/vllm-depth``) and reused; nothing is downloaded from a model hub.
 
 - ``smollm2-135m``: SmolLM2-135M-Instruct, dequantized to fp32 from the GGUF
@@ -42,7 +42,7 @@ TINY_CONFIG = dict(
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("VLLM_DEPTH_CACHE") or os.path.join(
+    root = os.environ.get("VDEPTH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vllm-depth"
     )
     return Path(root)

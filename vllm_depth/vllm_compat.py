@@ -3,6 +3,10 @@
 Each patch names the vLLM version and the function it adapts, and
 ``tests/test_vllm_compat.py`` fails when vLLM changes under it.  All patches
 are idempotent and are no-ops unless ``model_impl == "depth"``.
+
+Relied on without a patch (and tested): vLLM 0.32 ``ModelConfig.compute_hash``,
+the key of the torch.compile / AOT cache, hashes ``hf_config`` and so the
+``depth`` object in it; two schedules on one checkpoint never share a graph.
 """
 
 from __future__ import annotations
@@ -73,28 +77,6 @@ def _patch_registry() -> None:
     _patch(_ModelRegistry, "resolve_model_cls", routed)
 
 
-def _patch_compute_hash() -> None:
-    """vLLM 0.32 ``ModelConfig.compute_hash`` ignores ``hf_overrides``.
-
-    The hash keys the torch.compile / AOT cache.  Two depth configs on one
-    checkpoint build different graphs, so the depth config joins the hash.
-    """
-    from vllm.config.model import ModelConfig
-
-    def with_depth(original):
-        def compute_hash(self) -> str:
-            h = original(self)
-            if _is_depth(self):
-                from vllm.config.utils import hash_factors
-
-                h = hash_factors({"base": h, "depth": depth_config_of(self.hf_config).key()})
-            return h
-
-        return compute_hash
-
-    _patch(ModelConfig, "compute_hash", with_depth)
-
-
 def install() -> None:
     """Apply every patch (idempotent)."""
     if not vllm.__version__.startswith(VLLM_VERSION):
@@ -105,4 +87,3 @@ def install() -> None:
             stacklevel=2,
         )
     _patch_registry()
-    _patch_compute_hash()

@@ -1,0 +1,84 @@
+"""Shared fixtures: real checkpoints (built once into the cache) and real vLLM engines.
+
+Engines take 40-60 s to start here, so they are module-scoped and shut down
+when their module ends.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: several live at once
+# collective_rpc with a test function (inspecting the engine-side model) needs pickling
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+
+ENGINE_ARGS = dict(
+    dtype="float32",  # the HF references run in fp32
+    gpu_memory_utilization=0.3,
+    max_model_len=1024,
+    seed=0,
+    enable_prefix_caching=False,  # prompt logprobs are asked of the same prompts repeatedly
+)
+
+# Mixed lengths: from two tokens to a few hundred.
+PROMPTS = [
+    "def fibonacci(n):",
+    "The capital of France is",
+    "Hi",
+    "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line and run.\"\"\"\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who " * 6,
+    "Q: What is 2 + 2?\nA:",
+    "# Sort a list of dictionaries by the value of a key\n",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> str:
+    from vllm_depth.checkpoints import resolve_model
+
+    return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    from vllm_depth.checkpoints import resolve_model
+
+    return resolve_model("smollm2-135m")
+
+
+def make_llm(model: str, **kwargs):
+    from vllm import LLM
+
+    return LLM(model=model, **{**ENGINE_ARGS, **kwargs})
+
+
+def shutdown(llm) -> None:
+    core = getattr(llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()
+
+
+def greedy(llm, prompts, max_tokens=32, logprobs=None):
+    from vllm import SamplingParams
+
+    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs)
+    return llm.generate(prompts, sp, use_tqdm=False)
+
+
+def prompt_logprobs(llm, token_ids: list[list[int]]) -> list[list[float]]:
+    """Teacher-forced log p(ids[i] | ids[:i]) for i >= 1, from vLLM's prompt logprobs."""
+    from vllm import SamplingParams, TokensPrompt
+
+    sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in token_ids], sp, use_tqdm=False)
+    result = []
+    for ids, out in zip(token_ids, outs):
+        pl = out.prompt_logprobs
+        result.append([pl[i][ids[i]].logprob for i in range(1, len(ids))])
+    return result

@@ -1,0 +1,253 @@
+"""The side-by-side bench: stock vLLM and a depth configuration, same prompts, one run.
+
+Both engines are alive at once and the timed rounds alternate (stock, depth,
+stock, depth, ...), so machine noise falls on both alike; the ratio is what to
+read, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keys of --engine-args that belong to the depth engine only.
+DEPTH_ONLY_ARGS = ("speculative_config", "hf_overrides", "model_impl")
+DEFAULT_ENGINE_ARGS = {"gpu_memory_utilization": 0.3, "max_model_len": 2048, "seed": 0}
+
+
+@dataclass
+class Prompt:
+    text: str | None = None
+    messages: list | None = None
+    extra_args: dict | None = None
+
+
+def load_prompts(path: str) -> list[Prompt]:
+    """Read FILE.jsonl: one object per line with "prompt" or "messages", optional "extra_args"."""
+    prompts = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(obj, dict) or ("prompt" in obj) == ("messages" in obj):
+                raise ValueError(f'{path}:{n}: expected an object with exactly one of "prompt" or "messages"')
+            extra = obj.get("extra_args")
+            if extra is not None and not isinstance(extra, dict):
+                raise ValueError(f'{path}:{n}: "extra_args" must be an object')
+            prompts.append(Prompt(obj.get("prompt"), obj.get("messages"), extra))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def token_agreement(a: list[int], b: list[int]) -> float:
+    """Fraction of positions (over the longer output) where the tokens are equal."""
+    n = max(len(a), len(b))
+    if n == 0:
+        return 1.0
+    return sum(x == y for x, y in zip(a, b)) / n
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _peak_rss_mb(pids: set[int]) -> float | None:
+    """Peak resident memory (VmHWM) of the engine's processes, in MB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1) if total else None
+
+
+@dataclass
+class Engine:
+    name: str
+    llm: Any
+    pids: set[int]
+    tokenizer: Any = None
+    seconds: float = 0.0
+    tokens: int = 0
+    outputs: list = field(default_factory=list)
+    token_ids: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def start_engine(name: str, **kwargs) -> Engine:
+    from vllm import LLM
+
+    before = _children()
+    llm = LLM(**kwargs)
+    pids = (_children() - before) or {os.getpid()}
+    return Engine(name, llm, pids, llm.get_tokenizer())
+
+
+def stop_engine(engine: Engine) -> None:
+    core = getattr(engine.llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    engine.llm = None
+    gc.collect()
+
+
+def _texts(engine: Engine, prompts: list[Prompt]) -> list[str]:
+    out = []
+    for p in prompts:
+        if p.messages is not None:
+            out.append(
+                engine.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+            )
+        else:
+            out.append(p.text)
+    return out
+
+
+def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size: int,
+              per_request: bool, progress=None, record: bool = True) -> None:
+    from vllm import SamplingParams
+
+    texts = _texts(engine, prompts)
+    outputs: list = []
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        params = [
+            SamplingParams(
+                temperature=0.0,
+                max_tokens=max_tokens,
+                ignore_eos=False,
+                extra_args=(p.extra_args if per_request else None),
+            )
+            for p in chunk
+        ]
+        outputs += engine.llm.generate(texts[i : i + batch_size], params, use_tqdm=False)
+        if progress is not None:
+            progress.update(len(chunk))
+    dt = time.perf_counter() - t0
+    if record:
+        engine.seconds += dt
+        engine.tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
+        engine.outputs = [o.outputs[0].text for o in outputs]
+        engine.token_ids = [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def compare(baseline: Engine, depth: Engine) -> dict:
+    n = len(baseline.outputs)
+    agreements = [token_agreement(a, b) for a, b in zip(baseline.token_ids, depth.token_ids)]
+    return {
+        "speedup": round(depth.tokens_per_s / baseline.tokens_per_s, 4) if baseline.tokens_per_s else None,
+        "token_agreement": round(sum(agreements) / n, 4),
+        "identical": sum(a == b for a, b in zip(baseline.outputs, depth.outputs)),
+    }
+
+
+def run_bench(
+    model: str,
+    prompts_path: str,
+    max_tokens: int = 64,
+    batch_size: int = 1,
+    depth: dict | None = None,
+    engine_args: dict | None = None,
+    baseline_model: str | None = None,
+    rounds: int = 2,
+) -> dict:
+    from tqdm import tqdm
+
+    from vllm_depth.checkpoints import resolve_model
+
+    prompts = load_prompts(prompts_path)
+    model_dir = resolve_model(model)
+    baseline_dir = resolve_model(baseline_model) if baseline_model else model_dir
+    common = {**DEFAULT_ENGINE_ARGS, **{k: v for k, v in (engine_args or {}).items() if k not in DEPTH_ONLY_ARGS}}
+    depth_kwargs = {**DEFAULT_ENGINE_ARGS, **(engine_args or {}), "model_impl": "depth"}
+    if depth is not None:
+        depth_kwargs["hf_overrides"] = {**depth_kwargs.get("hf_overrides", {}), "depth": depth}
+
+    baseline = start_engine("baseline", model=baseline_dir, **common)
+    depth_engine = start_engine("depth", model=model_dir, **depth_kwargs)
+    try:
+        engines = [baseline, depth_engine]
+        for e in engines:  # warm-up: one short request (compiles, fills caches)
+            run_round(e, prompts[:1], 4, 1, per_request=e is depth_engine, record=False)
+        total = rounds * len(engines) * len(prompts)
+        with tqdm(total=total, desc="bench", unit="prompt") as bar:
+            for _ in range(rounds):
+                for e in engines:
+                    run_round(e, prompts, max_tokens, batch_size, per_request=e is depth_engine, progress=bar)
+        result = {
+            "n": len(prompts),
+            "model": model_dir,
+            "baseline_model": baseline_dir,
+            "max_tokens": max_tokens,
+            "batch_size": batch_size,
+            "rounds": rounds,
+            "depth_config": depth,
+            "baseline": {"tokens_per_s": round(baseline.tokens_per_s, 3), "outputs": baseline.outputs},
+            "depth": {
+                "tokens_per_s": round(depth_engine.tokens_per_s, 3),
+                "outputs": depth_engine.outputs,
+                "mean_exit_layer": None,
+                "acceptance_rate": None,
+            },
+            **compare(baseline, depth_engine),
+            "peak_rss_mb": {"baseline": _peak_rss_mb(baseline.pids), "depth": _peak_rss_mb(depth_engine.pids)},
+        }
+    finally:
+        for e in (depth_engine, baseline):
+            stop_engine(e)
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [
+        ("", "stock vLLM", "depth"),
+        ("tokens/s", f'{result["baseline"]["tokens_per_s"]:.2f}', f'{result["depth"]["tokens_per_s"]:.2f}'),
+        ("peak RSS (MB)", str(result["peak_rss_mb"]["baseline"]), str(result["peak_rss_mb"]["depth"])),
+    ]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    lines.append(
+        f'speedup {result["speedup"]:.3f}x   token agreement {result["token_agreement"]:.3f}   '
+        f'identical {result["identical"]}/{result["n"]}   '
+        f'(batch {result["batch_size"]}, {result["max_tokens"]} new tokens, {result["rounds"]} rounds)'
+    )
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = ["stock vLLM", "depth"]
+    vals = [result["baseline"]["tokens_per_s"], result["depth"]["tokens_per_s"]]
+    ax.bar(names, vals, color=["#888888", "#2a7ab0"])
+    ax.set_ylabel("tokens/s")
+    ax.set_title(
+        f'speedup {result["speedup"]:.2f}x, agreement {result["token_agreement"]:.2f} '
+        f'(batch {result["batch_size"]})'
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
