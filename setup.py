@@ -1,4 +1,4 @@
-"""Ships ``vllm_depth_alias.pth`` (see ``vllm_depth/_dist_alias.py``) at the site-packages root."""
+"""Ships ``vllm_depth_alias.pth`` (see ``_vllm_depth_alias.py``) at the site-packages root."""
 
 import os
 

@@ -64,10 +64,10 @@ def shutdown(llm) -> None:
     gc.collect()
 
 
-def greedy(llm, prompts, max_tokens=32, logprobs=None):
+def greedy(llm, prompts, max_tokens=32, logprobs=None, ignore_eos=False):
     from vllm import SamplingParams
 
-    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs)
+    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs, ignore_eos=ignore_eos)
     return llm.generate(prompts, sp, use_tqdm=False)
 
 

@@ -50,7 +50,7 @@ def test_teacher_forced_logprobs_match_reference(case):
 def test_greedy_matches_reference_up_to_near_ties(case):
     llm, model, _ = case
     tok = llm.get_tokenizer()
-    outs = greedy(llm, PROMPTS, max_tokens=24)
+    outs = greedy(llm, PROMPTS, max_tokens=24, ignore_eos=True)  # the reference ignores EOS too
     for p, out in zip(PROMPTS, outs):
         ids = out.prompt_token_ids
         expected = ref.greedy(model, ids, 24)
@@ -67,17 +67,19 @@ def test_one_weight_set_per_physical_layer_one_kv_cache_per_position(case):
     # weights: each used physical layer once, pruned layers not at all.  The
     # rearranged HF model holds exactly those (repeats are one module object,
     # the tied LM head is the embedding), so its unique parameters are the bar.
-    expected = sum(p.numel() for p in model.parameters())
-    assert facts["params"] == expected
+    expected = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert facts["weight_bytes"] == expected
 
 
 def _model_facts(worker) -> dict:
     from vllm.model_executor.layers.attention import Attention
+
+    from vllm_depth.bench import model_weight_bytes
 
     runner = worker.model_runner
     model = runner.model
     return {
         "attention_modules": sum(isinstance(m, Attention) for m in model.modules()),
         "kv_caches": len(runner.kv_caches),
-        "params": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": model_weight_bytes(model),
     }

@@ -83,7 +83,7 @@ def test_vllm_cli_finds_its_version():
 
 
 def test_alias_answers_only_when_no_real_vllm_distribution():
-    from vllm_depth._dist_alias import VllmDistAlias
+    from _vllm_depth_alias import VllmDistAlias
 
     finder = VllmDistAlias()
     assert list(finder.find_distributions(md.DistributionFinder.Context(name="numpy"))) == []

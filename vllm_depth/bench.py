@@ -76,6 +76,39 @@ def _peak_rss_mb(pids: set[int]) -> float | None:
     return round(total / 1024, 1) if total else None
 
 
+def model_weight_bytes(model) -> int:
+    """Bytes of a loaded vLLM model's unique weights, each shared or tied tensor once.
+
+    vLLM's CPU build repacks a linear layer's weight for its GEMM (vLLM 0.32
+    ``dispatch_cpu_unquantized_gemm``) and leaves ``weight`` empty; such a layer
+    is counted by its logical shape, which the packed copy occupies.
+    """
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():  # unique modules: a shared layer is visited once
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if p.numel() == 0 and hasattr(module, "cpu_linear") and hasattr(module, "input_size_per_partition"):
+                total += module.output_size_per_partition * module.input_size_per_partition * p.element_size()
+            else:
+                total += p.numel() * p.element_size()
+    return total
+
+
+def _model_param_bytes(worker) -> int:
+    """Runs inside the engine's worker."""
+    return model_weight_bytes(worker.model_runner.model)
+
+
+def param_bytes(llm) -> int | None:
+    try:
+        return int(llm.collective_rpc(_model_param_bytes)[0])
+    except Exception:  # an executor that cannot run a callable: report nothing rather than guess
+        return None
+
+
 @dataclass
 class Engine:
     name: str
@@ -94,6 +127,9 @@ class Engine:
 
 
 def start_engine(name: str, **kwargs) -> Engine:
+    # the bench asks its own local engines for their parameter bytes with a
+    # function (collective_rpc), which vLLM only pickles when this is set
+    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     from vllm import LLM
 
     before = _children()
@@ -211,6 +247,7 @@ def run_bench(
             },
             **compare(baseline, depth_engine),
             "peak_rss_mb": {"baseline": _peak_rss_mb(baseline.pids), "depth": _peak_rss_mb(depth_engine.pids)},
+            "param_bytes": {"baseline": param_bytes(baseline.llm), "depth": param_bytes(depth_engine.llm)},
         }
     finally:
         for e in (depth_engine, baseline):
@@ -223,6 +260,7 @@ def format_table(result: dict) -> str:
         ("", "stock vLLM", "depth"),
         ("tokens/s", f'{result["baseline"]["tokens_per_s"]:.2f}', f'{result["depth"]["tokens_per_s"]:.2f}'),
         ("peak RSS (MB)", str(result["peak_rss_mb"]["baseline"]), str(result["peak_rss_mb"]["depth"])),
+        ("weights (MB)", *(f"{b / 1e6:.1f}" if b else "?" for b in result["param_bytes"].values())),
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]

@@ -24,6 +24,10 @@ class DepthConfig:
     # the identity schedule.  Repeats share one weight set (layer fusion); each
     # position has its own KV cache.
     layer_schedule: tuple[int, ...] | None = None
+    # Relaxed sharing (Relaxed Recursive Transformers): these positions add a
+    # rank-``relax_rank`` delta ``A @ B`` to each of their layer's projections.
+    relax_rank: int | None = None
+    relax_positions: tuple[int, ...] | None = None
 
     def schedule(self, num_layers: int) -> tuple[int, ...]:
         if self.layer_schedule is None:
@@ -32,8 +36,9 @@ class DepthConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["layer_schedule"] is not None:
-            d["layer_schedule"] = list(d["layer_schedule"])
+        for k in ("layer_schedule", "relax_positions"):
+            if d[k] is not None:
+                d[k] = list(d[k])
         return {k: v for k, v in d.items() if v is not None}
 
     def key(self) -> str:
@@ -43,6 +48,8 @@ class DepthConfig:
 
 FIELDS = {
     "layer_schedule": "a non-empty list of physical layer indices (int), in order",
+    "relax_rank": "an int from 1 to the hidden size (with relax_positions)",
+    "relax_positions": "a list of distinct schedule positions (int) that carry a low-rank delta (with relax_rank)",
 }
 
 
@@ -56,7 +63,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def parse_depth_config(raw: Any, num_layers: int) -> DepthConfig:
+def parse_depth_config(raw: Any, num_layers: int, hidden_size: int | None = None) -> DepthConfig:
     """Validate a raw ``depth`` object against a model with ``num_layers`` layers."""
     if raw is None:
         return DepthConfig()
@@ -94,10 +101,31 @@ def parse_depth_config(raw: Any, num_layers: int) -> DepthConfig:
                     f"{num_layers} layers, so indices 0..{num_layers - 1}",
                 )
         schedule = tuple(schedule)
-    return DepthConfig(layer_schedule=schedule)
+    n_positions = len(schedule) if schedule is not None else num_layers
+
+    rank, positions = raw.get("relax_rank"), raw.get("relax_positions")
+    if (rank is None) != (positions is None):
+        missing = "relax_positions" if positions is None else "relax_rank"
+        raise _fail(missing, "relax_rank and relax_positions go together; one is missing")
+    if rank is not None:
+        top = hidden_size if hidden_size is not None else "the hidden size"
+        if not _is_int(rank) or rank < 1 or (hidden_size is not None and rank > hidden_size):
+            raise _fail("relax_rank", f"{rank!r} is not an int in 1..{top}")
+        if not isinstance(positions, (list, tuple)) or not positions:
+            raise _fail("relax_positions", "expected a non-empty list")
+        for i, p in enumerate(positions):
+            if not _is_int(p) or not 0 <= p < n_positions:
+                raise _fail(
+                    "relax_positions",
+                    f"entry {i} is {p!r}; the schedule has {n_positions} positions, so 0..{n_positions - 1}",
+                )
+        if len(set(positions)) != len(positions):
+            raise _fail("relax_positions", "positions repeat")
+        positions = tuple(positions)
+    return DepthConfig(layer_schedule=schedule, relax_rank=rank, relax_positions=positions)
 
 
 def depth_config_of(hf_config: Any) -> DepthConfig:
     """Read and validate ``hf_config.depth`` (absent means the identity schedule)."""
     raw = getattr(hf_config, "depth", None)
-    return parse_depth_config(raw, hf_config.num_hidden_layers)
+    return parse_depth_config(raw, hf_config.num_hidden_layers, getattr(hf_config, "hidden_size", None))

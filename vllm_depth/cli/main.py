@@ -2,6 +2,8 @@
 
     vllm-depth model NAME            build (once) and print the checkpoint of an alias
     vllm-depth bench --model M ...   stock vLLM and a depth configuration side by side
+    vllm-depth analyze MODEL ...     what each layer does, how alike layers are (--eval: quality)
+    vllm-depth compress MODEL ...    prune / share layers into a smaller checkpoint
 """
 
 from __future__ import annotations
@@ -84,6 +86,92 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _texts(args, split: str):
+    from vllm_depth.data import read_files, stdlib_texts
+
+    return read_files(args.data) if args.data else stdlib_texts(split)
+
+
+def cmd_analyze(args) -> int:
+    from vllm_depth.checkpoints import resolve_model
+
+    if args.samples < 1 or args.seq_len < 2:
+        raise SystemExit("--samples: must be >= 1; --seq-len: must be >= 2")
+    try:
+        model_dir = resolve_model(args.model)
+        texts = _texts(args, "eval" if args.eval else "calib")
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth analyze: {e}") from None
+    report: dict = {"model": model_dir}
+    from vllm_depth.data import token_chunks
+
+    if args.eval:
+        import json as _json
+        from pathlib import Path
+
+        from vllm_depth.evaluate import evaluate
+
+        cfg = _json.loads((Path(model_dir) / "config.json").read_text())
+        baseline = args.baseline_model or cfg.get("vllm_depth_compress", {}).get("from")
+        if baseline is None:
+            raise SystemExit("--baseline-model: needed (the checkpoint does not name its original)")
+        baseline = resolve_model(baseline)
+        from transformers import AutoTokenizer
+
+        chunks = token_chunks(AutoTokenizer.from_pretrained(model_dir), texts, args.seq_len, args.samples)
+        ev = evaluate(model_dir, baseline, chunks)
+        report["eval"] = ev
+        print(f"held-out tokens: {ev['tokens']}")
+        print(f"{'':10}  {'perplexity':>10}  {'top-1 agreement':>15}")
+        print(f"{'original':10}  {ev['baseline']['perplexity']:10.3f}  {'1.000':>15}")
+        print(f"{'this':10}  {ev['model']['perplexity']:10.3f}  {ev['model']['top1_agreement']:15.3f}")
+    else:
+        from vllm_depth.analysis import analyze, load_hf, plot
+
+        model, tok = load_hf(model_dir)
+        result = analyze(model, token_chunks(tok, texts, args.seq_len, args.samples))
+        print(result.table())
+        report["analysis"] = result.__dict__
+        if args.plot:
+            plot(result, args.plot)
+            print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from transformers import AutoConfig
+
+    from vllm_depth import compress as C
+    from vllm_depth.checkpoints import resolve_model
+
+    try:
+        model_dir = resolve_model(args.model)
+        cfg = AutoConfig.from_pretrained(model_dir)
+        C.check_args(model_dir, args.out, cfg.num_hidden_layers, cfg.hidden_size,
+                     args.prune, args.share, args.relax_rank, args.merge)
+        texts = _texts(args, "calib")
+        plan, report = C.compress(model_dir, args.out, prune=args.prune, share=args.share,
+                                  relax_rank=args.relax_rank, merge=args.merge, texts=texts,
+                                  samples=args.samples, seq_len=args.seq_len)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth compress: {e}") from None
+    if plan.removed:
+        print(f"removed layers (lowest Block Influence): {plan.removed}")
+    for note in plan.notes:
+        print(note)
+    print(f"layer_schedule: {plan.schedule}")
+    ratio = report["bytes_on_disk"] / report["original_bytes_on_disk"]
+    print(f"weights on disk: {report['bytes_on_disk'] / 1e6:.1f} MB "
+          f"({ratio:.3f}x of {report['original_bytes_on_disk'] / 1e6:.1f} MB); "
+          f"parameters {report['params'] / 1e6:.2f} M of {report['original_params'] / 1e6:.2f} M")
+    print(args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-depth", description="depth-adaptive decoding for vLLM")
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the result as JSON here")
     b.add_argument("--plot", help="draw the result (PNG)")
     b.set_defaults(func=cmd_bench)
+
+    a = sub.add_parser("analyze", help="per-layer Block Influence, angular distances, weight similarity")
+    a.add_argument("model", help="alias or checkpoint directory")
+    a.add_argument("--data", nargs="+", help="text files (default: Python standard-library text)")
+    a.add_argument("--samples", type=int, default=16, help="chunks of text to use")
+    a.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
+    a.add_argument("--plot", help="heat maps and the Block Influence curve (PNG)")
+    a.add_argument("--json", help="write the result as JSON here")
+    a.add_argument("--eval", action="store_true",
+                   help="instead: perplexity and top-1 agreement on held-out text, through vLLM")
+    a.add_argument("--baseline-model", help="with --eval: the original (default: the one a compressed checkpoint names)")
+    a.set_defaults(func=cmd_analyze)
+
+    c = sub.add_parser("compress", help="prune or share layers into a smaller checkpoint")
+    c.add_argument("model", help="alias or checkpoint directory")
+    c.add_argument("--prune", type=int, help="remove the K least important layers")
+    c.add_argument("--share", type=int, help="make K positions reuse a neighbour's weights")
+    c.add_argument("--relax-rank", type=int, help="with --share: a rank-R delta per changed position")
+    c.add_argument("--merge", default="auto", help="with --share: copy | average | auto (measure both)")
+    c.add_argument("--data", nargs="+", help="calibration text files (default: standard-library sources)")
+    c.add_argument("--samples", type=int, default=16, help="chunks of calibration text")
+    c.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
+    c.add_argument("--out", required=True, help="output directory (new or empty)")
+    c.set_defaults(func=cmd_compress)
     return p
 
 

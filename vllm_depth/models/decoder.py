@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.distributed import get_pp_group
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -37,33 +37,71 @@ from vllm_depth.models.families import family_of
 from vllm_depth.schedule import LayerSchedule
 
 
-def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_states):
+class LowRankDelta(nn.Module):
+    """A position's rank-R correction ``x @ B.T @ A.T`` to each projection of a shared layer.
+
+    Relaxed Recursive Transformers: positions that share one weight set keep a
+    small delta each, fitted (by ``vllm-depth compress --relax-rank``) to the
+    weights that position had originally.  Parameters ``<proj>_a`` [out, R] and
+    ``<proj>_b`` [R, in] for q, k, v, o, gate, up, down.
+    """
+
+    def __init__(self, self_attn: nn.Module, hidden: int, intermediate: int, rank: int, dtype):
+        super().__init__()
+        q, kv = self_attn.q_size, self_attn.kv_size
+        shapes = {"q": (q, hidden), "k": (kv, hidden), "v": (kv, hidden), "o": (hidden, q),
+                  "gate": (intermediate, hidden), "up": (intermediate, hidden), "down": (hidden, intermediate)}
+        for name, (out_f, in_f) in shapes.items():
+            self.register_parameter(f"{name}_a", nn.Parameter(torch.zeros(out_f, rank, dtype=dtype), requires_grad=False))
+            self.register_parameter(f"{name}_b", nn.Parameter(torch.zeros(rank, in_f, dtype=dtype), requires_grad=False))
+
+    def apply(self, names: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(x @ getattr(self, f"{n}_b").t()) @ getattr(self, f"{n}_a").t() for n in names], dim=-1)
+
+
+def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_states, delta=None):
     """vLLM's ``LlamaAttention.forward`` / ``Qwen3Attention.forward`` with ``attn`` given.
 
     The projections, q/k norms (Qwen3) and rotary embedding are the physical
-    layer's; ``attn`` (and so the KV cache) is the position's.
+    layer's; ``attn`` (and so the KV cache) is the position's, and so is the
+    optional low-rank ``delta``.
     """
     qkv, _ = self_attn.qkv_proj(hidden_states)
+    if delta is not None:
+        qkv = qkv + delta.apply(("q", "k", "v"), hidden_states)
     q, k, v = qkv.split([self_attn.q_size, self_attn.kv_size, self_attn.kv_size], dim=-1)
     if hasattr(self_attn, "q_norm"):
         hd = self_attn.head_dim
         q = self_attn.q_norm(q.view(*q.shape[:-1], q.shape[-1] // hd, hd)).view(q.shape)
         k = self_attn.k_norm(k.view(*k.shape[:-1], k.shape[-1] // hd, hd)).view(k.shape)
     q, k = self_attn.rotary_emb(positions, q, k)
-    out, _ = self_attn.o_proj(attn(q, k, v))
+    a = attn(q, k, v)
+    out, _ = self_attn.o_proj(a)
+    if delta is not None:
+        out = out + delta.apply(("o",), a)
     return out
 
 
-def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual):
-    """vLLM's decoder-layer forward, with the position's attention module."""
+def mlp_forward(mlp: nn.Module, x: torch.Tensor, delta: LowRankDelta | None) -> torch.Tensor:
+    """vLLM's ``LlamaMLP.forward`` plus the position's delta (vLLM's own when there is none)."""
+    if delta is None:
+        return mlp(x)
+    gate_up, _ = mlp.gate_up_proj(x)
+    h = mlp.act_fn(gate_up + delta.apply(("gate", "up"), x))
+    out, _ = mlp.down_proj(h)
+    return out + delta.apply(("down",), h)
+
+
+def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual, delta=None):
+    """vLLM's decoder-layer forward, with the position's attention module (and delta)."""
     if residual is None:
         residual = hidden_states
         hidden_states = layer.input_layernorm(hidden_states)
     else:
         hidden_states, residual = layer.input_layernorm(hidden_states, residual)
-    hidden_states = attention_forward(layer.self_attn, attn, positions, hidden_states)
+    hidden_states = attention_forward(layer.self_attn, attn, positions, hidden_states, delta)
     hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
-    return layer.mlp(hidden_states), residual
+    return mlp_forward(layer.mlp, hidden_states, delta), residual
 
 
 def _repeat_attention(template: Attention, vllm_config: VllmConfig, prefix: str) -> Attention:
@@ -137,6 +175,27 @@ class DepthDecoderModel(nn.Module):
             for i, p in enumerate(self.schedule.physical)
         ]
 
+        # Low-rank deltas of relaxed shared positions (``relax`` in the checkpoint).
+        self.relax = nn.ModuleDict()
+        if self.depth.relax_rank is not None:
+            if get_tensor_model_parallel_world_size() > 1:
+                raise ValueError(
+                    "depth.relax_rank: low-rank deltas run with tensor_parallel_size 1 only; "
+                    "allowed: tensor_parallel_size=1, or a checkpoint without relax_rank"
+                )
+            for i in self.depth.relax_positions:
+                self.relax[str(i)] = LowRankDelta(
+                    self.layers[self.schedule.physical[i]].self_attn,
+                    config.hidden_size,
+                    config.intermediate_size,
+                    self.depth.relax_rank,
+                    vllm_config.model_config.dtype,
+                )
+        self.position_delta = [
+            self.relax[str(i)] if str(i) in self.relax else None
+            for i in range(len(self.schedule.physical))
+        ]
+
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
 
@@ -149,8 +208,8 @@ class DepthDecoderModel(nn.Module):
     ) -> torch.Tensor:
         hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
         residual = None
-        for p, attn in zip(self.schedule.physical, self.position_attn):
-            hidden, residual = layer_forward(self.layers[p], attn, positions, hidden, residual)
+        for p, attn, delta in zip(self.schedule.physical, self.position_attn, self.position_delta):
+            hidden, residual = layer_forward(self.layers[p], attn, positions, hidden, residual, delta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -1,0 +1,74 @@
+"""The `vllm-depth` command: model aliases, the side-by-side bench, and its argument errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "vllm_depth.cli.main"]
+
+
+def run(*args, timeout=900):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_model_alias_prints_a_cached_checkpoint_and_is_idempotent(tiny_dir):
+    a = run("model", "tiny")
+    b = run("model", "tiny")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr
+    assert a.stdout.strip() == b.stdout.strip() == tiny_dir
+    assert (Path(tiny_dir) / "config.json").exists() and (Path(tiny_dir) / "model.safetensors").exists()
+
+
+def test_unknown_model_names_the_aliases():
+    r = run("model", "no-such-model")
+    assert r.returncode != 0
+    assert "smollm2-135m, tiny" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--depth", '{"layer_schedule": [0, 6]}'], "depth.layer_schedule: entry 1 is 6, out of range"),
+        (["--depth", "[1]"], "--depth: expected a JSON object"),
+        (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
+        (["--prompts", "/nonexistent.jsonl"], "--prompts: no such file"),
+    ],
+)
+def test_bench_refuses_bad_arguments_before_starting_engines(tmp_path, tiny_dir, args, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    base = ["bench", "--model", "tiny", "--prompts", str(prompts)]
+    r = run(*base, *args, timeout=120)
+    assert r.returncode != 0
+    assert message in r.stderr
+
+
+@pytest.mark.slow
+def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
+    prompts = tmp_path / "p.jsonl"
+    lines = [
+        {"prompt": "def fibonacci(n):"},
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        {"prompt": "The quick brown fox", "extra_args": {"note": "passed to the depth run"}},
+    ]
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "r.json"
+    plot = tmp_path / "r.png"
+    r = run("bench", "--model", "tiny", "--prompts", str(prompts), "--max-tokens", "16",
+            "--depth", "{}", "--rounds", "1", "--json", str(out), "--plot", str(plot))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["n"] == 3
+    for side in ("baseline", "depth"):
+        assert res[side]["tokens_per_s"] > 0 and len(res[side]["outputs"]) == 3
+    assert set(res["depth"]) >= {"mean_exit_layer", "acceptance_rate"}
+    # the identity depth config does nothing: same outputs as stock
+    assert res["identical"] == 3 and res["token_agreement"] == 1.0
+    assert res["speedup"] > 0 and res["peak_rss_mb"]["baseline"] > 0
+    assert res["param_bytes"]["baseline"] == res["param_bytes"]["depth"] > 0
+    assert "speedup" in r.stdout and plot.stat().st_size > 0

@@ -1,0 +1,139 @@
+"""`vllm serve <SmolLM2> --model-impl depth` on 127.0.0.1, driven with the openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_dir, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    vllm_cli = Path(sys.executable).parent / "vllm"  # the console script users run
+    schedule = list(range(30))  # explicit identity: exercises --hf-overrides parsing
+    cmd = [
+        str(vllm_cli), "serve", smollm2_dir, "--model-impl", "depth",
+        "--hf-overrides", json.dumps({"depth": {"layer_schedule": schedule}}),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--gpu-memory-utilization", "0.3", "--max-model-len", "1024", "--seed", "0",
+        "--dtype", "float32",  # bf16 (the CPU default) changes this small model's answers
+    ]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
+    yield base, smollm2_dir
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _client(base):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base}/v1", api_key="none")
+
+
+def test_served_through_the_depth_model(server):
+    base, model = server
+    models = requests.get(f"{base}/v1/models", timeout=10).json()
+    assert models["data"][0]["id"] == model
+
+
+def test_chat_completion_answers(server):
+    base, model = server
+    r = _client(base).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=16,
+        temperature=0.0,
+    )
+    assert "Paris" in r.choices[0].message.content
+
+
+def test_completion_returns_the_tokens_asked_for(server):
+    base, model = server
+    r = _client(base).completions.create(
+        model=model, prompt="def fibonacci(n):", max_tokens=12, temperature=0.0,
+        extra_body={"ignore_eos": True},
+    )
+    assert r.usage.completion_tokens == 12 and r.choices[0].text
+
+
+async def _load(base, model, n, bad_at=None):
+    from openai import AsyncOpenAI, BadRequestError
+
+    client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+
+    async def one(i):
+        if i == bad_at:
+            try:
+                await client.completions.create(model=model, prompt="x", max_tokens=4, temperature=-1.0)
+            except BadRequestError as e:
+                return ("bad", e.status_code, str(e))
+            return ("bad", 200, "accepted")
+        n_tokens = 1 + (i * 7) % 32
+        prompt = " ".join(words[j % 10] for j in range(1 + (i * 13) % 120))
+        r = await client.completions.create(
+            model=model, prompt=prompt, max_tokens=n_tokens, temperature=0.0,
+            extra_body={"ignore_eos": True},
+        )
+        return ("ok", n_tokens, r.usage.completion_tokens)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_64_concurrent_mixed_requests_all_complete(server):
+    base, model = server
+    results = asyncio.run(_load(base, model, 64))
+    assert len(results) == 64
+    assert all(kind == "ok" and want == got for kind, want, got in results), results
+
+
+def test_bad_request_gets_400_and_the_others_are_served(server):
+    base, model = server
+    results = asyncio.run(_load(base, model, 24, bad_at=5))
+    bad = [r for r in results if r[0] == "bad"]
+    assert bad and bad[0][1] == 400 and "temperature" in bad[0][2]
+    ok = [r for r in results if r[0] == "ok"]
+    assert len(ok) == 23 and all(want == got for _, want, got in ok)
+    assert requests.get(f"{base}/health", timeout=5).status_code == 200
+
+
+def test_metrics_endpoint(server):
+    base, _ = server
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    assert "vllm:generation_tokens_total" in text
