@@ -6,10 +6,11 @@ when their module ends.
 
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
+
+from vllm_depth.bench import shutdown  # noqa: F401 (used by the test modules)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: several live at once
 # collective_rpc with a test function (inspecting the engine-side model) needs pickling
@@ -54,14 +55,6 @@ def make_llm(model: str, **kwargs):
     from vllm import LLM
 
     return LLM(model=model, **{**ENGINE_ARGS, **kwargs})
-
-
-def shutdown(llm) -> None:
-    core = getattr(llm.llm_engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm
-    gc.collect()
 
 
 def greedy(llm, prompts, max_tokens=32, logprobs=None, ignore_eos=False):

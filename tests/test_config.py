@@ -23,7 +23,13 @@ def test_valid_schedules(schedule):
 @pytest.mark.parametrize(
     "raw, pattern",
     [
-        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['layer_schedule'\]"),
+        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['layer_schedule', 'relax_positions', 'relax_rank'\]"),
+        ({"relax_rank": 4}, r"depth.relax_positions: relax_rank and relax_positions go together"),
+        ({"relax_rank": 0, "relax_positions": [0]}, r"depth.relax_rank: 0 is not an int in 1..64"),
+        ({"relax_rank": 65, "relax_positions": [0]}, r"depth.relax_rank: 65 is not an int in 1..64"),
+        ({"relax_rank": 4, "relax_positions": [4]}, r"depth.relax_positions: entry 0 is 4; the schedule has 4 positions, so 0..3"),
+        ({"layer_schedule": [0, 0], "relax_rank": 4, "relax_positions": [2]}, r"the schedule has 2 positions, so 0..1"),
+        ({"relax_rank": 4, "relax_positions": [1, 1]}, r"depth.relax_positions: positions repeat"),
         ({"layer_schedule": []}, r"depth.layer_schedule: the schedule is empty; allowed: a non-empty list"),
         ({"layer_schedule": [0, 4]}, r"depth.layer_schedule: entry 1 is 4, out of range: .* 4 layers, so indices 0..3"),
         ({"layer_schedule": [-1]}, r"depth.layer_schedule: entry 0 is -1, out of range"),
@@ -36,7 +42,7 @@ def test_valid_schedules(schedule):
 )
 def test_bad_configs_name_the_field(raw, pattern):
     with pytest.raises(DepthConfigError, match=pattern):
-        parse_depth_config(raw, 4)
+        parse_depth_config(raw, 4, hidden_size=64)
 
 
 def _engine_config(model, **kwargs):

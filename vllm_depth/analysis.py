@@ -142,8 +142,10 @@ def plot(analysis: LayerAnalysis, path: str) -> None:
     axes[1].set_ylabel("first layer l")
     axes[1].set_title("angular distance d(l, n)")
     fig.colorbar(im, ax=axes[1])
-    im = axes[2].imshow(np.array(analysis.weight_similarity), cmap="magma", origin="lower")
-    axes[2].set_title("weight similarity (cosine)")
+    sim = np.array(analysis.weight_similarity, dtype=float)
+    np.fill_diagonal(sim, np.nan)  # 1.0 on the diagonal would flatten the scale
+    im = axes[2].imshow(sim, cmap="magma", origin="lower")
+    axes[2].set_title("weight similarity (cosine, off-diagonal)")
     axes[2].set_xlabel("layer")
     axes[2].set_ylabel("layer")
     fig.colorbar(im, ax=axes[2])

@@ -138,12 +138,17 @@ def start_engine(name: str, **kwargs) -> Engine:
     return Engine(name, llm, pids, llm.get_tokenizer())
 
 
-def stop_engine(engine: Engine) -> None:
-    core = getattr(engine.llm.llm_engine, "engine_core", None)
+def shutdown(llm) -> None:
+    """Stop an ``LLM``'s engine processes now rather than at garbage collection."""
+    core = getattr(llm.llm_engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
-    engine.llm = None
     gc.collect()
+
+
+def stop_engine(engine: Engine) -> None:
+    shutdown(engine.llm)
+    engine.llm = None
 
 
 def _texts(engine: Engine, prompts: list[Prompt]) -> list[str]:

@@ -17,7 +17,7 @@ def _score(model_dir: str, chunks: list[list[int]], depth: bool, engine_args: di
     """Per chunk: (sum of log p(actual), list of top-1 ids), with one engine."""
     from vllm import LLM, SamplingParams, TokensPrompt
 
-    from vllm_depth.bench import stop_engine, Engine
+    from vllm_depth.bench import shutdown
 
     kwargs = {**ENGINE_ARGS, **(engine_args or {})}
     if depth:
@@ -36,7 +36,7 @@ def _score(model_dir: str, chunks: list[list[int]], depth: bool, engine_args: di
             result.append((nll, top1))
         return result
     finally:
-        stop_engine(Engine("eval", llm, set()))
+        shutdown(llm)
 
 
 def evaluate(model_dir: str, baseline_dir: str, chunks: list[list[int]], engine_args: dict | None = None) -> dict:

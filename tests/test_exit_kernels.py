@@ -1,0 +1,87 @@
+"""The exit-check kernels: Triton (under TRITON_INTERPRET=1 on the CPU) and torch, against full logits."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are first built (lazily)
+
+from vllm_depth.kernels import exit_check as K  # noqa: E402
+
+
+def full_reference(hidden, norm_w, eps, head):
+    """The plain computation the kernels avoid: materialise all logits."""
+    logits = K.rms_norm(hidden, norm_w, eps) @ head.float().t()
+    p = torch.softmax(logits, -1)
+    top = p.topk(2, dim=-1).values
+    return logits.argmax(-1), top[:, 0], top[:, 0] - top[:, 1]
+
+
+def check(stats, ref, atol=1e-5):
+    idx, p1, margin = ref
+    assert torch.equal(stats.argmax, idx)
+    torch.testing.assert_close(stats.max_prob, p1, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(stats.margin, margin, atol=atol, rtol=1e-4)
+
+
+def random_case(t, h, v, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(t, h, generator=g) * scale, 1 + 0.1 * torch.randn(h, generator=g),
+            torch.randn(v, h, generator=g) / h**0.5 * 4)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("t, h, v", [(1, 64, 1000), (5, 96, 333), (3, 64, 128), (2, 128, 4097)])
+def test_random_shapes_vocab_not_a_multiple_of_the_tile(impl, t, h, v):
+    hidden, w, head = random_case(t, h, v)
+    fn = K.exit_stats_triton if impl == "triton" else (lambda *a: K.exit_stats_torch(*a, tile=100))
+    check(fn(hidden, w, 1e-5, head), full_reference(hidden, w, 1e-5, head))
+
+
+def test_triton_with_several_splits_and_one_tile_per_split():
+    hidden, w, head = random_case(4, 64, 1500, seed=3)
+    check(K.exit_stats_triton(hidden, w, 1e-5, head, block_v=64, n_splits=24),
+          full_reference(hidden, w, 1e-5, head))
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_ties_go_to_the_lower_id_with_zero_margin(impl):
+    hidden, w, head = random_case(3, 64, 700, seed=1)
+    ref_idx = full_reference(hidden, w, 1e-5, head)[0]
+    # copy each token's best row to a higher id in another tile: an exact tie
+    for i, j in enumerate(ref_idx.tolist()):
+        head[650 + i] = head[j]
+    fn = K.exit_stats_triton if impl == "triton" else (lambda *a: K.exit_stats_torch(*a, tile=128))
+    stats = fn(hidden, w, 1e-5, head)
+    assert torch.equal(stats.argmax, ref_idx)
+    assert torch.all(stats.margin.abs() < 1e-6)
+
+
+def test_real_smollm2_shapes_and_weights(smollm2_dir):
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(smollm2_dir, "model.safetensors"), "pt") as f:
+        head = f.get_tensor("model.embed_tokens.weight")  # tied LM head: 49152 x 576
+        norm_w = f.get_tensor("model.norm.weight")
+        emb = head[torch.tensor([504, 2021, 9])]  # a few real token embeddings as states
+    hidden = torch.cat([emb * 20, torch.randn(1, 576)])
+    ref = full_reference(hidden, norm_w, 1e-5, head)
+    check(K.exit_stats_triton(hidden, norm_w, 1e-5, head), ref)
+    check(K.exit_stats_torch(hidden, norm_w, 1e-5, head), ref)
+
+
+@pytest.mark.parametrize("t, h", [(1, 576), (7, 100)])
+def test_saturation_matches_cosine(t, h):
+    a, b = torch.randn(t, h), torch.randn(t, h)
+    b[0] = a[0] * 3  # parallel: cosine 1
+    want = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    torch.testing.assert_close(K.saturation_triton(a, b), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(K.saturation_torch(a, b), want)
+    assert abs(K.saturation_triton(a, b)[0].item() - 1.0) < 1e-5
+
+
+def test_dispatch_uses_triton_under_the_interpreter():
+    assert K.use_triton(torch.device("cpu"))
