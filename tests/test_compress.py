@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import reference as ref
-from conftest import PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
+from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
 
 CLI = [sys.executable, "-m", "vllm_depth.cli.main"]
 TOL = 1e-3
@@ -70,7 +70,7 @@ def compressed(request, tmp_path_factory, tiny_dir, smollm2_dir):
     out = tmp_path_factory.mktemp(request.param) / "ckpt"
     r = cli("compress", alias, *args, "--samples", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    llm = make_llm(str(out), model_impl="depth")
+    llm = make_llm(str(out), model_impl="depth", **EAGER)
     yield request.param, str(out), (tiny_dir if alias == "tiny" else smollm2_dir), llm
     shutdown(llm)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reference as ref
-from conftest import PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
+from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def _build(kind: str, path, tokenizer_dir: str) -> str:
 def family(request, tmp_path_factory, tiny_dir):
     path = _build(request.param, tmp_path_factory.mktemp(request.param), tiny_dir)
     schedule = [0, 2, 2, 1]  # reorder + repeat: every code path of the family
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}})
+    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}}, **EAGER)
     yield llm, ref.hf_model(path, schedule)
     shutdown(llm)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import reference as ref
-from conftest import PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
+from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,9 @@ TOL = 1e-3
 def case(request, tiny_dir, smollm2_dir):
     which, schedule = SCHEDULES[request.param]
     path = tiny_dir if which == "tiny" else smollm2_dir
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}})
+    compiled = request.param == "tiny-repeated"  # one schedule through torch.compile too
+    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}},
+                   **({} if compiled else EAGER))
     model = ref.hf_model(path, schedule)
     yield llm, model, schedule
     shutdown(llm)

@@ -140,7 +140,7 @@ class DepthDecoderModel(nn.Module):
         if get_pp_group().world_size > 1:
             raise ValueError(
                 "--model-impl depth: pipeline_parallel_size > 1 is not supported yet; "
-                "allowed: 1 (tensor parallelism works)"
+                "allowed: 1"
             )
 
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
@@ -154,28 +154,33 @@ class DepthDecoderModel(nn.Module):
         _, _, self.layers = make_layers(config.num_hidden_layers, make, prefix=f"{prefix}.layers")
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-        # Attention module of every position: the physical layer's own at its
-        # first use, a new one (own KV cache) for each repeat.  The index in
-        # a repeat's name is num_layers + position, unique among layer names.
-        n = config.num_hidden_layers
+        self.position_attn = self._position_attention(vllm_config, prefix)
+        self.position_delta = self._position_deltas(vllm_config)
+
+    def _position_attention(self, vllm_config: VllmConfig, prefix: str) -> list[Attention]:
+        """The attention module (so the KV cache) of every position.
+
+        The physical layer's own at its first use, a new one for each repeat.
+        The index in a repeat's name is num_layers + position: unique among
+        layer names, as vLLM's KV-cache binding requires.
+        """
+        n = self.config.num_hidden_layers
+        physical = self.schedule.physical
         self.repeat_attn = nn.ModuleDict(
             {
                 str(n + i): _repeat_attention(
-                    self.layers[self.schedule.physical[i]].self_attn.attn,
-                    vllm_config,
-                    f"{prefix}.repeat_attn.{n + i}",
+                    self.layers[physical[i]].self_attn.attn, vllm_config, f"{prefix}.repeat_attn.{n + i}"
                 )
                 for i in self.schedule.repeat_positions()
             }
         )
-        self.position_attn = [
-            self.layers[p].self_attn.attn
-            if self.schedule.owns_attention(i)
-            else self.repeat_attn[str(n + i)]
-            for i, p in enumerate(self.schedule.physical)
+        return [
+            self.layers[p].self_attn.attn if self.schedule.owns_attention(i) else self.repeat_attn[str(n + i)]
+            for i, p in enumerate(physical)
         ]
 
-        # Low-rank deltas of relaxed shared positions (``relax`` in the checkpoint).
+    def _position_deltas(self, vllm_config: VllmConfig) -> list[LowRankDelta | None]:
+        """The low-rank delta of every relaxed position (``relax`` in the checkpoint), else None."""
         self.relax = nn.ModuleDict()
         if self.depth.relax_rank is not None:
             if get_tensor_model_parallel_world_size() > 1:
@@ -186,15 +191,12 @@ class DepthDecoderModel(nn.Module):
             for i in self.depth.relax_positions:
                 self.relax[str(i)] = LowRankDelta(
                     self.layers[self.schedule.physical[i]].self_attn,
-                    config.hidden_size,
-                    config.intermediate_size,
+                    self.config.hidden_size,
+                    self.config.intermediate_size,
                     self.depth.relax_rank,
                     vllm_config.model_config.dtype,
                 )
-        self.position_delta = [
-            self.relax[str(i)] if str(i) in self.relax else None
-            for i in range(len(self.schedule.physical))
-        ]
+        return [self.relax[str(i)] if str(i) in self.relax else None for i in range(len(self.schedule.physical))]
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
