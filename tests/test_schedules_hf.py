@@ -51,7 +51,6 @@ def test_teacher_forced_logprobs_match_reference(case):
 
 def test_greedy_matches_reference_up_to_near_ties(case):
     llm, model, _ = case
-    tok = llm.get_tokenizer()
     outs = greedy(llm, PROMPTS, max_tokens=24, ignore_eos=True)  # the reference ignores EOS too
     for p, out in zip(PROMPTS, outs):
         ids = out.prompt_token_ids

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import torch
 
-from vllm_depth.analysis import PROJECTIONS
-
 DELTA_NAMES = {  # delta parameter prefix -> HF projection
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
     "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
@@ -100,7 +98,7 @@ def _kl(model, chunks, ref) -> float:
 
 def _averaged(a, b):
     m = copy.deepcopy(a)
-    for (name, p), q in zip(m.named_parameters(), b.parameters()):
+    for p, q in zip(m.parameters(), b.parameters()):
         p.data = (p.data + q.data) / 2
     return m
 

@@ -20,10 +20,6 @@ class LayerSchedule:
     def used(self) -> frozenset[int]:
         return frozenset(self.physical)
 
-    @property
-    def is_identity(self) -> bool:
-        return self.physical == tuple(range(self.num_layers))
-
     def owns_attention(self, position: int) -> bool:
         """True where ``position`` is the first use of its physical layer.
 
