@@ -119,7 +119,6 @@ class Engine:
     tokens: int = 0
     outputs: list = field(default_factory=list)
     token_ids: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:

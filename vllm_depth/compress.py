@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,15 +83,15 @@ def check_args(model_dir: str, out: str, num_layers: int, hidden: int,
 
 
 @torch.no_grad()
-def _reference_logprobs(model, chunks):
-    return [torch.log_softmax(model(torch.tensor([c]), use_cache=False).logits[0].float(), -1) for c in chunks]
+def _logprobs(model, ids: list[int]) -> torch.Tensor:
+    return torch.log_softmax(model(torch.tensor([ids]), use_cache=False).logits[0].float(), -1)
 
 
-@torch.no_grad()
 def _kl(model, chunks, ref) -> float:
+    """Mean KL(original || model) per token; ``ref`` holds the original's log-probabilities."""
     total, n = 0.0, 0
     for c, lp_ref in zip(chunks, ref):
-        lp = torch.log_softmax(model(torch.tensor([c]), use_cache=False).logits[0].float(), -1)
+        lp = _logprobs(model, c)
         total += (lp_ref.exp() * (lp_ref - lp)).sum().item()
         n += len(c)
     return total / n
@@ -103,10 +104,15 @@ def _averaged(a, b):
     return m
 
 
+@contextmanager
 def _with_layers(model, layers):
+    """Run ``model`` with another layer list inside the block; restore it after."""
     original = model.model.layers
     model.model.layers = torch.nn.ModuleList(layers)
-    return original
+    try:
+        yield model
+    finally:
+        model.model.layers = original
 
 
 def plan_prune(analysis, k: int) -> Plan:
@@ -122,15 +128,14 @@ def plan_share(model, chunks, k: int, merge: str, progress: bool = True) -> Plan
 
     layers = list(model.model.layers)
     n = len(layers)
-    ref = _reference_logprobs(model, chunks)
+    ref = [_logprobs(model, c) for c in chunks]
     candidates = [(p, d) for p in range(n) for d in (p - 1, p + 1) if 0 <= d < n]
     scored = []
     for p, d in tqdm(candidates, desc="share candidates", unit="pair", disable=not progress):
         trial = list(layers)
         trial[p] = layers[d]
-        orig = _with_layers(model, trial)
-        scored.append((_kl(model, chunks, ref), p, d))
-        model.model.layers = orig
+        with _with_layers(model, trial):
+            scored.append((_kl(model, chunks, ref), p, d))
     receivers, donors, pairs = set(), set(), []
     for kl, p, d in sorted(scored):
         if p in receivers or p in donors or d in receivers or d in donors:
@@ -154,9 +159,8 @@ def plan_share(model, chunks, k: int, merge: str, progress: bool = True) -> Plan
 
     measured = {}
     for how in (("copy", "average") if merge == "auto" else (merge,)):
-        orig = _with_layers(model, build(how))
-        measured[how] = _kl(model, chunks, ref)
-        model.model.layers = orig
+        with _with_layers(model, build(how)):
+            measured[how] = _kl(model, chunks, ref)
     chosen = min(measured, key=measured.get)
 
     # One stored weight set per group, in order of first position.  copy: a

@@ -39,10 +39,11 @@ def _check_depth_early(model_dir: str, depth: dict | None) -> None:
         return
     from transformers import AutoConfig
 
-    from vllm_depth.config import parse_depth_config
+    from vllm_depth.config import depth_config_of
 
     cfg = AutoConfig.from_pretrained(model_dir)
-    parse_depth_config(depth, cfg.num_hidden_layers)
+    cfg.depth = depth  # validated as the engine will: layers and hidden size of this checkpoint
+    depth_config_of(cfg)
 
 
 def cmd_bench(args) -> int:
@@ -106,12 +107,11 @@ def cmd_analyze(args) -> int:
     from vllm_depth.data import token_chunks
 
     if args.eval:
-        import json as _json
         from pathlib import Path
 
         from vllm_depth.evaluate import evaluate
 
-        cfg = _json.loads((Path(model_dir) / "config.json").read_text())
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
         baseline = args.baseline_model or cfg.get("vllm_depth_compress", {}).get("from")
         if baseline is None:
             raise SystemExit("--baseline-model: needed (the checkpoint does not name its original)")
@@ -143,17 +143,13 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from transformers import AutoConfig
-
     from vllm_depth import compress as C
     from vllm_depth.checkpoints import resolve_model
+    from vllm_depth.data import read_files
 
     try:
         model_dir = resolve_model(args.model)
-        cfg = AutoConfig.from_pretrained(model_dir)
-        C.check_args(model_dir, args.out, cfg.num_hidden_layers, cfg.hidden_size,
-                     args.prune, args.share, args.relax_rank, args.merge)
-        texts = _texts(args, "calib")
+        texts = read_files(args.data) if args.data else None  # None: compress() reads the stdlib
         plan, report = C.compress(model_dir, args.out, prune=args.prune, share=args.share,
                                   relax_rank=args.relax_rank, merge=args.merge, texts=texts,
                                   samples=args.samples, seq_len=args.seq_len)
