@@ -102,6 +102,53 @@ def _model_param_bytes(worker) -> int:
     return model_weight_bytes(worker.model_runner.model)
 
 
+def _exit_counters(worker, reset: bool) -> dict | None:
+    """Runs inside the engine's worker: the depth model's exit counters (None: not a depth model)."""
+    from vllm_depth.exits import ExitCounters
+
+    model = getattr(worker.model_runner.model, "model", None)
+    counters = getattr(model, "exit_counters", None)
+    if counters is None:
+        return None
+    out = counters.as_dict()
+    if reset:
+        model.exit_counters = ExitCounters()
+    return out
+
+
+def exit_counters(llm, reset: bool = False) -> dict | None:
+    """Cumulative exit counters of ``llm``'s depth model (``reset``: start them again)."""
+    return llm.collective_rpc(_exit_counters, args=(reset,))[0]
+
+
+def _exit_trace(worker, start: bool) -> dict | None:
+    model = worker.model_runner.model.model
+    out = model.exit_trace
+    model.exit_trace = {} if start else None
+    return out
+
+
+def start_exit_trace(llm) -> None:
+    """Record the exit layer of every decode token, per request, until ``take_exit_trace``."""
+    llm.collective_rpc(_exit_trace, args=(True,))
+
+
+def take_exit_trace(llm) -> dict[str, list[int]]:
+    """{request id (as ``RequestOutput.request_id``): exit layer of each decode token}; stops recording."""
+    raw = llm.collective_rpc(_exit_trace, args=(False,))[0] or {}
+    # the engine's ids are the user's plus "-<8 hex>" (vLLM 0.32 InputProcessor.assign_request_id)
+    return {key.rsplit("-", 1)[0]: layers for key, layers in raw.items()}
+
+
+def mean_exit_layer(counters: dict, generated_tokens: int, full_depth: int) -> float | None:
+    """Mean layers run per generated token: exited tokens at their exit layer, the rest at full depth."""
+    if not generated_tokens:
+        return None
+    exits = counters.get("exits", {})
+    exited = sum(exits.values())
+    return (sum(layer * n for layer, n in exits.items()) + full_depth * (generated_tokens - exited)) / generated_tokens
+
+
 def param_bytes(llm) -> int | None:
     try:
         return int(llm.collective_rpc(_model_param_bytes)[0])

@@ -28,6 +28,15 @@ class DepthConfig:
     # rank-``relax_rank`` delta ``A @ B`` to each of their layer's projections.
     relax_rank: int | None = None
     relax_positions: tuple[int, ...] | None = None
+    # Early exit: after ``L`` positions have run, for each ``L`` in
+    # ``exit_layers``, a decode token whose confidence (``exit_criterion``) is
+    # strictly above ``exit_threshold`` leaves the stack; ``kv_fill`` fills the
+    # KV of the positions it skipped.
+    exit_layers: tuple[int, ...] | None = None
+    exit_criterion: str = "softmax"
+    exit_threshold: float = 0.9
+    min_layer: int = 0
+    kv_fill: str = "propagate"
 
     def schedule(self, num_layers: int) -> tuple[int, ...]:
         if self.layer_schedule is None:
@@ -36,9 +45,12 @@ class DepthConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("layer_schedule", "relax_positions"):
+        for k in ("layer_schedule", "relax_positions", "exit_layers"):
             if d[k] is not None:
                 d[k] = list(d[k])
+        if self.exit_layers is None:  # the exit fields mean nothing without exit points
+            for k in EXIT_DEFAULTS:
+                d.pop(k)
         return {k: v for k, v in d.items() if v is not None}
 
     def key(self) -> str:
@@ -50,7 +62,16 @@ FIELDS = {
     "layer_schedule": "a non-empty list of physical layer indices (int), in order",
     "relax_rank": "an int from 1 to the hidden size (with relax_positions)",
     "relax_positions": "a list of distinct schedule positions (int) that carry a low-rank delta (with relax_rank)",
+    "exit_layers": "a non-empty list of increasing layer counts L (int), 1 <= L < the number of positions",
+    "exit_criterion": "one of 'softmax', 'margin', 'saturation'",
+    "exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit)",
+    "min_layer": "an int >= 0: no exit before this many layers",
+    "kv_fill": "'propagate'",
 }
+
+EXIT_CRITERIA = ("softmax", "margin", "saturation")
+KV_FILLS = ("propagate",)
+EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate"}
 
 
 def _fail(field: str, problem: str) -> DepthConfigError:
@@ -122,7 +143,52 @@ def parse_depth_config(raw: Any, num_layers: int, hidden_size: int | None = None
         if len(set(positions)) != len(positions):
             raise _fail("relax_positions", "positions repeat")
         positions = tuple(positions)
-    return DepthConfig(layer_schedule=schedule, relax_rank=rank, relax_positions=positions)
+    return DepthConfig(
+        layer_schedule=schedule, relax_rank=rank, relax_positions=positions,
+        **_parse_exits(raw, n_positions),
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
+    layers = raw.get("exit_layers")
+    out: dict[str, Any] = {}
+    if layers is None:
+        extra = sorted(set(raw) & set(EXIT_DEFAULTS))
+        if extra:
+            raise _fail("exit_layers", f"{extra} given without exit_layers")
+        return out
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise _fail("exit_layers", f"expected a non-empty list, got {layers!r}")
+    for i, n in enumerate(layers):
+        if not _is_int(n) or not 1 <= n < n_positions:
+            raise _fail(
+                "exit_layers",
+                f"entry {i} is {n!r}; the schedule has {n_positions} positions, so 1..{n_positions - 1}",
+            )
+    if list(layers) != sorted(set(layers)):
+        raise _fail("exit_layers", f"{list(layers)} is not strictly increasing")
+    out["exit_layers"] = tuple(layers)
+    criterion = raw.get("exit_criterion", EXIT_DEFAULTS["exit_criterion"])
+    if criterion not in EXIT_CRITERIA:
+        raise _fail("exit_criterion", f"{criterion!r} is not a known criterion")
+    out["exit_criterion"] = criterion
+    threshold = raw.get("exit_threshold", EXIT_DEFAULTS["exit_threshold"])
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise _fail("exit_threshold", f"{threshold!r} is out of range")
+    out["exit_threshold"] = float(threshold)
+    min_layer = raw.get("min_layer", EXIT_DEFAULTS["min_layer"])
+    if not _is_int(min_layer) or min_layer < 0:
+        raise _fail("min_layer", f"{min_layer!r} is not an int >= 0")
+    out["min_layer"] = min_layer
+    kv_fill = raw.get("kv_fill", EXIT_DEFAULTS["kv_fill"])
+    if kv_fill not in KV_FILLS:
+        raise _fail("kv_fill", f"{kv_fill!r} is not supported")
+    out["kv_fill"] = kv_fill
+    return out
 
 
 def depth_config_of(hf_config: Any) -> DepthConfig:

@@ -87,3 +87,220 @@ def install() -> None:
             stacklevel=2,
         )
     _patch_registry()
+    _patch_sampling_params()
+
+
+# -- token-level exits: attention over the rows that are still running --------------------
+
+
+def subset_attention_metadata(meta, keep_reqs, keep_rows, layer, dtype):
+    """vLLM 0.32 ``CPUAttentionMetadataBuilder.build``, redone for a subset of requests.
+
+    Exited decode tokens leave the batch; the later positions' attention runs
+    over the kept requests only (their query/sequence lengths, block tables
+    and slots), so it does proportionally less work.  The scheduler metadata
+    is rebuilt for the smaller batch exactly as the builder builds it.
+    """
+    import dataclasses
+
+    import torch
+    from vllm import _custom_ops as ops
+    from vllm import envs
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionMetadata
+
+    if not isinstance(meta, CPUAttentionMetadata):
+        raise NotImplementedError(
+            f"token-level early exit needs the CPU attention backend here (got {type(meta).__name__}); "
+            "allowed: CPU_ATTN"
+        )
+    if meta.dynamic_causal is not None or meta.encoder_cache is not None:
+        raise NotImplementedError("token-level early exit supports causal decoder attention only")
+    qsl = meta.query_start_loc
+    qlen = (qsl[1:] - qsl[:-1])[keep_reqs]
+    new_qsl = torch.zeros(keep_reqs.numel() + 1, dtype=qsl.dtype)
+    torch.cumsum(qlen, 0, out=new_qsl[1:])
+    seq_lens = meta.seq_lens[keep_reqs]
+    scheduler_metadata = ops.cpu_attn_get_scheduler_metadata(
+        num_reqs=keep_reqs.numel(),
+        num_heads=layer.num_heads,
+        num_kv_heads=layer.num_kv_heads,
+        head_dim=layer.head_size,
+        seq_lens=seq_lens,
+        dtype=dtype,
+        query_start_loc=new_qsl,
+        causal=meta.causal,
+        sliding_window_size=layer.impl.sliding_window,
+        isa=layer.isa,
+        enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
+        dynamic_causal=None,
+        kv_cache_dtype=layer.impl.kv_cache_dtype,
+    )
+    return dataclasses.replace(
+        meta,
+        num_actual_tokens=keep_rows.numel(),
+        max_query_len=int(qlen.max()),
+        query_start_loc=new_qsl,
+        max_seq_len=int(seq_lens.max()),
+        seq_lens=seq_lens,
+        block_table=meta.block_table[keep_reqs],
+        slot_mapping=meta.slot_mapping[keep_rows],
+        scheduler_metadata=scheduler_metadata,
+    )
+
+
+class AttentionViews:
+    """The forward context's attention metadata and slots, narrowed as tokens exit.
+
+    vLLM 0.32 ``ForwardContext.attn_metadata`` / ``slot_mapping`` (dicts keyed
+    by layer name) are what ``Attention.forward`` reads; they are replaced for
+    the rest of the step and restored by ``restore()``.
+    """
+
+    def __init__(self):
+        from vllm.forward_context import get_forward_context
+
+        self.ctx = get_forward_context()
+        self.attn_metadata = self.ctx.attn_metadata
+        self.slot_mapping = self.ctx.slot_mapping
+        if not isinstance(self.attn_metadata, dict) or not isinstance(self.slot_mapping, dict):
+            raise NotImplementedError("token-level early exit needs one attention metadata per layer")
+
+    def query_start_loc(self, attn):
+        return self.attn_metadata[attn.layer_name].query_start_loc
+
+    def slots(self, attn, rows):
+        """The original cache slots of ``rows`` at ``attn``'s layer (for the KV fill)."""
+        return self.slot_mapping[attn.layer_name][rows]
+
+    def narrow(self, layers, keep_reqs, keep_rows, dtype) -> None:
+        """From now on, ``layers`` attend for the kept requests and rows only."""
+        subsets: dict[int, object] = {}
+        metadata, slots = dict(self.attn_metadata), dict(self.slot_mapping)
+        for attn in layers:
+            meta = self.attn_metadata[attn.layer_name]
+            if id(meta) not in subsets:
+                subsets[id(meta)] = subset_attention_metadata(meta, keep_reqs, keep_rows, attn, dtype)
+            metadata[attn.layer_name] = subsets[id(meta)]
+            slots[attn.layer_name] = self.slot_mapping[attn.layer_name][keep_rows]
+        self.ctx.attn_metadata, self.ctx.slot_mapping = metadata, slots
+
+    def restore(self) -> None:
+        self.ctx.attn_metadata, self.ctx.slot_mapping = self.attn_metadata, self.slot_mapping
+
+
+def write_kv(attn, key, value, slots) -> None:
+    """vLLM 0.32 ``unified_kv_cache_update``: write K/V rows into ``attn``'s paged cache at ``slots``."""
+    attn.impl.do_kv_cache_update(
+        attn,
+        key.view(-1, attn.num_kv_heads, attn.head_size),
+        value.view(-1, attn.num_kv_heads, attn.head_size_v),
+        attn.kv_cache,
+        slots,
+    )
+
+
+def current_query_start_loc():
+    """The step's ``query_start_loc`` (any layer's attention metadata), or None (profiling runs)."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return None
+    metadata = get_forward_context().attn_metadata
+    if not isinstance(metadata, dict) or not metadata:
+        return None
+    return getattr(next(iter(metadata.values())), "query_start_loc", None)
+
+
+# -- per-request depth controls -----------------------------------------------------------
+
+
+def step_requests(runner) -> list:
+    """The step's requests in token-layout order, with their depth controls (vLLM 0.32 ``InputBatch``)."""
+    from vllm_depth.exits import StepRequest
+    from vllm_depth.request_args import parse_request_args
+
+    batch = runner.input_batch
+    out = []
+    for i, req_id in enumerate(batch.req_ids):
+        params = runner.requests[req_id].sampling_params
+        extra = params.extra_args if params is not None else None
+        decode = int(batch.num_computed_tokens_cpu[i]) >= int(batch.num_prompt_tokens[i])
+        out.append(StepRequest(req_id, parse_request_args(extra), decode))
+    return out
+
+
+def patch_runner() -> None:
+    """vLLM 0.32 ``GPUModelRunner._model_forward`` (also the CPU runner's).
+
+    Before the forward, a depth model with exit layers is told the step's
+    requests (token-layout order) and their per-request depth controls.
+    Installed by the depth model when it is built (in the worker, where the
+    runner module is already imported), so other processes never import it.
+    """
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    def wrap(original):
+        def method(self, *args, **kwargs):
+            model = self.get_model()
+            prepare = getattr(model, "depth_prepare_step", None)
+            if prepare is not None and model.model.depth.exit_layers is not None:
+                prepare(step_requests(self))
+            return original(self, *args, **kwargs)
+
+        return method
+
+    _patch(GPUModelRunner, "_model_forward", wrap)
+
+
+def _patch_sampling_params() -> None:
+    """vLLM 0.32 ``SamplingParams._verify_args``: refuse bad ``depth_*`` extra_args up front.
+
+    Runs where the request is built (``LLM.generate``, the OpenAI server's
+    request conversion, which answers HTTP 400), so a bad value never reaches
+    the engine.  Requests without ``depth_*`` keys are untouched.
+    """
+    from vllm.sampling_params import SamplingParams
+
+    from vllm_depth.request_args import parse_request_args
+
+    def wrap(original):
+        def method(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            parse_request_args(self.extra_args)
+
+        return method
+
+    _patch(SamplingParams, "_verify_args", wrap)
+
+
+class NativeKernels:
+    """Eager steps of a compiled model run vLLM's platform kernels, not the torch-native ops.
+
+    vLLM 0.32 ``CustomOp.dispatch_forward``: with torch.compile on, custom ops
+    (RMSNorm, rotary, SiLU-and-mul) are set to ``forward_native`` so inductor
+    can fuse them; run eagerly, those are many small torch ops.  The
+    early-exit step runs eagerly (which tokens go on is data-dependent), so for
+    its duration each op's ``_forward_method`` is the platform's kernel, as
+    vLLM picks it when the op is enabled.
+    """
+
+    def __init__(self, module):
+        from vllm.model_executor.custom_op import CustomOp
+        from vllm.platforms import current_platform
+
+        kind = "cpu" if current_platform.is_cpu() else "hip" if current_platform.is_rocm() else "cuda"
+        self.ops = [
+            (m, m._forward_method, getattr(m, f"forward_{kind}"))
+            for m in module.modules()
+            if isinstance(m, CustomOp) and hasattr(m, "_forward_method")
+        ]
+
+    def __enter__(self):
+        for m, _, fast in self.ops:
+            m._forward_method = fast
+        return self
+
+    def __exit__(self, *exc):
+        for m, default, _ in self.ops:
+            m._forward_method = default
+        return False

@@ -8,6 +8,7 @@ weights and one KV cache per position.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +34,8 @@ from vllm.model_executor.models.utils import (
 from vllm.sequence import IntermediateTensors
 
 from vllm_depth.config import depth_config_of
+from vllm_depth.exits import ExitCounters, ExitRun, ExitStep, plan_step
+from vllm_depth.kv_fill import propagate
 from vllm_depth.models.families import family_of
 from vllm_depth.schedule import LayerSchedule
 
@@ -59,13 +62,8 @@ class LowRankDelta(nn.Module):
         return torch.cat([(x @ getattr(self, f"{n}_b").t()) @ getattr(self, f"{n}_a").t() for n in names], dim=-1)
 
 
-def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_states, delta=None):
-    """vLLM's ``LlamaAttention.forward`` / ``Qwen3Attention.forward`` with ``attn`` given.
-
-    The projections, q/k norms (Qwen3) and rotary embedding are the physical
-    layer's; ``attn`` (and so the KV cache) is the position's, and so is the
-    optional low-rank ``delta``.
-    """
+def project_qkv(self_attn: nn.Module, positions, hidden_states, delta=None):
+    """q, k, v of vLLM's ``LlamaAttention`` / ``Qwen3Attention`` (q/k norms, rotary), plus the delta."""
     qkv, _ = self_attn.qkv_proj(hidden_states)
     if delta is not None:
         qkv = qkv + delta.apply(("q", "k", "v"), hidden_states)
@@ -75,6 +73,17 @@ def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_s
         q = self_attn.q_norm(q.view(*q.shape[:-1], q.shape[-1] // hd, hd)).view(q.shape)
         k = self_attn.k_norm(k.view(*k.shape[:-1], k.shape[-1] // hd, hd)).view(k.shape)
     q, k = self_attn.rotary_emb(positions, q, k)
+    return q, k, v
+
+
+def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_states, delta=None):
+    """vLLM's ``LlamaAttention.forward`` / ``Qwen3Attention.forward`` with ``attn`` given.
+
+    The projections, q/k norms (Qwen3) and rotary embedding are the physical
+    layer's; ``attn`` (and so the KV cache) is the position's, and so is the
+    optional low-rank ``delta``.
+    """
+    q, k, v = project_qkv(self_attn, positions, hidden_states, delta)
     a = attn(q, k, v)
     out, _ = self_attn.o_proj(a)
     if delta is not None:
@@ -156,6 +165,8 @@ class DepthDecoderModel(nn.Module):
 
         self.position_attn = self._position_attention(vllm_config, prefix)
         self.position_delta = self._position_deltas(vllm_config)
+        self.exit_counters = ExitCounters()
+        self.exit_trace: dict[str, list[int]] | None = None  # set to {} to record exit layers
 
     def _position_attention(self, vllm_config: VllmConfig, prefix: str) -> list[Attention]:
         """The attention module (so the KV cache) of every position.
@@ -215,6 +226,46 @@ class DepthDecoderModel(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
+    def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of) -> tuple[torch.Tensor, ExitRun]:
+        """One step with token-level early exit (eager: which tokens run on is data-dependent).
+
+        After each exit layer the candidates are checked; a token that exits
+        leaves the active rows (the later positions' projections, MLP and
+        attention run for the others only) and, at every later position, its
+        K/V is filled by state propagation.  Returns the normed final hidden
+        states of all rows (exit states for exited tokens) and the run.
+        """
+        from vllm_depth.vllm_compat import AttentionViews
+
+        hidden = self.embed_input_ids(input_ids)
+        total, residual = hidden.shape[0], None
+        run = ExitRun(step, hidden, positions, self.depth.exit_criterion)
+        views = AttentionViews()
+        exit_layers, counters = set(self.depth.exit_layers), self.exit_counters
+        try:
+            for i, (p, attn, delta) in enumerate(zip(self.schedule.physical, self.position_attn, self.position_delta)):
+                if run.exit_rows:
+                    self._fill(p, attn, delta, run, views)
+                if run.num_active:
+                    hidden, residual = layer_forward(self.layers[p], attn, run.positions, hidden, residual, delta)
+                if i + 1 in exit_layers and run.num_active:
+                    keep = run.check(i + 1, hidden, residual, self.norm, logits_of, counters)
+                    if keep is not None:
+                        hidden, residual = hidden[keep], residual[keep]
+                        if run.num_active:
+                            views.narrow(self.position_attn[i + 1 :], run.kept_requests(), run.rows, hidden.dtype)
+        finally:
+            views.restore()
+        final = self.norm(hidden, residual)[0] if run.num_active else None
+        return run.output(final, total, self.config.hidden_size, hidden), run
+
+    def _fill(self, p: int, attn, delta, run: ExitRun, views) -> None:
+        t0 = time.perf_counter()
+        rows, states, positions = run.exited()
+        propagate(self.layers[p], attn, delta, states, positions, views.slots(attn, rows))
+        self.exit_counters.fill_tokens += rows.numel()
+        self.exit_counters.fill_seconds += time.perf_counter() - t0
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loader = AutoWeightsLoader(self)
         return loader.load_weights(weights, mapper=self.family.mapper)
@@ -244,6 +295,13 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self.logits_processor = LogitsProcessor(
             config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
         )
+        self._step_requests = None  # set by the runner before each forward (vllm_compat)
+        if self.model.depth.exit_layers is not None:
+            from vllm_depth.vllm_compat import patch_runner
+
+            patch_runner()
+        self._cached_logits = None  # exit logits of the last step, reused by compute_logits
+        self._kernels = None  # platform kernels for the eager early-exit steps
 
     def make_empty_intermediate_tensors(self, *args, **kwargs):
         raise NotImplementedError("pipeline parallelism is not supported by the depth path yet")
@@ -258,10 +316,71 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+        self._cached_logits = None
+        requests, self._step_requests = self._step_requests, None
+        step = self._exit_step(requests) if inputs_embeds is None else None
+        if step is None:  # no token can exit: the compiled full-depth graph, no check at all
+            self._trace(requests, None)
+            return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+        if self._kernels is None:
+            from vllm_depth.vllm_compat import NativeKernels
+
+            self._kernels = NativeKernels(self)
+        with self._kernels:
+            hidden, run = self.model.forward_with_exits(input_ids, positions, step, self._exit_logits)
+        cached = run.cached_logits()
+        if cached is not None:
+            self._cached_logits = (step.num_reqs, *cached)
+        self._trace(requests, run)
+        return hidden
+
+    def _trace(self, requests, run) -> None:
+        """With ``model.exit_trace`` a dict (tests, debugging): each decode token's exit layer, per request."""
+        trace = self.model.exit_trace
+        if trace is None or not requests:
+            return
+        exits = {}
+        if run is not None:
+            for reqs, layer in zip(run.exit_reqs, run.exit_layers):
+                exits.update(dict.fromkeys(reqs.tolist(), layer))
+        full = len(self.model.schedule.physical)
+        for r, req in enumerate(requests):
+            if req.decode:
+                trace.setdefault(req.req_id, []).append(exits.get(r, full))
+
+    def depth_prepare_step(self, requests) -> None:
+        """Called by the runner before each forward with the step's ``StepRequest`` list."""
+        self._step_requests = requests
+
+    def _exit_step(self, requests) -> ExitStep | None:
+        depth = self.model.depth
+        if depth.exit_layers is None or not requests:
+            return None
+        from vllm_depth.vllm_compat import current_query_start_loc
+
+        qsl = current_query_start_loc()
+        if qsl is None:
+            return None
+        return plan_step(requests, qsl, threshold=depth.exit_threshold, min_layer=depth.min_layer,
+                         last_exit_layer=depth.exit_layers[-1])
+
+    def _exit_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, normed)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.logits_processor(self.lm_head, hidden_states)
+        cached, self._cached_logits = self._cached_logits, None
+        if cached is None or hidden_states.shape[0] != cached[0]:
+            return self.logits_processor(self.lm_head, hidden_states)
+        # One sampled row per request (no speculative tokens): exited requests' rows
+        # are their exit logits, computed by the exit check; only the others need the LM head.
+        _, reqs, exit_logits = cached  # (computed under NativeKernels: the same LM head matmul)
+        todo = torch.ones(hidden_states.shape[0], dtype=torch.bool)
+        todo[reqs] = False
+        logits = exit_logits.new_empty(hidden_states.shape[0], exit_logits.shape[1])
+        logits[reqs] = exit_logits
+        if bool(todo.any()):
+            logits[todo] = self.logits_processor(self.lm_head, hidden_states[todo])
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights)

@@ -1,0 +1,129 @@
+"""Token-level early exit with CALM-style state propagation: an independent reference.
+
+Plain PyTorch on a Hugging Face ``LlamaForCausalLM`` (no vLLM, no vllm_depth).
+Greedy, batch of one, never stops at EOS.  The loop keeps its own per-layer KV
+cache and computes attention itself; the HF modules supply only the weights,
+norms, projections, MLP and rotary embedding.
+
+Exit layer L is a layer count: "after the first L layers".  The prompt runs all
+N layers.  A decode token runs layers one at a time; after the first L layers,
+L in ``exit_layers`` and L >= ``min_layer``, its confidence is checked and, when
+it is above ``threshold``, the token is taken from the residual stream h there.
+The skipped layers j = L..N-1 get K/V at this position by state propagation:
+``k_proj``/``v_proj`` of ``layers[j].input_layernorm(h)``, rotary on k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+NEAR = 1e-3  # a confidence this close to the threshold, or top-2 log-probs this close: a near-tie
+
+
+@dataclass
+class ExitTrace:
+    tokens: list[int] = field(default_factory=list)
+    exit_layers: list[int] = field(default_factory=list)  # one per token; N = full depth
+    near_tie: list[bool] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list, repr=False)  # h each token was taken from
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)  # per layer
+
+
+def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[1, T, H * d] -> [1, H, T, d]."""
+    return t.view(1, t.shape[1], -1, head_dim).transpose(1, 2)
+
+
+def _kv(layer, h, cos, sin):
+    """The K (rotated) and V that ``layer`` caches for residual stream ``h``."""
+    attn, x = layer.self_attn, layer.input_layernorm(h)
+    k, v = _heads(attn.k_proj(x), attn.head_dim), _heads(attn.v_proj(x), attn.head_dim)
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    return k, v
+
+
+def _append(kv: list, j: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    kv[j] = (k, v) if kv[j] is None else (torch.cat([kv[j][0], k], 2), torch.cat([kv[j][1], v], 2))
+
+
+def _layer(layer, h, kv, j, cos, sin, pos):
+    """One decoder layer on h [1, T, hidden] at positions ``pos``, appending its K/V to ``kv[j]``."""
+    attn = layer.self_attn
+    q = _heads(attn.q_proj(layer.input_layernorm(h)), attn.head_dim)
+    q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+    _append(kv, j, *_kv(layer, h, cos, sin))
+    groups = q.shape[1] // kv[j][0].shape[1]
+    k, v = (t.repeat_interleave(groups, 1) for t in kv[j])  # GQA: query head i reads kv head i // groups
+    scores = q @ k.transpose(2, 3) * attn.scaling
+    future = torch.arange(k.shape[2])[None, :] > pos[:, None]  # causal: keys after the query
+    o = torch.softmax(scores.masked_fill(future, float("-inf")).float(), -1) @ v
+    h = h + attn.o_proj(o.transpose(1, 2).reshape(1, h.shape[1], -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def _logits(model, h: torch.Tensor) -> torch.Tensor:
+    return model.lm_head(model.model.norm(h)).float()
+
+
+def _confidence(model, h, prev, criterion: str) -> float:
+    if criterion == "saturation":
+        return F.cosine_similarity(h.flatten().float(), prev.flatten().float(), dim=0).item()
+    top = torch.softmax(_logits(model, h).flatten(), -1).topk(2).values
+    if criterion == "softmax":
+        return top[0].item()
+    if criterion == "margin":
+        return (top[0] - top[1]).item()
+    raise ValueError(f"unknown criterion {criterion!r}")
+
+
+@torch.no_grad()
+def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list[int], threshold: float,
+                      min_layer: int = 0, criterion: str = "softmax") -> ExitTrace:
+    """Greedy decoding of ``n`` tokens with early exit and state propagation (see the module docstring)."""
+    layers = model.model.layers
+    N = len(layers)
+    assert all(1 <= L <= N - 1 for L in exit_layers), f"exit layers must be in [1, {N - 1}]"
+    checks = {L for L in exit_layers if L >= min_layer}
+    trace, kv = ExitTrace(), [None] * N
+    for step in range(n):
+        ids = list(prompt_ids) if step == 0 else [trace.tokens[-1]]
+        start = 0 if step == 0 else len(prompt_ids) + step - 1
+        pos = torch.arange(start, start + len(ids))
+        h = model.model.embed_tokens(torch.tensor([ids]))
+        cos, sin = model.model.rotary_emb(h, pos[None])
+        prev, near, exit_at = h, False, N
+        for j, layer in enumerate(layers):
+            h = _layer(layer, h, kv, j, cos, sin, pos)
+            if step == 0 or j + 1 not in checks:
+                continue
+            conf = _confidence(model, h, prev, criterion)
+            prev, near = h, near or abs(conf - threshold) <= NEAR
+            if conf > threshold:
+                exit_at = j + 1
+                for s in range(exit_at, N):  # state propagation into the skipped layers
+                    _append(kv, s, *_kv(layers[s], h, cos, sin))
+                break
+        logits = _logits(model, h[0, -1])
+        top = torch.log_softmax(logits, -1).topk(2).values
+        trace.tokens.append(int(logits.argmax()))  # ties: the lowest id
+        trace.exit_layers.append(exit_at)
+        trace.near_tie.append(near or (top[0] - top[1]).item() <= NEAR)
+        trace.hidden.append(h[0, -1])
+    trace.kv = kv
+    return trace
+
+
+def agrees(trace: ExitTrace, tokens: list[int], exit_layers: list[int]) -> tuple[bool, str]:
+    """True when (tokens, exit_layers) equal the trace's, or first differ where the trace is at a near-tie."""
+    for i, (got, want) in enumerate(zip(zip(tokens, exit_layers), zip(trace.tokens, trace.exit_layers))):
+        if got != want:
+            tie = trace.near_tie[i]
+            return tie, (f"step {i}: got token {got[0]} exit {got[1]}, reference token {want[0]} exit {want[1]}"
+                         + (" (reference near-tie)" if tie else ""))
+    if not len(tokens) == len(exit_layers) == len(trace.tokens):
+        return False, f"lengths differ: {len(tokens)} tokens, {len(exit_layers)} exits, reference {len(trace.tokens)}"
+    return True, "identical"

@@ -1,0 +1,135 @@
+"""Token-level early exit in vLLM against the independent reference (tests/reference_exit.py).
+
+The same exit layer for every token and the same tokens, except where the
+reference itself is at a near-tie (confidence or top-2 log-probabilities
+within 1e-3); at batch 1 and in a mixed batch of 8.  Per-request controls:
+a threshold that cannot fire gives stock vLLM's output and runs no check; a
+request's output in a mixed batch equals its output alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import reference_exit as rx
+from conftest import EAGER, PROMPTS, make_llm, shutdown
+from vllm_depth.bench import exit_counters, start_exit_trace, take_exit_trace
+
+pytestmark = pytest.mark.slow
+
+N = 16  # new tokens
+CASES = {
+    # tiny (6 layers, random weights): saturation gives a mix of exits at 4 and full depth
+    "tiny": ("tiny", {"exit_layers": [2, 4], "exit_criterion": "saturation", "exit_threshold": 0.7}),
+    # SmolLM2 (30 layers): softmax 0.8 exits at 8, 16, 24 and full depth
+    "smollm2": ("smollm2", {"exit_layers": [8, 16, 24], "exit_criterion": "softmax", "exit_threshold": 0.8}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reference's small matmuls; the engines run in their own processes
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tiny_dir, smollm2_dir):
+    which, depth = CASES[request.param]
+    path = tiny_dir if which == "tiny" else smollm2_dir
+    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    yield llm, model, depth
+    shutdown(llm)
+
+
+def _params(extra=None):
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=0.0, max_tokens=N, ignore_eos=True, extra_args=extra)
+
+
+def generate_traced(llm, prompts, params):
+    """(tokens, exit layers incl. the prefill token's full depth) per prompt, in one batch."""
+    start_exit_trace(llm)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    trace = take_exit_trace(llm)
+    full = llm.llm_engine.model_config.hf_config.num_hidden_layers
+    return [(list(o.outputs[0].token_ids), [full] + trace.get(o.request_id, []), o.prompt_token_ids) for o in outs]
+
+
+def _check(model, results, **exit_kwargs):
+    exited = 0
+    for prompt, (tokens, exits, ids) in zip(PROMPTS, results):
+        want = rx.early_exit_greedy(model, ids, N, **exit_kwargs)
+        ok, detail = rx.agrees(want, tokens, exits)
+        assert ok, f"{prompt[:30]!r}: {detail}"
+        exited += sum(e < len(model.model.layers) for e in exits)
+    return exited
+
+
+def _kwargs(depth, **override):
+    kw = dict(exit_layers=depth["exit_layers"], threshold=depth["exit_threshold"],
+              criterion=depth["exit_criterion"], min_layer=depth.get("min_layer", 0))
+    kw.update(override)
+    return kw
+
+
+def test_batch_of_one_matches_reference(case):
+    llm, model, depth = case
+    results = [generate_traced(llm, [p], _params())[0] for p in PROMPTS]
+    exited = _check(model, results, **_kwargs(depth))
+    assert exited > 0, "the config was chosen so that some tokens exit"
+
+
+def test_mixed_batch_of_eight_matches_reference(case):
+    llm, model, depth = case
+    results = generate_traced(llm, PROMPTS, _params())
+    assert _check(model, results, **_kwargs(depth)) > 0
+
+
+def test_always_fires_at_first_exit_point_at_or_after_min_layer(case):
+    llm, model, depth = case
+    layers = depth["exit_layers"]
+    results = generate_traced(llm, PROMPTS, _params({"depth_exit_threshold": 0.0, "depth_min_layer": layers[0] + 1}))
+    for _, exits, _ in results:
+        if depth["exit_criterion"] == "softmax":  # a probability is always > 0
+            assert exits[1:] == [layers[1]] * (N - 1)
+    _check(model, results, **_kwargs(depth, threshold=0.0, min_layer=layers[0] + 1))
+
+
+@pytest.fixture(scope="module")
+def stock(case, tiny_dir, smollm2_dir):
+    _, model, _ = case
+    path = tiny_dir if len(model.model.layers) == 6 else smollm2_dir
+    llm = make_llm(path, **EAGER)
+    outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
+    shutdown(llm)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def test_threshold_that_cannot_fire_is_stock_vllm_and_runs_no_check(case, stock):
+    llm, model, _ = case
+    full = len(model.model.layers)
+    before = exit_counters(llm)["checked"]
+    for extra in ({"depth_exit_threshold": 1.0}, {"depth_exit": False}):
+        results = generate_traced(llm, PROMPTS, _params(extra))
+        assert [t for t, _, _ in results] == stock
+        assert all(e == [full] * N for _, e, _ in results)
+    assert exit_counters(llm)["checked"] == before
+
+
+def test_each_request_in_a_mixed_batch_behaves_as_if_alone(case, stock):
+    llm, _, depth = case
+    settings = [None, {"depth_exit": False}, {"depth_exit_threshold": 0.0},
+                {"depth_exit_threshold": 0.5, "depth_min_layer": depth["exit_layers"][-1]}]
+    params = [_params(settings[i % 4]) for i in range(len(PROMPTS))]
+    together = generate_traced(llm, PROMPTS, params)
+    alone = [generate_traced(llm, [p], sp)[0] for p, sp in zip(PROMPTS, params)]
+    for i, (a, b) in enumerate(zip(together, alone)):
+        assert a[:2] == b[:2], f"request {i} ({settings[i % 4]}): batch {a[:2]} vs alone {b[:2]}"
+        if settings[i % 4] == {"depth_exit": False}:
+            assert a[0] == stock[i]

@@ -1,0 +1,200 @@
+"""Exit criteria and the bookkeeping of token-level early exit in one decode step.
+
+Exit layers are layer counts: exit layer ``L`` means "after the first ``L``
+schedule positions have run".  A decode token (the only token its request has
+in the step) may exit at an exit layer ``L >= min_layer`` when its confidence
+is strictly greater than its request's threshold:
+
+- ``softmax``: max probability of the exit distribution (final norm + LM head);
+- ``margin``: top-1 minus top-2 probability of that distribution;
+- ``saturation``: cosine similarity of the hidden state with the one at the
+  previous exit point checked for this token (the embedding for the first);
+  it needs no LM head.
+
+``CRITERIA`` is the extension point: a criterion is a function of
+``(logits, state, previous_state)`` and says whether it needs the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from vllm_depth.request_args import RequestDepth
+
+
+def _softmax(logits, state, prev):
+    return torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+
+
+def _margin(logits, state, prev):
+    top = torch.softmax(logits.float(), dim=-1).topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+def _saturation(logits, state, prev):
+    from vllm_depth.kernels.exit_check import saturation
+
+    return saturation(prev, state)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    confidence: Callable  # (logits | None, state, previous state) -> [T] float32
+    needs_logits: bool
+
+
+CRITERIA: dict[str, Criterion] = {
+    "softmax": Criterion(_softmax, True),
+    "margin": Criterion(_margin, True),
+    "saturation": Criterion(_saturation, False),
+}
+
+
+@dataclass
+class StepRequest:
+    """What the model needs to know of one request of the step (from the runner)."""
+
+    req_id: str
+    depth: RequestDepth
+    decode: bool  # its scheduled token samples a new token after the prompt
+
+
+@dataclass
+class ExitStep:
+    """The candidates of one step: decode tokens that may exit."""
+
+    rows: torch.Tensor  # [C] token rows
+    threshold: torch.Tensor  # [C] float32
+    min_layer: torch.Tensor  # [C] int64
+    query_start_loc: torch.Tensor  # [R + 1]
+    num_reqs: int
+
+
+def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, threshold: float,
+              min_layer: int, last_exit_layer: int) -> ExitStep | None:
+    """The step's exit candidates, or None when no token can exit (then no check runs)."""
+    qsl = query_start_loc.cpu().tolist()
+    rows, thr, mins = [], [], []
+    for r, req in enumerate(requests):
+        if not req.decode or not req.depth.exit or qsl[r + 1] - qsl[r] != 1:
+            continue
+        t = threshold if req.depth.exit_threshold is None else req.depth.exit_threshold
+        m = min_layer if req.depth.min_layer is None else req.depth.min_layer
+        if t >= 1.0 or m > last_exit_layer:  # confidence > 1.0 is impossible
+            continue
+        rows.append(qsl[r])
+        thr.append(t)
+        mins.append(m)
+    if not rows:
+        return None
+    return ExitStep(
+        torch.tensor(rows), torch.tensor(thr, dtype=torch.float32), torch.tensor(mins),
+        query_start_loc, len(requests),
+    )
+
+
+@dataclass
+class ExitCounters:
+    """Cumulative exit statistics of one model (read by the bench and /metrics)."""
+
+    exits: dict[int, int] = field(default_factory=dict)  # exit layer -> tokens
+    checked: int = 0  # candidate tokens that reached the exit check
+    fill_tokens: int = 0  # (token, layer) K/V pairs filled by propagation
+    fill_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"exits": dict(self.exits), "checked": self.checked,
+                "fill_tokens": self.fill_tokens, "fill_seconds": self.fill_seconds}
+
+
+class ExitRun:
+    """The active rows of one step and the tokens that left, with their exit states."""
+
+    def __init__(self, step: ExitStep, embeddings: torch.Tensor, positions: torch.Tensor, criterion: str):
+        t = embeddings.shape[0]
+        self.step = step
+        self.criterion = CRITERIA[criterion]
+        self.rows = torch.arange(t)
+        qsl = step.query_start_loc.to(torch.long)
+        self.req_of_row = torch.repeat_interleave(torch.arange(step.num_reqs), qsl[1:] - qsl[:-1])
+        if self.req_of_row.numel() < t:  # padding rows belong to no request
+            self.req_of_row = torch.cat([self.req_of_row, torch.full((t - self.req_of_row.numel(),), -1)])
+        self.threshold = torch.full((t,), float("inf"))
+        self.threshold[step.rows] = step.threshold
+        self.min_layer = torch.full((t,), 1 << 30, dtype=torch.long)
+        self.min_layer[step.rows] = step.min_layer
+        self.positions = positions
+        self.prev = embeddings.clone() if criterion == "saturation" else None
+        # the exited tokens, in exit order
+        self.exit_rows: list[torch.Tensor] = []
+        self.exit_reqs: list[torch.Tensor] = []
+        self.exit_layers: list[int] = []
+        self.exit_states: list[torch.Tensor] = []
+        self.exit_normed: list[torch.Tensor] = []
+        self.exit_logits: list[torch.Tensor] = []
+        self.exit_positions: list[torch.Tensor] = []
+
+    @property
+    def num_active(self) -> int:
+        return self.rows.numel()
+
+    def check(self, layer: int, hidden, residual, norm, logits_of, counters: ExitCounters):
+        """Run the exit check after ``layer`` positions; the keep mask of the active rows, or None."""
+        eligible = (self.threshold < float("inf")) & (self.min_layer <= layer)
+        idx = eligible.nonzero()[:, 0]
+        if idx.numel() == 0:
+            return None
+        state = hidden[idx] + residual[idx]
+        normed = norm(state)
+        logits = logits_of(normed) if self.criterion.needs_logits else None
+        prev = self.prev[idx] if self.prev is not None else None
+        fire = self.criterion.confidence(logits, state, prev) > self.threshold[idx]
+        counters.checked += idx.numel()
+        if self.prev is not None:
+            self.prev[idx] = state
+        if not bool(fire.any()):
+            return None
+        out = idx[fire]
+        counters.exits[layer] = counters.exits.get(layer, 0) + out.numel()
+        self.exit_rows.append(self.rows[out])
+        self.exit_reqs.append(self.req_of_row[out])
+        self.exit_layers.append(layer)
+        self.exit_states.append(state[fire])
+        self.exit_normed.append(normed[fire])
+        self.exit_logits.append(logits[fire] if logits is not None else None)
+        self.exit_positions.append(self.positions[out])
+        keep = torch.ones(self.num_active, dtype=torch.bool)
+        keep[out] = False
+        # compact: exited rows leave, and so do padding rows (no request, no attention)
+        keep &= self.req_of_row >= 0
+        for name in ("rows", "req_of_row", "threshold", "min_layer", "positions"):
+            setattr(self, name, getattr(self, name)[keep])
+        if self.prev is not None:
+            self.prev = self.prev[keep]
+        return keep
+
+    def exited(self):
+        """(rows, states, positions) of every token that has left so far."""
+        return torch.cat(self.exit_rows), torch.cat(self.exit_states), torch.cat(self.exit_positions)
+
+    def kept_requests(self) -> torch.Tensor:
+        return torch.unique_consecutive(self.req_of_row)
+
+    def output(self, final: torch.Tensor | None, total: int, hidden_size: int, like: torch.Tensor):
+        """The normed final hidden state of every row: exit states for the exited tokens."""
+        out = like.new_zeros(total, hidden_size)
+        if final is not None and self.num_active:
+            out[self.rows] = final
+        for rows, normed in zip(self.exit_rows, self.exit_normed):
+            out[rows] = normed
+        return out
+
+    def cached_logits(self):
+        """(request indices, logits) of exited tokens whose exit logits were computed, or None."""
+        pairs = [(r, lg) for r, lg in zip(self.exit_reqs, self.exit_logits) if lg is not None]
+        if not pairs:
+            return None
+        return torch.cat([r for r, _ in pairs]), torch.cat([lg for _, lg in pairs])
