@@ -94,6 +94,9 @@ def model_weight_bytes(model) -> int:
                 total += module.output_size_per_partition * module.input_size_per_partition * p.element_size()
             else:
                 total += p.numel() * p.element_size()
+        kv_fold = getattr(module, "kv_fold", None)  # the early-exit KV-fill weights (kv_fill.py)
+        if hasattr(kv_fold, "numel"):
+            total += kv_fold.numel() * kv_fold.element_size()
     return total
 
 
@@ -166,6 +169,8 @@ class Engine:
     tokens: int = 0
     outputs: list = field(default_factory=list)
     token_ids: list = field(default_factory=list)
+    counters: dict | None = None  # exit counters of the timed rounds (depth engines)
+    extra: dict | None = None  # per-request extra_args of every prompt (a sweep point)
 
     @property
     def tokens_per_s(self) -> float:
@@ -210,7 +215,7 @@ def _texts(engine: Engine, prompts: list[Prompt]) -> list[str]:
 
 
 def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size: int,
-              per_request: bool, progress=None, record: bool = True) -> None:
+              per_request: bool, progress=None, record: bool = True, extra: dict | None = None) -> None:
     from vllm import SamplingParams
 
     texts = _texts(engine, prompts)
@@ -223,7 +228,7 @@ def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size
                 temperature=0.0,
                 max_tokens=max_tokens,
                 ignore_eos=False,
-                extra_args=(p.extra_args if per_request else None),
+                extra_args=({**(p.extra_args or {}), **(extra or {})} or None) if per_request else None,
             )
             for p in chunk
         ]
@@ -232,19 +237,69 @@ def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size
             progress.update(len(chunk))
     dt = time.perf_counter() - t0
     if record:
+        if engine.counters is not None:
+            _add_counters(engine.counters, exit_counters(engine.llm, reset=True))
         engine.seconds += dt
         engine.tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
         engine.outputs = [o.outputs[0].text for o in outputs]
         engine.token_ids = [list(o.outputs[0].token_ids) for o in outputs]
 
 
+def _add_counters(total: dict, new: dict | None) -> None:
+    if not new:
+        return
+    for layer, n in new["exits"].items():
+        total["exits"][layer] = total["exits"].get(layer, 0) + n
+    for k in ("checked", "fill_tokens", "fill_seconds"):
+        total[k] = total.get(k, 0) + new[k]
+
+
+def _depth_report(engine: Engine, full_depth: int) -> dict:
+    c = engine.counters or {"exits": {}}
+    return {
+        "tokens_per_s": round(engine.tokens_per_s, 3),
+        "outputs": engine.outputs,
+        "mean_exit_layer": (round(mean_exit_layer(c, engine.tokens, full_depth), 3)
+                            if engine.counters is not None and engine.tokens else None),
+        "exits_per_layer": {str(k): v for k, v in sorted(c["exits"].items())},
+        "kv_fill_seconds": round(c.get("fill_seconds", 0.0), 4),
+        "acceptance_rate": None,
+    }
+
+
+def _full_depth(llm) -> int:
+    from vllm_depth.config import depth_config_of
+
+    cfg = llm.llm_engine.model_config.hf_config
+    return len(depth_config_of(cfg).schedule(cfg.num_hidden_layers))
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """``exit_threshold=0.5,0.7,0.9`` or ``min_layer=8,16``: per-request settings of one depth engine."""
+    keys = {"exit_threshold": ("depth_exit_threshold", float), "min_layer": ("depth_min_layer", int)}
+    name, _, values = text.partition("=")
+    if name not in keys or not values:
+        raise ValueError(f"--sweep: {text!r}; allowed: {' or '.join(k + '=V1,V2,...' for k in keys)}")
+    try:
+        parsed = [keys[name][1](v) for v in values.split(",")]
+    except ValueError:
+        raise ValueError(f"--sweep: {name} values must be {keys[name][1].__name__}s, got {values!r}") from None
+    from vllm_depth.request_args import parse_request_args
+
+    for v in parsed:
+        parse_request_args({keys[name][0]: v})  # the same checks as a request's
+    return keys[name][0], parsed
+
+
 def compare(baseline: Engine, depth: Engine) -> dict:
     n = len(baseline.outputs)
     agreements = [token_agreement(a, b) for a, b in zip(baseline.token_ids, depth.token_ids)]
+    same = [a == b for a, b in zip(baseline.token_ids, depth.token_ids)]
     return {
         "speedup": round(depth.tokens_per_s / baseline.tokens_per_s, 4) if baseline.tokens_per_s else None,
         "token_agreement": round(sum(agreements) / n, 4),
-        "identical": sum(a == b for a, b in zip(baseline.outputs, depth.outputs)),
+        "identical": sum(same),
+        "identical_per_prompt": same,
     }
 
 
@@ -257,6 +312,7 @@ def run_bench(
     engine_args: dict | None = None,
     baseline_model: str | None = None,
     rounds: int = 2,
+    sweep: tuple[str, list] | None = None,
 ) -> dict:
     from tqdm import tqdm
 
@@ -273,14 +329,25 @@ def run_bench(
     baseline = start_engine("baseline", model=baseline_dir, **common)
     depth_engine = start_engine("depth", model=model_dir, **depth_kwargs)
     try:
-        engines = [baseline, depth_engine]
-        for e in engines:  # warm-up: one short request (compiles, fills caches)
+        depth_engine.counters = {"exits": {}} if exit_counters(depth_engine.llm) is not None else None
+        points = [depth_engine]
+        if sweep is not None:  # one depth engine, one timed record per value (per-request settings)
+            key, values = sweep
+            points = [Engine(f"{key}={v}", depth_engine.llm, depth_engine.pids, depth_engine.tokenizer,
+                             counters={"exits": {}} if depth_engine.counters is not None else None,
+                             extra={key: v}) for v in values]
+        engines = [baseline, *points]
+        for e in (baseline, depth_engine):  # warm-up: one short request (compiles, fills caches)
             run_round(e, prompts[:1], 4, 1, per_request=e is depth_engine, record=False)
+        if depth_engine.counters is not None:
+            exit_counters(depth_engine.llm, reset=True)
         total = rounds * len(engines) * len(prompts)
         with tqdm(total=total, desc="bench", unit="prompt") as bar:
             for _ in range(rounds):
                 for e in engines:
-                    run_round(e, prompts, max_tokens, batch_size, per_request=e is depth_engine, progress=bar)
+                    run_round(e, prompts, max_tokens, batch_size, per_request=e is not baseline,
+                              progress=bar, extra=e.extra)
+        full = _full_depth(depth_engine.llm)
         result = {
             "n": len(prompts),
             "model": model_dir,
@@ -290,16 +357,19 @@ def run_bench(
             "rounds": rounds,
             "depth_config": depth,
             "baseline": {"tokens_per_s": round(baseline.tokens_per_s, 3), "outputs": baseline.outputs},
-            "depth": {
-                "tokens_per_s": round(depth_engine.tokens_per_s, 3),
-                "outputs": depth_engine.outputs,
-                "mean_exit_layer": None,
-                "acceptance_rate": None,
-            },
-            **compare(baseline, depth_engine),
+            "full_depth": full,
+        }
+        if sweep is None:
+            result["depth"] = _depth_report(depth_engine, full)
+            result.update(compare(baseline, depth_engine))
+        else:
+            result["sweep"] = {"key": sweep[0], "points": [
+                {"value": e.extra[sweep[0]], **_depth_report(e, full), **compare(baseline, e)} for e in points
+            ]}
+        result.update({
             "peak_rss_mb": {"baseline": _peak_rss_mb(baseline.pids), "depth": _peak_rss_mb(depth_engine.pids)},
             "param_bytes": {"baseline": param_bytes(baseline.llm), "depth": param_bytes(depth_engine.llm)},
-        }
+        })
     finally:
         for e in (depth_engine, baseline):
             stop_engine(e)
@@ -307,6 +377,8 @@ def run_bench(
 
 
 def format_table(result: dict) -> str:
+    if "sweep" in result:
+        return _format_sweep(result)
     rows = [
         ("", "stock vLLM", "depth"),
         ("tokens/s", f'{result["baseline"]["tokens_per_s"]:.2f}', f'{result["depth"]["tokens_per_s"]:.2f}'),
@@ -315,6 +387,9 @@ def format_table(result: dict) -> str:
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    if result["depth"]["mean_exit_layer"] is not None:
+        lines.append(f'mean exit layer {result["depth"]["mean_exit_layer"]:.2f} of {result["full_depth"]}   '
+                     f'exits per layer {result["depth"]["exits_per_layer"]}')
     lines.append(
         f'speedup {result["speedup"]:.3f}x   token agreement {result["token_agreement"]:.3f}   '
         f'identical {result["identical"]}/{result["n"]}   '
@@ -323,11 +398,27 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _format_sweep(result: dict) -> str:
+    key = result["sweep"]["key"]
+    rows = [(key, "tokens/s", "speedup", "agreement", "identical", "mean exit layer")]
+    rows.append(("stock vLLM", f'{result["baseline"]["tokens_per_s"]:.2f}', "1.000", "1.000", "", str(result["full_depth"])))
+    for p in result["sweep"]["points"]:
+        rows.append((str(p["value"]), f'{p["tokens_per_s"]:.2f}', f'{p["speedup"]:.3f}', f'{p["token_agreement"]:.3f}',
+                     f'{p["identical"]}/{result["n"]}', f'{p["mean_exit_layer"]:.2f}' if p["mean_exit_layer"] else "?"))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    lines.append(f'(batch {result["batch_size"]}, {result["max_tokens"]} new tokens, {result["rounds"]} rounds)')
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if "sweep" in result:
+        return _plot_sweep(result, path, plt)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     names = ["stock vLLM", "depth"]
@@ -338,5 +429,22 @@ def plot(result: dict, path: str) -> None:
         f'speedup {result["speedup"]:.2f}x, agreement {result["token_agreement"]:.2f} '
         f'(batch {result["batch_size"]})'
     )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _plot_sweep(result: dict, path: str, plt) -> None:
+    """Speed against token agreement, one point per swept value."""
+    pts = result["sweep"]["points"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([p["token_agreement"] for p in pts], [p["speedup"] for p in pts], "o-", color="#2a7ab0")
+    for p in pts:
+        ax.annotate(f'{p["value"]} (L {p["mean_exit_layer"]:.1f})' if p["mean_exit_layer"] else str(p["value"]),
+                    (p["token_agreement"], p["speedup"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(1.0, color="#888888", lw=0.8, ls="--", label="stock vLLM")
+    ax.set_xlabel("token agreement with stock vLLM")
+    ax.set_ylabel("speedup (tokens/s vs stock)")
+    ax.set_title(f'sweep of {result["sweep"]["key"]} (batch {result["batch_size"]})')
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -26,7 +26,8 @@ from vllm_depth.request_args import RequestDepth
 
 
 def _softmax(logits, state, prev):
-    return torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+    x = logits.float()  # max probability = 1 / sum(exp(l - max l))
+    return torch.exp(x.max(dim=-1).values - torch.logsumexp(x, dim=-1))
 
 
 def _margin(logits, state, prev):
@@ -175,10 +176,6 @@ class ExitRun:
         if self.prev is not None:
             self.prev = self.prev[keep]
         return keep
-
-    def exited(self):
-        """(rows, states, positions) of every token that has left so far."""
-        return torch.cat(self.exit_rows), torch.cat(self.exit_states), torch.cat(self.exit_positions)
 
     def kept_requests(self) -> torch.Tensor:
         return torch.unique_consecutive(self.req_of_row)

@@ -33,17 +33,16 @@ def cmd_model(args) -> int:
     return 0
 
 
-def _check_depth_early(model_dir: str, depth: dict | None) -> None:
-    """Validate --depth against the checkpoint before any engine starts."""
-    if depth is None:
-        return
+def _check_depth_early(model_dir: str, depth: dict | None):
+    """Validate --depth (or the checkpoint's own) against the checkpoint before any engine starts."""
     from transformers import AutoConfig
 
     from vllm_depth.config import depth_config_of
 
     cfg = AutoConfig.from_pretrained(model_dir)
-    cfg.depth = depth  # validated as the engine will: layers and hidden size of this checkpoint
-    depth_config_of(cfg)
+    if depth is not None:
+        cfg.depth = depth  # validated as the engine will: layers and hidden size of this checkpoint
+    return depth_config_of(cfg)
 
 
 def cmd_bench(args) -> int:
@@ -62,7 +61,10 @@ def cmd_bench(args) -> int:
         raise SystemExit(f"--prompts: no such file {args.prompts!r}")
     try:
         bench.load_prompts(args.prompts)
-        _check_depth_early(resolve_model(args.model), args.depth)
+        depth = _check_depth_early(resolve_model(args.model), args.depth)
+        sweep = bench.parse_sweep(args.sweep) if args.sweep else None
+        if sweep is not None and depth.exit_layers is None:
+            raise ValueError("--sweep: the depth config has no exit_layers, so there is nothing to sweep")
     except ValueError as e:
         raise SystemExit(f"vllm-depth bench: {e}") from None
 
@@ -75,6 +77,7 @@ def cmd_bench(args) -> int:
         engine_args=args.engine_args,
         baseline_model=args.baseline_model,
         rounds=args.rounds,
+        sweep=sweep,
     )
     print(bench.format_table(result))
     if args.json:
@@ -188,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra LLM() keyword arguments (speculative_config and hf_overrides go "
                         "to the depth run only)")
     b.add_argument("--rounds", type=int, default=2, help="timed rounds per engine, alternated")
+    b.add_argument("--sweep", help="exit_threshold=V1,V2,... or min_layer=V1,V2,...: one depth engine, "
+                                   "each value as every request's setting (needs exit_layers)")
     b.add_argument("--json", help="write the result as JSON here")
     b.add_argument("--plot", help="draw the result (PNG)")
     b.set_defaults(func=cmd_bench)

@@ -35,7 +35,7 @@ from vllm.sequence import IntermediateTensors
 
 from vllm_depth.config import depth_config_of
 from vllm_depth.exits import ExitCounters, ExitRun, ExitStep, plan_step
-from vllm_depth.kv_fill import propagate
+from vllm_depth.kv_fill import KVPropagator
 from vllm_depth.models.families import family_of
 from vllm_depth.schedule import LayerSchedule
 
@@ -128,13 +128,69 @@ def _repeat_attention(template: Attention, vllm_config: VllmConfig, prefix: str)
     )
 
 
+def run_positions(decoder, start: int, end: int, positions, hidden, residual):
+    """Schedule positions ``start..end-1`` of ``decoder`` on the given rows."""
+    for i in range(start, end):
+        layer = decoder.layers[decoder.schedule.physical[i]]
+        hidden, residual = layer_forward(layer, decoder.position_attn[i], positions, hidden, residual,
+                                         decoder.position_delta[i])
+    return hidden, residual
+
+
+class DepthSegment(nn.Module):
+    """Positions ``start..end-1``, between two exit points, compiled as one graph.
+
+    With exit layers, the decoder runs as a chain of segments, each its own
+    vLLM ``support_torch_compile`` graph, so a step with early exits runs
+    compiled code between the (eager) exit checks and on fewer rows after
+    each.  The last segment applies the final norm.  The layers belong to the
+    decoder (``_owner`` is a tuple, not a submodule: one weight set).
+    """
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", owner=None, start=0, end=0, last=False):
+        super().__init__()
+        self._owner = (owner,)
+        self.start, self.end, self.last = start, end, last
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None):
+        decoder = self._owner[0]
+        hidden_states, residual = run_positions(decoder, self.start, self.end, positions, hidden_states, residual)
+        if self.last:
+            return decoder.norm(hidden_states, residual)[0]
+        return hidden_states, residual
+
+
+def _segment_class(index: int) -> type:
+    """A compiled ``DepthSegment`` class of its own for segment ``index``.
+
+    vLLM 0.32 keys its AOT compile cache by the forward's ``__qualname__`` and
+    line (``_model_hash_key``): segments must not share a key, so each gets a
+    copy of ``forward`` named after it.
+    """
+    import types
+
+    base = DepthSegment.forward
+    fwd = types.FunctionType(base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__)
+    fwd.__qualname__ = f"DepthSegment{index}.forward"
+    fwd.__annotations__ = dict(base.__annotations__)
+    cls = type(f"DepthSegment{index}", (DepthSegment,), {"forward": fwd, "__module__": __name__})
+    return support_torch_compile(
+        dynamic_arg_dims={"positions": {0: "b"}, "hidden_states": {0: "b"}, "residual": {0: "b"}}
+    )(cls)
+
+
+def _no_exit_layers(vllm_config: VllmConfig) -> bool:
+    return depth_config_of(vllm_config.model_config.hf_config).exit_layers is None
+
+
 @support_torch_compile(
     dynamic_arg_dims={
         "input_ids": {0: "b"},
         "positions": {0: "b"},
         "intermediate_tensors": {0: "b"},
         "inputs_embeds": {0: "b"},
-    }
+    },
+    enable_if=_no_exit_layers,  # with exit layers, the segments are compiled instead
 )
 class DepthDecoderModel(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
@@ -166,6 +222,8 @@ class DepthDecoderModel(nn.Module):
         self.position_attn = self._position_attention(vllm_config, prefix)
         self.position_delta = self._position_deltas(vllm_config)
         self.exit_counters = ExitCounters()
+        self.segments = self._segments(vllm_config, prefix)
+        self.kv_propagator: KVPropagator | None = None  # built from the loaded weights (load_weights)
         self.exit_trace: dict[str, list[int]] | None = None  # set to {} to record exit layers
 
     def _position_attention(self, vllm_config: VllmConfig, prefix: str) -> list[Attention]:
@@ -189,6 +247,21 @@ class DepthDecoderModel(nn.Module):
             self.layers[p].self_attn.attn if self.schedule.owns_attention(i) else self.repeat_attn[str(n + i)]
             for i, p in enumerate(physical)
         ]
+
+    def _segments(self, vllm_config: VllmConfig, prefix: str) -> list[DepthSegment]:
+        """With exit layers: one compiled segment per stretch between exit points (else none)."""
+        if self.depth.exit_layers is None:
+            return []
+        from vllm.compilation.backends import set_model_tag
+
+        bounds = [0, *self.depth.exit_layers, len(self.schedule.physical)]
+        segments = []
+        for k, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            # its own compile-cache tag (vLLM names caches by the tag current at construction)
+            with set_model_tag(f"depth_segment_{k}"):
+                segments.append(_segment_class(k)(vllm_config=vllm_config, prefix=f"{prefix}.segment{k}",
+                                                  owner=self, start=start, end=end, last=end == bounds[-1]))
+        return segments
 
     def _position_deltas(self, vllm_config: VllmConfig) -> list[LowRankDelta | None]:
         """The low-rank delta of every relaxed position (``relax`` in the checkpoint), else None."""
@@ -220,55 +293,66 @@ class DepthDecoderModel(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
-        residual = None
-        for p, attn, delta in zip(self.schedule.physical, self.position_attn, self.position_delta):
-            hidden, residual = layer_forward(self.layers[p], attn, positions, hidden, residual, delta)
+        if self.segments:  # full depth through the compiled segments
+            residual = None
+            for segment in self.segments[:-1]:
+                hidden, residual = segment(positions, hidden, residual)
+            return self.segments[-1](positions, hidden, residual)
+        hidden, residual = run_positions(self, 0, len(self.schedule.physical), positions, hidden, None)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
     def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of) -> tuple[torch.Tensor, ExitRun]:
-        """One step with token-level early exit (eager: which tokens run on is data-dependent).
+        """One step with token-level early exit.
 
-        After each exit layer the candidates are checked; a token that exits
-        leaves the active rows (the later positions' projections, MLP and
-        attention run for the others only) and, at every later position, its
-        K/V is filled by state propagation.  Returns the normed final hidden
-        states of all rows (exit states for exited tokens) and the run.
+        The compiled segments run between exit points; after each, the
+        candidates are checked (eagerly: which tokens go on is data-dependent).
+        A token that exits leaves the active rows (the later segments'
+        projections, MLP and attention run for the others only), and the K/V
+        of every position it skips is filled by state propagation.  Returns the
+        normed final hidden states of all rows (exit states for exited tokens)
+        and the run.
         """
         from vllm_depth.vllm_compat import AttentionViews
 
         hidden = self.embed_input_ids(input_ids)
-        total, residual = hidden.shape[0], None
+        total, residual, final = hidden.shape[0], None, None
         run = ExitRun(step, hidden, positions, self.depth.exit_criterion)
         views = AttentionViews()
-        exit_layers, counters = set(self.depth.exit_layers), self.exit_counters
         try:
-            for i, (p, attn, delta) in enumerate(zip(self.schedule.physical, self.position_attn, self.position_delta)):
-                if run.exit_rows:
-                    self._fill(p, attn, delta, run, views)
-                if run.num_active:
-                    hidden, residual = layer_forward(self.layers[p], attn, run.positions, hidden, residual, delta)
-                if i + 1 in exit_layers and run.num_active:
-                    keep = run.check(i + 1, hidden, residual, self.norm, logits_of, counters)
-                    if keep is not None:
-                        hidden, residual = hidden[keep], residual[keep]
-                        if run.num_active:
-                            views.narrow(self.position_attn[i + 1 :], run.kept_requests(), run.rows, hidden.dtype)
+            for segment in self.segments:
+                out = segment(run.positions, hidden, residual)
+                if segment.last:
+                    final = out
+                    break
+                hidden, residual = out
+                keep = run.check(segment.end, hidden, residual, self.norm, logits_of, self.exit_counters)
+                if keep is None:
+                    continue
+                self._fill(segment.end, run, views)
+                hidden, residual = hidden[keep], residual[keep]
+                if not run.num_active:
+                    break
+                views.narrow(self.position_attn[segment.end :], run.kept_requests(), run.rows, hidden.dtype)
         finally:
             views.restore()
-        final = self.norm(hidden, residual)[0] if run.num_active else None
         return run.output(final, total, self.config.hidden_size, hidden), run
 
-    def _fill(self, p: int, attn, delta, run: ExitRun, views) -> None:
+    def _fill(self, start: int, run: ExitRun, views) -> None:
+        """State propagation of the tokens that just exited into positions ``start..``."""
         t0 = time.perf_counter()
-        rows, states, positions = run.exited()
-        propagate(self.layers[p], attn, delta, states, positions, views.slots(attn, rows))
-        self.exit_counters.fill_tokens += rows.numel()
+        rows, states, positions = run.exit_rows[-1], run.exit_states[-1], run.exit_positions[-1]
+        self.kv_propagator.fill(self, start, states, positions, lambda attn: views.slots(attn, rows))
+        self.exit_counters.fill_tokens += rows.numel() * (len(self.schedule.physical) - start)
         self.exit_counters.fill_seconds += time.perf_counter() - t0
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loader = AutoWeightsLoader(self)
-        return loader.load_weights(weights, mapper=self.family.mapper)
+        loaded = loader.load_weights(weights, mapper=self.family.mapper)
+        if self.depth.exit_layers is not None:
+            # from the loaded weights, before vLLM repacks them for its GEMMs
+            self.kv_propagator = KVPropagator(self, self.depth.exit_layers[0])
+        return loaded
 
 
 class DepthForCausalLM(nn.Module, SupportsPP):
