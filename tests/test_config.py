@@ -7,6 +7,39 @@ import pytest
 from vllm_depth.config import DepthConfigError, parse_depth_config
 
 
+def test_exit_fields_and_defaults():
+    cfg = parse_depth_config({"exit_layers": [1, 3]}, 4)
+    assert (cfg.exit_layers, cfg.exit_criterion, cfg.exit_threshold, cfg.min_layer, cfg.kv_fill) == (
+        (1, 3), "softmax", 0.9, 0, "propagate")
+    assert parse_depth_config(cfg.to_dict(), 4) == cfg  # round trip
+    assert "exit_criterion" not in parse_depth_config({}, 4).to_dict()  # no exit fields without exit points
+
+
+def test_request_args():
+    from vllm_depth.request_args import RequestDepth, parse_request_args
+
+    assert parse_request_args(None) == RequestDepth()
+    assert parse_request_args({"other": 1}) == RequestDepth()  # not ours
+    assert parse_request_args({"depth_exit": 0}) == RequestDepth(exit=False)  # HTTP sends false as 0
+    assert parse_request_args({"depth_exit_threshold": 0, "depth_min_layer": 8}) == RequestDepth(True, 0.0, 8)
+    for bad, key in [({"depth_exit_threshold": 1.01}, "depth_exit_threshold"), ({"depth_exit_threshold": "x"}, "depth_exit_threshold"),
+                     ({"depth_min_layer": 1.5}, "depth_min_layer"), ({"depth_exit": 2}, "depth_exit"),
+                     ({"depth_exits": True}, "depth_exits")]:
+        with pytest.raises(ValueError, match=key):
+            parse_request_args(bad)
+
+
+def test_sampling_params_refuse_bad_depth_args_before_the_engine():
+    import vllm_depth
+
+    vllm_depth.register()
+    from vllm import SamplingParams
+
+    with pytest.raises(ValueError, match=r"extra_args.depth_min_layer: -3 is not allowed; allowed: an int >= 0"):
+        SamplingParams(extra_args={"depth_min_layer": -3})
+    assert SamplingParams(extra_args={"depth_exit_threshold": 0.5}).extra_args == {"depth_exit_threshold": 0.5}
+
+
 def test_identity_by_default():
     cfg = parse_depth_config(None, 30)
     assert cfg.schedule(30) == tuple(range(30))
@@ -23,7 +56,19 @@ def test_valid_schedules(schedule):
 @pytest.mark.parametrize(
     "raw, pattern",
     [
-        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['layer_schedule', 'relax_positions', 'relax_rank'\]"),
+        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['exit_criterion', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
+        ({"exit_layers": [4]}, r"depth.exit_layers: entry 0 is 4; the schedule has 4 positions, so 1..3"),
+        ({"exit_layers": [0]}, r"depth.exit_layers: entry 0 is 0"),
+        ({"exit_layers": [2, 1]}, r"depth.exit_layers: \[2, 1\] is not strictly increasing"),
+        ({"exit_layers": [1, 1]}, r"not strictly increasing"),
+        ({"exit_layers": []}, r"depth.exit_layers: expected a non-empty list"),
+        ({"layer_schedule": [0, 1], "exit_layers": [2]}, r"the schedule has 2 positions, so 1..1"),
+        ({"exit_threshold": 0.5}, r"depth.exit_layers: \['exit_threshold'\] given without exit_layers"),
+        ({"exit_layers": [1], "exit_criterion": "entropy"}, r"depth.exit_criterion: 'entropy' is not a known criterion; allowed: one of 'softmax', 'margin', 'saturation'"),
+        ({"exit_layers": [1], "exit_threshold": 1.5}, r"depth.exit_threshold: 1.5 is out of range; allowed: a number from 0.0"),
+        ({"exit_layers": [1], "exit_threshold": True}, r"depth.exit_threshold: True is out of range"),
+        ({"exit_layers": [1], "min_layer": -1}, r"depth.min_layer: -1 is not an int >= 0"),
+        ({"exit_layers": [1], "kv_fill": "recompute"}, r"depth.kv_fill: 'recompute' is not supported; allowed: 'propagate'"),
         ({"relax_rank": 4}, r"depth.relax_positions: relax_rank and relax_positions go together"),
         ({"relax_rank": 0, "relax_positions": [0]}, r"depth.relax_rank: 0 is not an int in 1..64"),
         ({"relax_rank": 65, "relax_positions": [0]}, r"depth.relax_rank: 65 is not an int in 1..64"),

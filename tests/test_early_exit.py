@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slow
 
 N = 16  # new tokens
 CASES = {
-    # tiny (6 layers, random weights): saturation gives a mix of exits at 4 and full depth
+    # tiny (6 layers, random weights): saturation gives a mix of exits at 4 and full depth.
+    # Compiled: the segments between exit points are torch.compile graphs.
     "tiny": ("tiny", {"exit_layers": [2, 4], "exit_criterion": "saturation", "exit_threshold": 0.7}),
-    # SmolLM2 (30 layers): softmax 0.8 exits at 8, 16, 24 and full depth
+    # SmolLM2 (30 layers): softmax 0.8 exits at 8, 16, 24 and full depth (eager: compile cost)
     "smollm2": ("smollm2", {"exit_layers": [8, 16, 24], "exit_criterion": "softmax", "exit_threshold": 0.8}),
 }
 
@@ -40,7 +41,7 @@ def one_thread():
 def case(request, tiny_dir, smollm2_dir):
     which, depth = CASES[request.param]
     path = tiny_dir if which == "tiny" else smollm2_dir
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER)
+    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **({} if which == "tiny" else EAGER))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     yield llm, model, depth
     shutdown(llm)

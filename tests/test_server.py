@@ -29,15 +29,18 @@ def server(smollm2_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "serve.log"
     vllm_cli = Path(sys.executable).parent / "vllm"  # the console script users run
     schedule = list(range(30))  # explicit identity: exercises --hf-overrides parsing
+    # an exit point that no request uses unless it asks (threshold 1.0 never fires)
+    depth = {"layer_schedule": schedule, "exit_layers": [15], "exit_threshold": 1.0}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
     cmd = [
         str(vllm_cli), "serve", smollm2_dir, "--model-impl", "depth",
-        "--hf-overrides", json.dumps({"depth": {"layer_schedule": schedule}}),
+        "--hf-overrides", json.dumps({"depth": depth}),
         "--host", "127.0.0.1", "--port", str(port),
         "--gpu-memory-utilization", "0.3", "--max-model-len", "1024", "--seed", "0",
         "--dtype", "float32",  # bf16 (the CPU default) changes this small model's answers
     ]
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -137,3 +140,45 @@ def test_metrics_endpoint(server):
     base, _ = server
     text = requests.get(f"{base}/metrics", timeout=10).text
     assert "vllm:generation_tokens_total" in text
+
+
+def _exited(base, layer=15) -> float:
+    for line in requests.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("vllm_depth:exited_tokens_total") and f'exit_layer="{layer}"' in line:
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _complete(base, model, xargs=None, n=12):
+    body = {"ignore_eos": True, **({"vllm_xargs": xargs} if xargs is not None else {})}
+    r = _client(base).completions.create(model=model, prompt="def fibonacci(n):", max_tokens=n,
+                                         temperature=0.0, extra_body=body)
+    return r.choices[0].text
+
+
+def test_per_request_early_exit_over_http_and_its_metrics(server):
+    base, model = server
+    before = _exited(base)
+    default = _complete(base, model)
+    assert _exited(base) == before  # the model's threshold (1.0) never fires
+    assert _complete(base, model, {"depth_exit": False}) == default
+    _complete(base, model, {"depth_exit_threshold": 0.0})  # every decode token leaves at 15
+    assert _exited(base) == before + 11  # 12 tokens: the first comes from the prefill, at full depth
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    assert "vllm_depth:exit_layer_bucket" in text and "vllm_depth:kv_fill_seconds_total" in text
+
+
+@pytest.mark.parametrize("xargs, field", [
+    ({"depth_exit_threshold": 2}, "depth_exit_threshold"),
+    ({"depth_min_layer": -1}, "depth_min_layer"),
+    ({"depth_exit": "maybe"}, "depth_exit"),
+    ({"depth_exti": 1}, "depth_exti"),
+])
+def test_bad_depth_xargs_get_400_naming_the_field(server, xargs, field):
+    from openai import BadRequestError
+
+    base, model = server
+    with pytest.raises(BadRequestError) as e:
+        _complete(base, model, xargs)
+    assert e.value.status_code == 400 and field in str(e.value)
+    assert _complete(base, model, {"depth_exit": False})  # the engine still serves

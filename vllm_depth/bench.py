@@ -94,9 +94,6 @@ def model_weight_bytes(model) -> int:
                 total += module.output_size_per_partition * module.input_size_per_partition * p.element_size()
             else:
                 total += p.numel() * p.element_size()
-        kv_fold = getattr(module, "kv_fold", None)  # the early-exit KV-fill weights (kv_fill.py)
-        if hasattr(kv_fold, "numel"):
-            total += kv_fold.numel() * kv_fold.element_size()
     return total
 
 

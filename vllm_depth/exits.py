@@ -114,8 +114,8 @@ class ExitCounters:
 class ExitRun:
     """The active rows of one step and the tokens that left, with their exit states."""
 
-    def __init__(self, step: ExitStep, embeddings: torch.Tensor, positions: torch.Tensor, criterion: str):
-        t = embeddings.shape[0]
+    def __init__(self, step: ExitStep, input_ids: torch.Tensor, positions: torch.Tensor, criterion: str, embed):
+        t = input_ids.shape[0]
         self.step = step
         self.criterion = CRITERIA[criterion]
         self.rows = torch.arange(t)
@@ -128,7 +128,9 @@ class ExitRun:
         self.min_layer = torch.full((t,), 1 << 30, dtype=torch.long)
         self.min_layer[step.rows] = step.min_layer
         self.positions = positions
-        self.prev = embeddings.clone() if criterion == "saturation" else None
+        # saturation compares with the previous checked exit point; before the first, the embedding
+        self.prev = embed(input_ids) if criterion == "saturation" else None
+        self.last_exited = None  # active-row indices (before compaction) of the last check's exits
         # the exited tokens, in exit order
         self.exit_rows: list[torch.Tensor] = []
         self.exit_reqs: list[torch.Tensor] = []
@@ -142,13 +144,16 @@ class ExitRun:
     def num_active(self) -> int:
         return self.rows.numel()
 
-    def check(self, layer: int, hidden, residual, norm, logits_of, counters: ExitCounters):
-        """Run the exit check after ``layer`` positions; the keep mask of the active rows, or None."""
+    def check(self, layer: int, states, norm, logits_of, counters: ExitCounters):
+        """The exit check after ``layer`` positions (``states``: the active rows' residual stream).
+
+        Returns the keep mask of the active rows (and compacts the run), or None when none exits.
+        """
         eligible = (self.threshold < float("inf")) & (self.min_layer <= layer)
         idx = eligible.nonzero()[:, 0]
         if idx.numel() == 0:
             return None
-        state = hidden[idx] + residual[idx]
+        state = states[idx]
         normed = norm(state)
         logits = logits_of(normed) if self.criterion.needs_logits else None
         prev = self.prev[idx] if self.prev is not None else None
@@ -167,6 +172,7 @@ class ExitRun:
         self.exit_normed.append(normed[fire])
         self.exit_logits.append(logits[fire] if logits is not None else None)
         self.exit_positions.append(self.positions[out])
+        self.last_exited = out
         keep = torch.ones(self.num_active, dtype=torch.bool)
         keep[out] = False
         # compact: exited rows leave, and so do padding rows (no request, no attention)

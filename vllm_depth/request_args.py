@@ -2,7 +2,7 @@
 
 Flat keys, all optional:
 
-- ``depth_exit`` (bool): false runs this request at full depth;
+- ``depth_exit`` (bool; over HTTP also 1/0 or "true"/"false"): false runs this request at full depth;
 - ``depth_exit_threshold`` (float in [0, 1]): overrides the model's ``exit_threshold``;
 - ``depth_min_layer`` (int >= 0): overrides the model's ``min_layer``.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ALLOWED = {
-    "depth_exit": "true or false",
+    "depth_exit": "true or false (1 or 0)",
     "depth_exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit)",
     "depth_min_layer": "an int >= 0",
 }
@@ -47,8 +47,14 @@ def parse_request_args(extra_args: dict[str, Any] | None) -> RequestDepth:
     if unknown:
         raise ValueError(f"extra_args: unknown depth key(s) {unknown}; allowed: {sorted(ALLOWED)}")
     exit_ = extra_args.get("depth_exit", True)
+    # over HTTP, vllm_xargs values are str | int | float: a JSON false arrives as 0
     if not isinstance(exit_, bool):
-        raise _fail("depth_exit", exit_)
+        if exit_ in (0, 1) and isinstance(exit_, int):
+            exit_ = bool(exit_)
+        elif isinstance(exit_, str) and exit_.lower() in ("true", "false"):
+            exit_ = exit_.lower() == "true"
+        else:
+            raise _fail("depth_exit", exit_)
     threshold = extra_args.get("depth_exit_threshold")
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:

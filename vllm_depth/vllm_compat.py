@@ -88,6 +88,7 @@ def install() -> None:
         )
     _patch_registry()
     _patch_sampling_params()
+    _patch_engine_args()
 
 
 # -- token-level exits: attention over the rows that are still running --------------------
@@ -251,6 +252,19 @@ def patch_runner() -> None:
 
     _patch(GPUModelRunner, "_model_forward", wrap)
 
+    def report(original):  # vLLM 0.32 GPUModelRunner.sample_tokens: the step's exits go to the scheduler
+        def method(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            take = getattr(self.get_model(), "take_step_exits", None)
+            exits = take() if take is not None else None
+            if exits and out is not None and hasattr(out, "req_id_to_index"):
+                out.depth_exits = exits  # a plain dataclass, pickled to the engine core
+            return out
+
+        return method
+
+    _patch(GPUModelRunner, "sample_tokens", report)
+
 
 def _patch_sampling_params() -> None:
     """vLLM 0.32 ``SamplingParams._verify_args``: refuse bad ``depth_*`` extra_args up front.
@@ -304,3 +318,24 @@ class NativeKernels:
         for m, default, _ in self.ops:
             m._forward_method = default
         return False
+
+
+def _patch_engine_args() -> None:
+    """vLLM 0.32 ``EngineArgs.create_engine_config``: the depth scheduler for ``--model-impl depth``.
+
+    Only when the user asked for no scheduler class of their own; chosen
+    after vLLM has settled ``async_scheduling``.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    def wrap(original):
+        def method(self, *args, **kwargs):
+            config = original(self, *args, **kwargs)
+            if _is_depth(config.model_config) and config.scheduler_config.scheduler_cls is None:
+                name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
+                config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"
+            return config
+
+        return method
+
+    _patch(EngineArgs, "create_engine_config", wrap)

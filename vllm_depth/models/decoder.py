@@ -36,6 +36,7 @@ from vllm.sequence import IntermediateTensors
 from vllm_depth.config import depth_config_of
 from vllm_depth.exits import ExitCounters, ExitRun, ExitStep, plan_step
 from vllm_depth.kv_fill import KVPropagator
+from vllm_depth.vllm_compat import write_kv
 from vllm_depth.models.families import family_of
 from vllm_depth.schedule import LayerSchedule
 
@@ -76,21 +77,6 @@ def project_qkv(self_attn: nn.Module, positions, hidden_states, delta=None):
     return q, k, v
 
 
-def attention_forward(self_attn: nn.Module, attn: Attention, positions, hidden_states, delta=None):
-    """vLLM's ``LlamaAttention.forward`` / ``Qwen3Attention.forward`` with ``attn`` given.
-
-    The projections, q/k norms (Qwen3) and rotary embedding are the physical
-    layer's; ``attn`` (and so the KV cache) is the position's, and so is the
-    optional low-rank ``delta``.
-    """
-    q, k, v = project_qkv(self_attn, positions, hidden_states, delta)
-    a = attn(q, k, v)
-    out, _ = self_attn.o_proj(a)
-    if delta is not None:
-        out = out + delta.apply(("o",), a)
-    return out
-
-
 def mlp_forward(mlp: nn.Module, x: torch.Tensor, delta: LowRankDelta | None) -> torch.Tensor:
     """vLLM's ``LlamaMLP.forward`` plus the position's delta (vLLM's own when there is none)."""
     if delta is None:
@@ -101,16 +87,35 @@ def mlp_forward(mlp: nn.Module, x: torch.Tensor, delta: LowRankDelta | None) -> 
     return out + delta.apply(("down",), h)
 
 
-def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual, delta=None):
-    """vLLM's decoder-layer forward, with the position's attention module (and delta)."""
+def pre_attention(layer: nn.Module, positions, hidden_states, residual, delta=None):
+    """The first half of vLLM's decoder layer: input norm (adding the residual), q, k, v.
+
+    Returns q, k, v and the residual stream (the state entering the layer).
+    """
     if residual is None:
         residual = hidden_states
         hidden_states = layer.input_layernorm(hidden_states)
     else:
         hidden_states, residual = layer.input_layernorm(hidden_states, residual)
-    hidden_states = attention_forward(layer.self_attn, attn, positions, hidden_states, delta)
-    hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
+    q, k, v = project_qkv(layer.self_attn, positions, hidden_states, delta)
+    return q, k, v, residual
+
+
+def post_attention(layer: nn.Module, attn: Attention, q, k, v, residual, delta=None):
+    """The second half: attention (the position's module, so its KV cache), o_proj, MLP."""
+    a = attn(q, k, v)
+    out, _ = layer.self_attn.o_proj(a)
+    if delta is not None:
+        out = out + delta.apply(("o",), a)
+    hidden_states, residual = layer.post_attention_layernorm(out, residual)
     return mlp_forward(layer.mlp, hidden_states, delta), residual
+
+
+def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual, delta=None):
+    """vLLM's decoder-layer forward (``LlamaDecoderLayer`` / ``Qwen3DecoderLayer``), with the
+    position's attention module (and delta)."""
+    q, k, v, residual = pre_attention(layer, positions, hidden_states, residual, delta)
+    return post_attention(layer, attn, q, k, v, residual, delta)
 
 
 def _repeat_attention(template: Attention, vllm_config: VllmConfig, prefix: str) -> Attention:
@@ -138,13 +143,24 @@ def run_positions(decoder, start: int, end: int, positions, hidden, residual):
 
 
 class DepthSegment(nn.Module):
-    """Positions ``start..end-1``, between two exit points, compiled as one graph.
+    """The stretch between two exit points, compiled as one graph.
 
-    With exit layers, the decoder runs as a chain of segments, each its own
-    vLLM ``support_torch_compile`` graph, so a step with early exits runs
-    compiled code between the (eager) exit checks and on fewer rows after
-    each.  The last segment applies the final norm.  The layers belong to the
-    decoder (``_owner`` is a tuple, not a submodule: one weight set).
+    With exit layers, a step where some token may exit runs as a chain of
+    segments, each its own vLLM ``support_torch_compile`` graph: compiled code
+    between the (eager) exit checks, on fewer rows after each.  Steps where no
+    token can exit run the decoder's single full-depth graph, exactly as
+    without exit layers.
+
+    A segment is cut where vLLM's piecewise compilation already cuts the full
+    graph, at an attention op: segment k runs the attention and the rest of
+    position ``start`` (the exit point ``L_k``; segment 0 starts from the
+    embedding instead), every position up to the next exit point ``end``, and
+    the first half of position ``end`` (input norm, q, k, v).  So each compiled
+    piece is the full graph's own piece (the same fusions, the same numbers),
+    the state after ``end`` positions is the residual it returns, and the K/V
+    of position ``end`` is exact for every row, exited or not.  The last
+    segment ends with the final norm.  The layers belong to the decoder
+    (``_owner`` is a tuple, not a submodule: one weight set).
     """
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", owner=None, start=0, end=0, last=False):
@@ -152,12 +168,20 @@ class DepthSegment(nn.Module):
         self._owner = (owner,)
         self.start, self.end, self.last = start, end, last
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None):
-        decoder = self._owner[0]
-        hidden_states, residual = run_positions(decoder, self.start, self.end, positions, hidden_states, residual)
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, q: torch.Tensor | None,
+                k: torch.Tensor | None, v: torch.Tensor | None, residual: torch.Tensor | None):
+        d = self._owner[0]
+        if input_ids is not None:  # segment 0
+            hidden, residual = run_positions(d, 0, self.end, positions, d.embed_input_ids(input_ids), None)
+        else:
+            i = self.start
+            layer = d.layers[d.schedule.physical[i]]
+            hidden, residual = post_attention(layer, d.position_attn[i], q, k, v, residual, d.position_delta[i])
+            hidden, residual = run_positions(d, self.start + 1, self.end, positions, hidden, residual)
         if self.last:
-            return decoder.norm(hidden_states, residual)[0]
-        return hidden_states, residual
+            return d.norm(hidden, residual)[0]
+        i = self.end
+        return pre_attention(d.layers[d.schedule.physical[i]], positions, hidden, residual, d.position_delta[i])
 
 
 def _segment_class(index: int) -> type:
@@ -175,12 +199,8 @@ def _segment_class(index: int) -> type:
     fwd.__annotations__ = dict(base.__annotations__)
     cls = type(f"DepthSegment{index}", (DepthSegment,), {"forward": fwd, "__module__": __name__})
     return support_torch_compile(
-        dynamic_arg_dims={"positions": {0: "b"}, "hidden_states": {0: "b"}, "residual": {0: "b"}}
+        dynamic_arg_dims={name: {0: "b"} for name in ("input_ids", "positions", "q", "k", "v", "residual")}
     )(cls)
-
-
-def _no_exit_layers(vllm_config: VllmConfig) -> bool:
-    return depth_config_of(vllm_config.model_config.hf_config).exit_layers is None
 
 
 @support_torch_compile(
@@ -190,7 +210,6 @@ def _no_exit_layers(vllm_config: VllmConfig) -> bool:
         "intermediate_tensors": {0: "b"},
         "inputs_embeds": {0: "b"},
     },
-    enable_if=_no_exit_layers,  # with exit layers, the segments are compiled instead
 )
 class DepthDecoderModel(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
@@ -222,8 +241,10 @@ class DepthDecoderModel(nn.Module):
         self.position_attn = self._position_attention(vllm_config, prefix)
         self.position_delta = self._position_deltas(vllm_config)
         self.exit_counters = ExitCounters()
+        self.prefix = prefix
         self.segments = self._segments(vllm_config, prefix)
         self.kv_propagator: KVPropagator | None = None  # built from the loaded weights (load_weights)
+        self.segments_warm = False
         self.exit_trace: dict[str, list[int]] | None = None  # set to {} to record exit layers
 
     def _position_attention(self, vllm_config: VllmConfig, prefix: str) -> list[Attention]:
@@ -293,14 +314,17 @@ class DepthDecoderModel(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
-        if self.segments:  # full depth through the compiled segments
-            residual = None
-            for segment in self.segments[:-1]:
-                hidden, residual = segment(positions, hidden, residual)
-            return self.segments[-1](positions, hidden, residual)
         hidden, residual = run_positions(self, 0, len(self.schedule.physical), positions, hidden, None)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def run_segments(self, input_ids, positions) -> torch.Tensor:
+        """Full depth through the segments (vLLM's warm-up compiles them this way; tests)."""
+        out = self.segments[0](input_ids, positions, None, None, None, None)
+        for segment in self.segments[1:]:
+            out = segment(None, positions, *out)
+        self.segments_warm = True
+        return out
 
     def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of) -> tuple[torch.Tensor, ExitRun]:
         """One step with token-level early exit.
@@ -308,42 +332,42 @@ class DepthDecoderModel(nn.Module):
         The compiled segments run between exit points; after each, the
         candidates are checked (eagerly: which tokens go on is data-dependent).
         A token that exits leaves the active rows (the later segments'
-        projections, MLP and attention run for the others only), and the K/V
-        of every position it skips is filled by state propagation.  Returns the
-        normed final hidden states of all rows (exit states for exited tokens)
-        and the run.
+        projections, MLP and attention run for the others only): its K/V at
+        the exit position is the one the segment computed, and at every later
+        position it is filled by state propagation.  Returns the normed final
+        hidden states of all rows (exit states for exited tokens) and the run.
         """
         from vllm_depth.vllm_compat import AttentionViews
 
-        hidden = self.embed_input_ids(input_ids)
-        total, residual, final = hidden.shape[0], None, None
-        run = ExitRun(step, hidden, positions, self.depth.exit_criterion)
+        run = ExitRun(step, input_ids, positions, self.depth.exit_criterion, self.embed_input_ids)
         views = AttentionViews()
+        final = None
         try:
-            for segment in self.segments:
-                out = segment(run.positions, hidden, residual)
-                if segment.last:
-                    final = out
-                    break
-                hidden, residual = out
-                keep = run.check(segment.end, hidden, residual, self.norm, logits_of, self.exit_counters)
-                if keep is None:
-                    continue
-                self._fill(segment.end, run, views)
-                hidden, residual = hidden[keep], residual[keep]
-                if not run.num_active:
-                    break
-                views.narrow(self.position_attn[segment.end :], run.kept_requests(), run.rows, hidden.dtype)
+            out = self.segments[0](input_ids, positions, None, None, None, None)
+            for segment in self.segments[1:]:
+                q, k, v, residual = out
+                keep = run.check(segment.start, residual, self.norm, logits_of, self.exit_counters)
+                if keep is not None:
+                    self._fill(segment.start, run, k[run.last_exited], v[run.last_exited], views)
+                    if not run.num_active:
+                        break
+                    q, k, v, residual = q[keep], k[keep], v[keep], residual[keep]
+                    views.narrow(self.position_attn[segment.start :], run.kept_requests(), run.rows, residual.dtype)
+                out = segment(None, run.positions, q, k, v, residual)
+            else:
+                final = out
         finally:
             views.restore()
-        return run.output(final, total, self.config.hidden_size, hidden), run
+        return run.output(final, input_ids.shape[0], self.config.hidden_size, self.norm.weight), run
 
-    def _fill(self, start: int, run: ExitRun, views) -> None:
-        """State propagation of the tokens that just exited into positions ``start..``."""
+    def _fill(self, layer: int, run: ExitRun, k, v, views) -> None:
+        """KV of the tokens that just exited after ``layer`` positions: exact at ``layer``, propagated after."""
         t0 = time.perf_counter()
         rows, states, positions = run.exit_rows[-1], run.exit_states[-1], run.exit_positions[-1]
-        self.kv_propagator.fill(self, start, states, positions, lambda attn: views.slots(attn, rows))
-        self.exit_counters.fill_tokens += rows.numel() * (len(self.schedule.physical) - start)
+        attn = self.position_attn[layer]
+        write_kv(attn, k, v, views.slots(attn, rows))
+        self.kv_propagator.fill(self, layer, states, positions, lambda a: views.slots(a, rows))
+        self.exit_counters.fill_tokens += rows.numel() * (len(self.schedule.physical) - layer - 1)
         self.exit_counters.fill_seconds += time.perf_counter() - t0
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -351,7 +375,7 @@ class DepthDecoderModel(nn.Module):
         loaded = loader.load_weights(weights, mapper=self.family.mapper)
         if self.depth.exit_layers is not None:
             # from the loaded weights, before vLLM repacks them for its GEMMs
-            self.kv_propagator = KVPropagator(self, self.depth.exit_layers[0])
+            self.kv_propagator = KVPropagator(self, self.depth.exit_layers, prefix=f"{self.prefix}.kv_propagator")
         return loaded
 
 
@@ -386,6 +410,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             patch_runner()
         self._cached_logits = None  # exit logits of the last step, reused by compute_logits
         self._kernels = None  # platform kernels for the eager early-exit steps
+        self._step_exits = None  # the last step's exit layer per decode request
 
     def make_empty_intermediate_tensors(self, *args, **kwargs):
         raise NotImplementedError("pipeline parallelism is not supported by the depth path yet")
@@ -404,33 +429,50 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         requests, self._step_requests = self._step_requests, None
         step = self._exit_step(requests) if inputs_embeds is None else None
         if step is None:  # no token can exit: the compiled full-depth graph, no check at all
-            self._trace(requests, None)
-            return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+            self._record(requests, None)
+            hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+            if requests is None and self.model.segments and not self.model.segments_warm and input_ids is not None:
+                self.model.run_segments(input_ids, positions)  # a warm-up run (no step requests)
+            return hidden
         if self._kernels is None:
             from vllm_depth.vllm_compat import NativeKernels
 
             self._kernels = NativeKernels(self)
+        counters = self.model.exit_counters
+        checks, fill = counters.checked, counters.fill_seconds
         with self._kernels:
             hidden, run = self.model.forward_with_exits(input_ids, positions, step, self._exit_logits)
         cached = run.cached_logits()
         if cached is not None:
             self._cached_logits = (step.num_reqs, *cached)
-        self._trace(requests, run)
+        self._record(requests, run, counters.checked - checks, counters.fill_seconds - fill)
         return hidden
 
-    def _trace(self, requests, run) -> None:
-        """With ``model.exit_trace`` a dict (tests, debugging): each decode token's exit layer, per request."""
+    def _record(self, requests, run, checks: int = 0, fill_seconds: float = 0.0) -> None:
+        """Each decode token's exit layer: to ``model.exit_trace`` (when a dict) and to /metrics."""
+        from vllm_depth import metrics
+
         trace = self.model.exit_trace
-        if trace is None or not requests:
+        if not requests:
             return
-        exits = {}
+        exits, per_layer = {}, {}
         if run is not None:
             for reqs, layer in zip(run.exit_reqs, run.exit_layers):
                 exits.update(dict.fromkeys(reqs.tolist(), layer))
+                per_layer[layer] = reqs.numel()
         full = len(self.model.schedule.physical)
-        for r, req in enumerate(requests):
-            if req.decode:
-                trace.setdefault(req.req_id, []).append(exits.get(r, full))
+        layers = [(req.req_id, exits.get(r, full)) for r, req in enumerate(requests) if req.decode]
+        self._step_exits = dict(layers)  # for the scheduler (take_step_exits)
+        if trace is not None:
+            for req_id, layer in layers:
+                trace.setdefault(req_id, []).append(layer)
+        if metrics.enabled():
+            metrics.record_step([layer for _, layer in layers], full, per_layer, checks, fill_seconds)
+
+    def take_step_exits(self) -> dict[str, int] | None:
+        """{request id: layers run} of the last step's decode tokens (read once, by the runner)."""
+        exits, self._step_exits = self._step_exits, None
+        return exits
 
     def depth_prepare_step(self, requests) -> None:
         """Called by the runner before each forward with the step's ``StepRequest`` list."""
