@@ -134,3 +134,16 @@ def test_each_request_in_a_mixed_batch_behaves_as_if_alone(case, stock):
         assert a[:2] == b[:2], f"request {i} ({settings[i % 4]}): batch {a[:2]} vs alone {b[:2]}"
         if settings[i % 4] == {"depth_exit": False}:
             assert a[0] == stock[i]
+
+
+def test_per_request_depth_statistics_reach_the_request_output(case):
+    """The depth scheduler returns each request's mean exit layer with its output."""
+    llm, _, _ = case
+    start_exit_trace(llm)
+    outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
+    trace = take_exit_trace(llm)
+    for o in outs:
+        layers = trace[o.request_id]
+        stats = o.kv_transfer_params["depth"]
+        assert stats["decode_tokens"] == len(layers) == N - 1
+        assert stats["mean_exit_layer"] == pytest.approx(sum(layers) / len(layers), abs=1e-3)

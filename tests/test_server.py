@@ -95,7 +95,7 @@ def test_completion_returns_the_tokens_asked_for(server):
     assert r.usage.completion_tokens == 12 and r.choices[0].text
 
 
-async def _load(base, model, n, bad_at=None):
+async def _load(base, model, n, bad_at=None, xargs=None):
     from openai import AsyncOpenAI, BadRequestError
 
     client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
@@ -110,9 +110,11 @@ async def _load(base, model, n, bad_at=None):
             return ("bad", 200, "accepted")
         n_tokens = 1 + (i * 7) % 32
         prompt = " ".join(words[j % 10] for j in range(1 + (i * 13) % 120))
+        extra = {"ignore_eos": True}
+        if xargs is not None:
+            extra["vllm_xargs"] = xargs(i)
         r = await client.completions.create(
-            model=model, prompt=prompt, max_tokens=n_tokens, temperature=0.0,
-            extra_body={"ignore_eos": True},
+            model=model, prompt=prompt, max_tokens=n_tokens, temperature=0.0, extra_body=extra,
         )
         return ("ok", n_tokens, r.usage.completion_tokens)
 
@@ -182,3 +184,22 @@ def test_bad_depth_xargs_get_400_naming_the_field(server, xargs, field):
         _complete(base, model, xargs)
     assert e.value.status_code == 400 and field in str(e.value)
     assert _complete(base, model, {"depth_exit": False})  # the engine still serves
+
+
+def test_concurrent_requests_mixing_exits_and_full_depth_all_complete(server):
+    """Prefills, exiting decodes and full-depth decodes share steps (continuous batching)."""
+    base, model = server
+    before = _exited(base)
+    modes = [{"depth_exit_threshold": 0.0}, {"depth_exit": False}, {"depth_exit_threshold": 0.5}, {}]
+    results = asyncio.run(_load(base, model, 32, xargs=lambda i: modes[i % 4]))
+    assert all(kind == "ok" and want == got for kind, want, got in results), results
+    assert _exited(base) > before
+
+
+def test_per_request_depth_statistics_come_back_with_the_response(server):
+    base, model = server
+    body = {"model": model, "prompt": "def fibonacci(n):", "max_tokens": 9, "temperature": 0.0,
+            "ignore_eos": True, "vllm_xargs": {"depth_exit_threshold": 0.0}}
+    r = requests.post(f"{base}/v1/completions", json=body, timeout=60).json()
+    # 9 tokens: 8 decode tokens, each leaving after 15 of 30 layers
+    assert r["kv_transfer_params"]["depth"] == {"mean_exit_layer": 15.0, "decode_tokens": 8}

@@ -90,8 +90,10 @@ def model_weight_bytes(model) -> int:
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            if p.numel() == 0 and hasattr(module, "cpu_linear") and hasattr(module, "input_size_per_partition"):
-                total += module.output_size_per_partition * module.input_size_per_partition * p.element_size()
+            if p.numel() == 0 and hasattr(module, "cpu_linear"):
+                out_size = getattr(module, "output_size_per_partition", None) or sum(module.output_partition_sizes)
+                in_size = getattr(module, "input_size_per_partition", None) or module.input_size
+                total += out_size * in_size * p.element_size()
             else:
                 total += p.numel() * p.element_size()
     return total

@@ -41,14 +41,21 @@ def _saturation(logits, state, prev):
     return saturation(prev, state)
 
 
+def _never(threshold):
+    return torch.zeros_like(threshold, dtype=torch.bool)
+
+
 @dataclass(frozen=True)
 class Criterion:
     confidence: Callable  # (logits | None, state, previous state) -> [T] float32
     needs_logits: bool
+    # thresholds the confidence always exceeds: the token exits with no check computed
+    certain: Callable = _never
 
 
 CRITERIA: dict[str, Criterion] = {
-    "softmax": Criterion(_softmax, True),
+    # a probability is > 0: threshold 0.0 always exits (its logits come with the step's, at the end)
+    "softmax": Criterion(_softmax, True, lambda threshold: threshold <= 0.0),
     "margin": Criterion(_margin, True),
     "saturation": Criterion(_saturation, False),
 }
@@ -155,10 +162,14 @@ class ExitRun:
             return None
         state = states[idx]
         normed = norm(state)
-        logits = logits_of(normed) if self.criterion.needs_logits else None
-        prev = self.prev[idx] if self.prev is not None else None
-        fire = self.criterion.confidence(logits, state, prev) > self.threshold[idx]
-        counters.checked += idx.numel()
+        fire = self.criterion.certain(self.threshold[idx])
+        todo = (~fire).nonzero()[:, 0]
+        logits = None
+        if todo.numel():
+            logits = logits_of(normed[todo]) if self.criterion.needs_logits else None
+            prev = self.prev[idx[todo]] if self.prev is not None else None
+            fire[todo] = self.criterion.confidence(logits, state[todo], prev) > self.threshold[idx[todo]]
+            counters.checked += todo.numel()
         if self.prev is not None:
             self.prev[idx] = state
         if not bool(fire.any()):
@@ -170,7 +181,8 @@ class ExitRun:
         self.exit_layers.append(layer)
         self.exit_states.append(state[fire])
         self.exit_normed.append(normed[fire])
-        self.exit_logits.append(logits[fire] if logits is not None else None)
+        # the exit logits are reused as the step's logits (when no row's exit was certain)
+        self.exit_logits.append(logits[fire] if logits is not None and todo.numel() == idx.numel() else None)
         self.exit_positions.append(self.positions[out])
         self.last_exited = out
         keep = torch.ones(self.num_active, dtype=torch.bool)
