@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# Triton reads TRITON_INTERPRET when triton.language is first imported, and many imports pull Triton
+# in (transformers, vLLM): set it before any of them, for the kernel tests that run the Triton
+# kernels through the interpreter on this CPU (vllm_depth.kernels.exit_check.use_triton follows it).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from vllm_depth.bench import shutdown  # noqa: F401 (used by the test modules)
 
