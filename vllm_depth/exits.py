@@ -123,7 +123,6 @@ class ExitRun:
 
     def __init__(self, step: ExitStep, input_ids: torch.Tensor, positions: torch.Tensor, criterion: str, embed):
         t = input_ids.shape[0]
-        self.step = step
         self.criterion = CRITERIA[criterion]
         self.rows = torch.arange(t)
         qsl = step.query_start_loc.to(torch.long)

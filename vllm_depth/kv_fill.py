@@ -37,13 +37,14 @@ class KVPropagator(nn.Module):
         self.eps = first.input_layernorm.variance_epsilon
         self.stacks = nn.ModuleList()
         for k, (a, b) in enumerate(self.spans):
-            rows = torch.cat([self._folded_rows(decoder, i) for i in range(a, b)]) if b > a else None
-            stack = None
-            if rows is not None:
-                stack = ReplicatedLinear(rows.shape[1], rows.shape[0], bias=False, params_dtype=rows.dtype,
-                                         prefix=f"{prefix}.stacks.{k}")
-                stack.weight.data.copy_(rows)
-            self.stacks.append(stack if stack is not None else nn.Identity())
+            if b == a:  # an exit point at the last position: nothing after it to fill
+                self.stacks.append(nn.Identity())
+                continue
+            rows = torch.cat([self._folded_rows(decoder, i) for i in range(a, b)])
+            stack = ReplicatedLinear(rows.shape[1], rows.shape[0], bias=False, params_dtype=rows.dtype,
+                                     prefix=f"{prefix}.stacks.{k}")
+            stack.weight.data.copy_(rows)
+            self.stacks.append(stack)
         attns = [decoder.layers[decoder.schedule.physical[i]].self_attn for i in range(bounds[0], n)]
         # one rotary call for all filled positions when they share it (vLLM caches RoPE modules)
         self.shared_rope = all(a.rotary_emb is attns[0].rotary_emb for a in attns) and not any(

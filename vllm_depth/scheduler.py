@@ -1,7 +1,7 @@
 """The depth-aware scheduler: vLLM's scheduler, carrying per-request depth statistics back.
 
 Installed for ``--model-impl depth`` when no other scheduler class is asked
-for (``vllm_compat.patch_engine_args``).  Each step the worker reports the
+for (``vllm_compat._patch_engine_args``).  Each step the worker reports the
 exit layer of every decode token (``ModelRunnerOutput.depth_exits``); this
 scheduler sums them per request and, when the request finishes, returns
 ``{"depth": {"mean_exit_layer": ..., "decode_tokens": ...}}`` in the output's
@@ -9,8 +9,9 @@ scheduler sums them per request and, when the request finishes, returns
 ``RequestOutput`` and the OpenAI responses).
 
 Batching itself is vLLM's: the worker compacts exited tokens by index, so the
-order of requests in the batch does not change the work (measured, see the
-README), and per-request depth settings are applied in the model.
+order of requests in the batch does not change the work on the CPU backend (no
+reordering variant was built to measure), and per-request depth settings are
+applied in the model.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 
 class _DepthStats:
-    def _depth_init(self) -> None:
-        if not hasattr(self, "_depth"):
-            self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens]
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens]
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        self._depth_init()
         for req_id, layer in (getattr(model_runner_output, "depth_exits", None) or {}).items():
             acc = self._depth.setdefault(req_id, [0, 0])
             acc[0] += layer
@@ -43,7 +43,6 @@ class _DepthStats:
         return outputs
 
     def finish_requests(self, request_ids, finished_status):
-        self._depth_init()
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids or [])
         for req_id in ids:
             self._depth.pop(req_id, None)

@@ -166,9 +166,6 @@ class AttentionViews:
         if not isinstance(self.attn_metadata, dict) or not isinstance(self.slot_mapping, dict):
             raise NotImplementedError("token-level early exit needs one attention metadata per layer")
 
-    def query_start_loc(self, attn):
-        return self.attn_metadata[attn.layer_name].query_start_loc
-
     def slots(self, attn, rows):
         """The original cache slots of ``rows`` at ``attn``'s layer (for the KV fill)."""
         return self.slot_mapping[attn.layer_name][rows]
