@@ -6,6 +6,7 @@ when their module ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Triton reads TRITON_INTERPRET when triton.language is first imported, and many imports pull Triton
@@ -86,3 +87,54 @@ def prompt_logprobs(llm, token_ids: list[list[int]]) -> list[list[float]]:
         pl = out.prompt_logprobs
         result.append([pl[i][ids[i]].logprob for i in range(1, len(ids))])
     return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, log, args: list[str], env: dict | None = None):
+    """``vllm serve MODEL --model-impl depth ARGS`` on 127.0.0.1 (fp32); yields its base URL."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    port = _free_port()
+    vllm_cli = Path(sys.executable).parent / "vllm"  # the console script users run
+    cmd = [
+        str(vllm_cli), "serve", model, "--model-impl", "depth", *args,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--gpu-memory-utilization", "0.3", "--max-model-len", "1024", "--seed", "0",
+        "--dtype", "float32",  # bf16 (the CPU default) changes these small models' answers
+    ]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited {proc.returncode}:\n{Path(log).read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail(f"server did not come up:\n{Path(log).read_text()[-4000:]}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -65,15 +65,64 @@ def _layer(layer, h, kv, j, cos, sin, pos):
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
-def _logits(model, h: torch.Tensor) -> torch.Tensor:
-    return model.lm_head(model.model.norm(h)).float()
+def _logits(model, h: torch.Tensor, head=None) -> torch.Tensor:
+    return _logits_rest(model, h, head)[0]
 
 
-def _confidence(model, h, prev, criterion: str) -> float:
+def _logits_rest(model, h: torch.Tensor, head=None):
+    """(logits over the full vocabulary, the "other" logit of a reduced-vocabulary head or None)."""
+    if head is None:
+        return model.lm_head(model.model.norm(h)).float(), None
+    return head(model, h)
+
+
+def load_exit_heads(path: str) -> dict:
+    """{exit layer: head} from a checkpoint's ``exit_heads.safetensors``, written out here from the
+    documented formula: h = rmsnorm(x) * g; h += h W^T; h += down(silu(up(h))) when there is an MLP;
+    logits h E^T over the full vocabulary, or, with a reduced vocabulary (ids), h E[ids]^T at
+    those ids (-inf elsewhere) and "other" = h o^T."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    state = {k: v if k.endswith(".ids") else v.float()
+             for k, v in load_file(str(Path(path) / "exit_heads.safetensors")).items()}
+    eps = cfg["rms_norm_eps"]
+
+    def make(layer: int):
+        w = {k.rsplit(".", 2)[-2]: v for k, v in state.items()
+             if k.startswith(f"model.exit_heads.{layer}.") and k.endswith(".weight")}
+
+        other = state.get(f"model.exit_heads.{layer}.other")
+        ids = state.get("model.exit_vocab.ids")
+
+        def head(model, x):
+            x = x.float()
+            h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w["norm"]
+            h = h + h @ w["proj"].t()
+            if "up" in w:
+                h = h + F.silu(h @ w["up"].t()) @ w["down"].t()
+            if ids is None:
+                return model.lm_head(h).float(), None
+            ids_ = ids.long()
+            logits = torch.full((*h.shape[:-1], model.config.vocab_size), float("-inf"))
+            logits[..., ids_] = h @ model.lm_head.weight[ids_].t()
+            return logits, (h @ other.t())[..., 0]
+
+        return head
+
+    return {n: make(n) for n in cfg["depth"]["exit_heads"]["layers"]}
+
+
+def _confidence(model, h, prev, criterion: str, head=None) -> float:
     if criterion == "saturation":
         return F.cosine_similarity(h.flatten().float(), prev.flatten().float(), dim=0).item()
-    top = torch.softmax(_logits(model, h).flatten(), -1).topk(2).values
-    if criterion == "softmax":
+    logits, rest = _logits_rest(model, h, head)
+    p = torch.softmax(torch.cat([logits.flatten(), rest.flatten()]) if rest is not None else logits.flatten(), -1)
+    top = (p[:-1] if rest is not None else p).topk(2).values
+    if criterion in ("softmax", "head"):
         return top[0].item()
     if criterion == "margin":
         return (top[0] - top[1]).item()
@@ -82,8 +131,13 @@ def _confidence(model, h, prev, criterion: str) -> float:
 
 @torch.no_grad()
 def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list[int], threshold: float,
-                      min_layer: int = 0, criterion: str = "softmax") -> ExitTrace:
-    """Greedy decoding of ``n`` tokens with early exit and state propagation (see the module docstring)."""
+                      min_layer: int = 0, criterion: str = "softmax", heads: dict | None = None) -> ExitTrace:
+    """Greedy decoding of ``n`` tokens with early exit and state propagation (see the module docstring).
+
+    ``heads``: {exit layer: head} (``load_exit_heads``); at those layers the exit
+    distribution is the head's output through the LM head, not the final norm's.
+    """
+    heads = heads or {}
     layers = model.model.layers
     N = len(layers)
     assert all(1 <= L <= N - 1 for L in exit_layers), f"exit layers must be in [1, {N - 1}]"
@@ -100,14 +154,14 @@ def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list
             h = _layer(layer, h, kv, j, cos, sin, pos)
             if step == 0 or j + 1 not in checks:
                 continue
-            conf = _confidence(model, h, prev, criterion)
+            conf = _confidence(model, h, prev, criterion, heads.get(j + 1))
             prev, near = h, near or abs(conf - threshold) <= NEAR
             if conf > threshold:
                 exit_at = j + 1
                 for s in range(exit_at, N):  # state propagation into the skipped layers
                     _append(kv, s, *_kv(layers[s], h, cos, sin))
                 break
-        logits = _logits(model, h[0, -1])
+        logits = _logits(model, h[0, -1], heads.get(exit_at))
         top = torch.log_softmax(logits, -1).topk(2).values
         trace.tokens.append(int(logits.argmax()))  # ties: the lowest id
         trace.exit_layers.append(exit_at)

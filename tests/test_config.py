@@ -56,7 +56,7 @@ def test_valid_schedules(schedule):
 @pytest.mark.parametrize(
     "raw, pattern",
     [
-        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['exit_criterion', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
+        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['exit_criterion', 'exit_heads', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
         ({"exit_layers": [4]}, r"depth.exit_layers: entry 0 is 4; the schedule has 4 positions, so 1..3"),
         ({"exit_layers": [0]}, r"depth.exit_layers: entry 0 is 0"),
         ({"exit_layers": [2, 1]}, r"depth.exit_layers: \[2, 1\] is not strictly increasing"),
@@ -64,7 +64,14 @@ def test_valid_schedules(schedule):
         ({"exit_layers": []}, r"depth.exit_layers: expected a non-empty list"),
         ({"layer_schedule": [0, 1], "exit_layers": [2]}, r"the schedule has 2 positions, so 1..1"),
         ({"exit_threshold": 0.5}, r"depth.exit_layers: \['exit_threshold'\] given without exit_layers"),
-        ({"exit_layers": [1], "exit_criterion": "entropy"}, r"depth.exit_criterion: 'entropy' is not a known criterion; allowed: one of 'softmax', 'margin', 'saturation'"),
+        ({"exit_layers": [1], "exit_criterion": "entropy"}, r"depth.exit_criterion: 'entropy' is not a known criterion; allowed: one of 'softmax', 'margin', 'saturation', 'head'"),
+        ({"exit_layers": [1, 2], "exit_threshold": [0.5]}, r"depth.exit_threshold: 1 thresholds for 2 exit layers"),
+        ({"exit_layers": [1, 2], "exit_threshold": [0.5, 2]}, r"depth.exit_threshold: 2 is out of range"),
+        ({"exit_layers": [1, 2], "exit_criterion": "head"}, r"depth.exit_criterion: 'head' needs a trained head at every exit layer; none at \[1, 2\]"),
+        ({"exit_layers": [1, 2], "exit_criterion": "head", "exit_heads": {"layers": [2]}}, r"none at \[1\]"),
+        ({"exit_heads": {"layers": [4]}}, r"depth.exit_heads: layers \[4\]: expected increasing ints in 1..3"),
+        ({"exit_heads": {"layers": [1], "vocab": -1}}, r"depth.exit_heads: vocab -1 is not an int >= 0"),
+        ({"exit_heads": {"layers": [1], "size": 3}}, r"depth.exit_heads: .* is not such an object"),
         ({"exit_layers": [1], "exit_threshold": 1.5}, r"depth.exit_threshold: 1.5 is out of range; allowed: a number from 0.0"),
         ({"exit_layers": [1], "exit_threshold": True}, r"depth.exit_threshold: True is out of range"),
         ({"exit_layers": [1], "min_layer": -1}, r"depth.min_layer: -1 is not an int >= 0"),
@@ -86,6 +93,7 @@ def test_valid_schedules(schedule):
     ],
 )
 def test_bad_configs_name_the_field(raw, pattern):
+    """Every error names the field and what is allowed."""
     with pytest.raises(DepthConfigError, match=pattern):
         parse_depth_config(raw, 4, hidden_size=64)
 
@@ -126,3 +134,13 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128).save_pretrained(tmp_path)
     with pytest.raises(Exception, match=r"cannot run architecture.*GPT2.*supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
         _engine_config(str(tmp_path), model_impl="depth", skip_tokenizer_init=True)
+
+
+def test_per_layer_thresholds_and_heads():
+    d = parse_depth_config({"exit_layers": [1, 2], "exit_threshold": [0.9, 0.5], "exit_criterion": "head",
+                            "exit_heads": {"layers": [1, 2, 3], "vocab": 16}}, 4, hidden_size=64)
+    assert d.thresholds() == (0.9, 0.5) and d.exit_heads.vocab == 16
+    assert parse_depth_config(d.to_dict(), 4, hidden_size=64) == d  # round trip
+    assert parse_depth_config({"exit_layers": [1, 2]}, 4).thresholds() == (0.9, 0.9)
+    heads_only = parse_depth_config({"exit_heads": {"layers": [2]}}, 4)  # trained, not yet used for exits
+    assert heads_only.exit_layers is None and heads_only.to_dict() == {"exit_heads": {"layers": [2], "mlp_width": 0, "vocab": 0}}

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
+
+from conftest import vllm_server
 
 import pytest
 import requests
@@ -17,50 +13,15 @@ import requests
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_dir, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    vllm_cli = Path(sys.executable).parent / "vllm"  # the console script users run
     schedule = list(range(30))  # explicit identity: exercises --hf-overrides parsing
     # an exit point that no request uses unless it asks (threshold 1.0 never fires)
     depth = {"layer_schedule": schedule, "exit_layers": [15], "exit_threshold": 1.0}
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
-    cmd = [
-        str(vllm_cli), "serve", smollm2_dir, "--model-impl", "depth",
-        "--hf-overrides", json.dumps({"depth": depth}),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--gpu-memory-utilization", "0.3", "--max-model-len", "1024", "--seed", "0",
-        "--dtype", "float32",  # bf16 (the CPU default) changes this small model's answers
-    ]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not come up:\n{log.read_text()[-4000:]}")
-    yield base, smollm2_dir
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
+    with vllm_server(smollm2_dir, tmp_path_factory.mktemp("server") / "serve.log",
+                     ["--hf-overrides", json.dumps({"depth": depth})], env) as base:
+        yield base, smollm2_dir
 
 
 def _client(base):

@@ -192,3 +192,12 @@ def test_sampling_params_verify_hook_and_request_id_suffix():
     assert "self._verify_args()" in inspect.getsource(SamplingParams.__post_init__)
     # the engine's request ids are the user's plus "-<8 hex>" (bench.take_exit_trace strips it)
     assert 'f"{request.external_req_id}-{random_uuid():.8}"' in inspect.getsource(InputProcessor.assign_request_id)
+
+
+def test_cpu_keeps_the_lm_head_weight_for_reduced_vocabulary_heads():
+    """``models/exit_head.ExitVocab`` takes rows of ``lm_head.weight``: vLLM 0.32's CPU path
+    (``UnquantizedEmbeddingMethod.process_weights_after_loading``) must keep that weight."""
+    from vllm.model_executor.layers import vocab_parallel_embedding as v
+
+    src = inspect.getsource(v.UnquantizedEmbeddingMethod.process_weights_after_loading)
+    assert "dispatch_cpu_unquantized_gemm(layer, remove_weight=False)" in src

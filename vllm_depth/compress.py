@@ -8,8 +8,14 @@
   ``average`` (both run the mean of the two); ``auto`` measures both on the
   chosen pairs and keeps the better.
 - ``relax_rank R``: every position whose weights changed keeps a rank-R delta
-  per projection (truncated SVD of original minus shared), Relaxed Recursive
-  Transformers style.
+  per projection (Relaxed Recursive Transformers), trained by self-distillation:
+  the shared weights stay frozen, the deltas start at zero (LoRA-style) and
+  Adam fits them to the original model's next-token distribution (KL) on the
+  calibration text.  Measured on SmolLM2 (share 8, rank 32, held-out docstrings):
+  perplexity 396 with no delta, 4.3e6 with the truncated SVD of the weight
+  difference (neighbouring layers' weights are nearly unrelated, so a
+  rank-32 piece of their difference breaks the layer), 36 after 100 steps
+  of distillation from zero (prune 8: 46; original: 15).
 
 The output stores each unique weight set once, renumbered ``model.layers.0..U-1``;
 ``depth.layer_schedule`` maps positions to them; deltas are ``model.relax.<pos>.*``.
@@ -48,6 +54,7 @@ class Plan:
     shared: dict[int, int] = field(default_factory=dict)  # position -> donor layer
     merge: str | None = None
     relax_rank: int | None = None
+    deltas: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)  # pos -> name -> (a, b)
     notes: list[str] = field(default_factory=list)
 
     def changed_positions(self) -> list[int]:
@@ -56,7 +63,8 @@ class Plan:
 
 
 def check_args(model_dir: str, out: str, num_layers: int, hidden: int,
-               prune: int | None, share: int | None, relax_rank: int | None, merge: str) -> None:
+               prune: int | None, share: int | None, relax_rank: int | None, merge: str,
+               relax_steps: int = 1) -> None:
     """Every argument error, before any work."""
     if (prune is None) == (share is None):
         raise CompressError("give exactly one of --prune K or --share K")
@@ -71,6 +79,8 @@ def check_args(model_dir: str, out: str, num_layers: int, hidden: int,
             raise CompressError("--relax-rank: only with --share")
         if relax_rank < 1 or relax_rank > hidden:
             raise CompressError(f"--relax-rank: {relax_rank} is out of range; allowed 1..{hidden} (the hidden size)")
+        if relax_steps < 1:
+            raise CompressError(f"--relax-steps: {relax_steps}; allowed: an int >= 1")
     if merge not in MERGES:
         raise CompressError(f"--merge: {merge!r}; allowed: {', '.join(MERGES)}")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
@@ -204,11 +214,71 @@ def _load_state(model_dir: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _svd_delta(diff: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    u, s, vh = torch.linalg.svd(diff.double(), full_matrices=False)
-    a = (u[:, :rank] * s[:rank]).to(diff.dtype)
-    b = vh[:rank].to(diff.dtype)
-    return a.contiguous(), b.contiguous()
+# -- relaxing: fitted low-rank deltas ---------------------------------------------------------
+
+
+class _Delta(torch.nn.Module):
+    """A frozen projection plus a trainable delta ``x @ b.T @ a.T`` (``LowRankDelta``'s layout)."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        self.a = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+        self.b = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / base.in_features**0.5)
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.b.t()) @ self.a.t()
+
+
+def _shallow(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy that shares every parameter but has its own child list."""
+    c = copy.copy(module)
+    c._modules = dict(module._modules)
+    c._parameters = dict(module._parameters)
+    c._buffers = dict(module._buffers)
+    return c
+
+
+def _with_deltas(layer, rank: int, generator: torch.Generator):
+    """``layer`` (shared, untouched) seen through one position's deltas; returns (layer, deltas)."""
+    new, deltas = _shallow(layer), {}
+    for name, proj in DELTA_NAMES.items():
+        parent_name, attr = proj.split(".")
+        if new._modules[parent_name] is getattr(layer, parent_name):
+            new._modules[parent_name] = _shallow(getattr(layer, parent_name))
+        parent = new._modules[parent_name]
+        deltas[name] = parent._modules[attr] = _Delta(parent._modules[attr], rank, generator)
+    return new, deltas
+
+
+def fit_deltas(model, plan: Plan, chunks, steps: int, lr: float = 1e-3, seed: int = 0,
+               progress: bool = True) -> list[float]:
+    """Train a rank-``plan.relax_rank`` delta per changed position by distillation
+    from ``model`` (the original); stores them in ``plan.deltas``; returns the losses."""
+    from vllm_depth.distill import distill, kl_per_token
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    originals = list(model.model.layers)
+    stored = [originals[m[0]] if len(m) == 1 else _averaged(*(originals[i] for i in m)) for m in plan.stored]
+    generator = torch.Generator().manual_seed(seed)
+    student, fitted = [stored[s] for s in plan.schedule], {}
+    for pos in plan.changed_positions():
+        student[pos], fitted[pos] = _with_deltas(student[pos], plan.relax_rank, generator)
+    params = [p for d in fitted.values() for m in d.values() for p in (m.a, m.b)]
+
+    def loss_of(ids):
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(ids, use_cache=False).logits[0].float(), -1)
+        with _with_layers(model, student):
+            return kl_per_token(teacher, model(ids, use_cache=False).logits[0])
+
+    losses = distill(loss_of, params, chunks, steps, lr, desc="relax deltas (KL to original)", progress=progress)
+    plan.deltas = {pos: {n: (m.a.detach().clone(), m.b.detach().clone()) for n, m in d.items()}
+                   for pos, d in fitted.items()}
+    plan.notes.append(f"relax deltas: {steps} steps of distillation, KL {losses[0]:.3f} -> "
+                      f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    return losses
 
 
 def write_checkpoint(model_dir: str, out: str, plan: Plan) -> dict:
@@ -227,17 +297,13 @@ def write_checkpoint(model_dir: str, out: str, plan: Plan) -> dict:
             t = torch.stack([by_layer[m][rest].float() for m in members]).mean(0).to(by_layer[members[0]][rest].dtype)
             new[f"{prefix}{s}.{rest}"] = t.contiguous()
     relax_positions = []
-    if plan.relax_rank is not None:
-        for pos in plan.changed_positions():
-            stored = plan.schedule[pos]
-            for name, proj in DELTA_NAMES.items():
-                w_orig = by_layer[pos][f"{proj}.weight"].float()
-                w_now = new[f"{prefix}{stored}.{proj}.weight"].float()
-                a, b = _svd_delta(w_orig - w_now, plan.relax_rank)
-                dtype = by_layer[pos][f"{proj}.weight"].dtype
-                new[f"model.relax.{pos}.{name}_a"] = a.to(dtype)
-                new[f"model.relax.{pos}.{name}_b"] = b.to(dtype)
-            relax_positions.append(pos)
+    for pos, deltas in sorted(plan.deltas.items()):
+        for name, proj in DELTA_NAMES.items():
+            a, b = deltas[name]
+            dtype = by_layer[pos][f"{proj}.weight"].dtype
+            new[f"model.relax.{pos}.{name}_a"] = a.to(dtype).contiguous()
+            new[f"model.relax.{pos}.{name}_b"] = b.to(dtype).contiguous()
+        relax_positions.append(pos)
 
     os.makedirs(out, exist_ok=True)
     for f in Path(model_dir).iterdir():
@@ -275,7 +341,7 @@ def checkpoint_bytes(path: str) -> int:
 
 def compress(model_dir: str, out: str, prune: int | None = None, share: int | None = None,
              relax_rank: int | None = None, merge: str = "auto", texts: list[str] | None = None,
-             samples: int = 16, seq_len: int = 256, progress: bool = True) -> tuple[Plan, dict]:
+             samples: int = 16, seq_len: int = 256, relax_steps: int = 150, progress: bool = True) -> tuple[Plan, dict]:
     from transformers import AutoConfig
 
     from vllm_depth.analysis import analyze, load_hf
@@ -284,14 +350,17 @@ def compress(model_dir: str, out: str, prune: int | None = None, share: int | No
     cfg = AutoConfig.from_pretrained(model_dir)
     if getattr(cfg, "depth", None):
         raise CompressError(f"{model_dir}: already has a depth config; compress the original checkpoint")
-    check_args(model_dir, out, cfg.num_hidden_layers, cfg.hidden_size, prune, share, relax_rank, merge)
+    check_args(model_dir, out, cfg.num_hidden_layers, cfg.hidden_size, prune, share, relax_rank, merge, relax_steps)
     model, tok = load_hf(model_dir)
-    chunks = token_chunks(tok, texts if texts is not None else stdlib_texts("calib"), seq_len, samples)
+    texts = texts if texts is not None else stdlib_texts("calib")
+    chunks = token_chunks(tok, texts, seq_len, samples)
     if prune is not None:
         plan = plan_prune(analyze(model, chunks, progress=progress), prune)
     else:
         # candidates are scored on a few chunks: 2 x n_layers forward passes each
         plan = plan_share(model, chunks[: max(1, samples // 8)], share, merge, progress=progress)
-        plan.relax_rank = relax_rank
+        if relax_rank is not None:
+            plan.relax_rank = relax_rank
+            fit_deltas(model, plan, token_chunks(tok, texts, seq_len, relax_steps), relax_steps, progress=progress)
     report = write_checkpoint(model_dir, out, plan)
     return plan, report

@@ -19,6 +19,16 @@ class DepthConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ExitHeads:
+    layers: tuple[int, ...]  # layer counts that have a head
+    mlp_width: int = 0  # 0: the residual linear map only
+    vocab: int = 0  # 0: the full vocabulary; else the size of the heads' reduced vocabulary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "mlp_width": self.mlp_width, "vocab": self.vocab}
+
+
+@dataclass(frozen=True)
 class DepthConfig:
     # Physical layer index for every logical position, in order.  ``None`` is
     # the identity schedule.  Repeats share one weight set (layer fusion); each
@@ -34,9 +44,19 @@ class DepthConfig:
     # KV of the positions it skipped.
     exit_layers: tuple[int, ...] | None = None
     exit_criterion: str = "softmax"
-    exit_threshold: float = 0.9
+    # one threshold for every exit layer, or one per exit layer (``vllm-depth calibrate``)
+    exit_threshold: float | tuple[float, ...] = 0.9
     min_layer: int = 0
     kv_fill: str = "propagate"
+    # Trained exit heads (``vllm-depth train-exits``): the exit distribution at
+    # these layer counts is the head's (its own norm, a residual linear map and
+    # MLP of width ``mlp_width``) through the shared LM head.
+    exit_heads: ExitHeads | None = None
+
+    def thresholds(self) -> tuple[float, ...]:
+        """The threshold of every exit layer."""
+        t = self.exit_threshold
+        return tuple(t) if isinstance(t, tuple) else (t,) * len(self.exit_layers or ())
 
     def schedule(self, num_layers: int) -> tuple[int, ...]:
         if self.layer_schedule is None:
@@ -45,9 +65,11 @@ class DepthConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("layer_schedule", "relax_positions", "exit_layers"):
-            if d[k] is not None:
+        for k in ("layer_schedule", "relax_positions", "exit_layers", "exit_threshold"):
+            if isinstance(d[k], tuple):
                 d[k] = list(d[k])
+        if self.exit_heads is not None:
+            d["exit_heads"] = self.exit_heads.to_dict()
         if self.exit_layers is None:  # the exit fields mean nothing without exit points
             for k in EXIT_DEFAULTS:
                 d.pop(k)
@@ -63,15 +85,19 @@ FIELDS = {
     "relax_rank": "an int from 1 to the hidden size (with relax_positions)",
     "relax_positions": "a list of distinct schedule positions (int) that carry a low-rank delta (with relax_rank)",
     "exit_layers": "a non-empty list of increasing layer counts L (int), 1 <= L < the number of positions",
-    "exit_criterion": "one of 'softmax', 'margin', 'saturation'",
-    "exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit)",
+    "exit_criterion": "one of 'softmax', 'margin', 'saturation', 'head' (softmax of trained exit heads)",
+    "exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit), or a list of them, one per exit layer",
     "min_layer": "an int >= 0: no exit before this many layers",
     "kv_fill": "'propagate'",
+    "exit_heads": "an object {\"layers\": [layer counts with a head], \"mlp_width\": int >= 0, "
+                  "\"vocab\": int >= 0 (0: the full vocabulary)}, "
+                  "written by vllm-depth train-exits",
 }
 
-EXIT_CRITERIA = ("softmax", "margin", "saturation")
+EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")
 KV_FILLS = ("propagate",)
 EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate"}
+_UNIT = "a number from 0.0 (always exit) to 1.0 (never exit)"
 
 
 def _fail(field: str, problem: str) -> DepthConfigError:
@@ -155,7 +181,8 @@ def _is_number(x: Any) -> bool:
 
 def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
     layers = raw.get("exit_layers")
-    out: dict[str, Any] = {}
+    heads = _parse_heads(raw.get("exit_heads"), n_positions)
+    out: dict[str, Any] = {} if heads is None else {"exit_heads": heads}
     if layers is None:
         extra = sorted(set(raw) & set(EXIT_DEFAULTS))
         if extra:
@@ -176,10 +203,7 @@ def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
     if criterion not in EXIT_CRITERIA:
         raise _fail("exit_criterion", f"{criterion!r} is not a known criterion")
     out["exit_criterion"] = criterion
-    threshold = raw.get("exit_threshold", EXIT_DEFAULTS["exit_threshold"])
-    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
-        raise _fail("exit_threshold", f"{threshold!r} is out of range")
-    out["exit_threshold"] = float(threshold)
+    out["exit_threshold"] = _parse_threshold(raw.get("exit_threshold", EXIT_DEFAULTS["exit_threshold"]), len(layers))
     min_layer = raw.get("min_layer", EXIT_DEFAULTS["min_layer"])
     if not _is_int(min_layer) or min_layer < 0:
         raise _fail("min_layer", f"{min_layer!r} is not an int >= 0")
@@ -188,7 +212,40 @@ def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
     if kv_fill not in KV_FILLS:
         raise _fail("kv_fill", f"{kv_fill!r} is not supported")
     out["kv_fill"] = kv_fill
+    if criterion == "head":
+        missing = [n for n in layers if heads is None or n not in heads.layers]
+        if missing:
+            raise _fail("exit_criterion", f"'head' needs a trained head at every exit layer; none at {missing} "
+                                          "(train them with vllm-depth train-exits)")
     return out
+
+
+def _parse_threshold(threshold: Any, n_layers: int) -> float | tuple[float, ...]:
+    if isinstance(threshold, (list, tuple)):
+        if len(threshold) != n_layers:
+            raise _fail("exit_threshold", f"{len(threshold)} thresholds for {n_layers} exit layers")
+        return tuple(_parse_threshold(t, n_layers) for t in threshold)
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise _fail("exit_threshold", f"{threshold!r} is out of range")
+    return float(threshold)
+
+
+def _parse_heads(raw: Any, n_positions: int) -> ExitHeads | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"layers", "mlp_width", "vocab"} or "layers" not in raw:
+        raise _fail("exit_heads", f"{raw!r} is not such an object")
+    layers = raw["layers"]
+    if (not isinstance(layers, (list, tuple)) or not layers or list(layers) != sorted(set(layers))
+            or not all(_is_int(n) and 1 <= n < n_positions for n in layers)):
+        raise _fail("exit_heads", f"layers {layers!r}: expected increasing ints in 1..{n_positions - 1}")
+    width = raw.get("mlp_width", 0)
+    if not _is_int(width) or width < 0:
+        raise _fail("exit_heads", f"mlp_width {width!r} is not an int >= 0")
+    vocab = raw.get("vocab", 0)
+    if not _is_int(vocab) or vocab < 0:
+        raise _fail("exit_heads", f"vocab {vocab!r} is not an int >= 0")
+    return ExitHeads(tuple(layers), width, vocab)
 
 
 def depth_config_of(hf_config: Any) -> DepthConfig:

@@ -12,7 +12,8 @@ is strictly greater than its request's threshold:
   it needs no LM head.
 
 ``CRITERIA`` is the extension point: a criterion is a function of
-``(logits, state, previous_state)`` and says whether it needs the logits.
+``(logits, state, previous_state, rest)`` and says whether it needs the logits
+(``rest``: the "other" logit of a reduced-vocabulary exit head, else None).
 """
 
 from __future__ import annotations
@@ -25,17 +26,24 @@ import torch
 from vllm_depth.request_args import RequestDepth
 
 
-def _softmax(logits, state, prev):
-    x = logits.float()  # max probability = 1 / sum(exp(l - max l))
-    return torch.exp(x.max(dim=-1).values - torch.logsumexp(x, dim=-1))
+def _with_rest(logits, rest):
+    """A reduced-vocabulary head's logits with its "other" logit as one more column."""
+    x = logits.float()
+    return x if rest is None else torch.cat([x, rest.float()[:, None]], dim=-1)
 
 
-def _margin(logits, state, prev):
-    top = torch.softmax(logits.float(), dim=-1).topk(2, dim=-1).values
+def _softmax(logits, state, prev, rest=None):
+    x = logits.float()  # max probability = 1 / sum(exp(l - max l)), the mass outside a reduced vocabulary counted
+    return torch.exp(x.max(dim=-1).values - torch.logsumexp(_with_rest(x, rest), dim=-1))
+
+
+def _margin(logits, state, prev, rest=None):
+    p = torch.softmax(_with_rest(logits, rest), dim=-1)
+    top = (p if rest is None else p[:, :-1]).topk(2, dim=-1).values
     return top[:, 0] - top[:, 1]
 
 
-def _saturation(logits, state, prev):
+def _saturation(logits, state, prev, rest=None):
     from vllm_depth.kernels.exit_check import saturation
 
     return saturation(prev, state)
@@ -47,7 +55,7 @@ def _never(threshold):
 
 @dataclass(frozen=True)
 class Criterion:
-    confidence: Callable  # (logits | None, state, previous state) -> [T] float32
+    confidence: Callable  # (logits | None, state, previous state, rest=None) -> [T] float32
     needs_logits: bool
     # thresholds the confidence always exceeds: the token exits with no check computed
     certain: Callable = _never
@@ -58,6 +66,8 @@ CRITERIA: dict[str, Criterion] = {
     "softmax": Criterion(_softmax, True, lambda threshold: threshold <= 0.0),
     "margin": Criterion(_margin, True),
     "saturation": Criterion(_saturation, False),
+    # softmax of the trained exit head's distribution (the config requires a head at every exit layer)
+    "head": Criterion(_softmax, True, lambda threshold: threshold <= 0.0),
 }
 
 
@@ -75,23 +85,28 @@ class ExitStep:
     """The candidates of one step: decode tokens that may exit."""
 
     rows: torch.Tensor  # [C] token rows
-    threshold: torch.Tensor  # [C] float32
+    threshold: torch.Tensor  # [C, exit layers] float32
     min_layer: torch.Tensor  # [C] int64
     query_start_loc: torch.Tensor  # [R + 1]
     num_reqs: int
 
 
-def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, threshold: float,
-              min_layer: int, last_exit_layer: int) -> ExitStep | None:
-    """The step's exit candidates, or None when no token can exit (then no check runs)."""
+def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thresholds: tuple[float, ...],
+              min_layer: int, exit_layers: tuple[int, ...]) -> ExitStep | None:
+    """The step's exit candidates, or None when no token can exit (then no check runs).
+
+    ``thresholds``: the model's, one per exit layer; a request's ``depth_exit_threshold``
+    replaces all of them.
+    """
     qsl = query_start_loc.cpu().tolist()
     rows, thr, mins = [], [], []
     for r, req in enumerate(requests):
         if not req.decode or not req.depth.exit or qsl[r + 1] - qsl[r] != 1:
             continue
-        t = threshold if req.depth.exit_threshold is None else req.depth.exit_threshold
+        t = thresholds if req.depth.exit_threshold is None else (req.depth.exit_threshold,) * len(exit_layers)
         m = min_layer if req.depth.min_layer is None else req.depth.min_layer
-        if t >= 1.0 or m > last_exit_layer:  # confidence > 1.0 is impossible
+        # confidence > 1.0 is impossible: a request with no layer it may exit at is no candidate
+        if all(x >= 1.0 or layer < m for x, layer in zip(t, exit_layers)):
             continue
         rows.append(qsl[r])
         thr.append(t)
@@ -121,15 +136,17 @@ class ExitCounters:
 class ExitRun:
     """The active rows of one step and the tokens that left, with their exit states."""
 
-    def __init__(self, step: ExitStep, input_ids: torch.Tensor, positions: torch.Tensor, criterion: str, embed):
+    def __init__(self, step: ExitStep, input_ids: torch.Tensor, positions: torch.Tensor, criterion: str, embed,
+                 exit_layers: tuple[int, ...]):
         t = input_ids.shape[0]
         self.criterion = CRITERIA[criterion]
+        self.checkpoints = exit_layers  # the model's exit layers (threshold columns)
         self.rows = torch.arange(t)
         qsl = step.query_start_loc.to(torch.long)
         self.req_of_row = torch.repeat_interleave(torch.arange(step.num_reqs), qsl[1:] - qsl[:-1])
         if self.req_of_row.numel() < t:  # padding rows belong to no request
             self.req_of_row = torch.cat([self.req_of_row, torch.full((t - self.req_of_row.numel(),), -1)])
-        self.threshold = torch.full((t,), float("inf"))
+        self.threshold = torch.full((t, len(exit_layers)), float("inf"))  # inf: not a candidate
         self.threshold[step.rows] = step.threshold
         self.min_layer = torch.full((t,), 1 << 30, dtype=torch.long)
         self.min_layer[step.rows] = step.min_layer
@@ -150,24 +167,29 @@ class ExitRun:
     def num_active(self) -> int:
         return self.rows.numel()
 
-    def check(self, layer: int, states, norm, logits_of, counters: ExitCounters):
+    def check(self, layer: int, states, norm, logits_of, counters: ExitCounters, shortcut: bool = True):
         """The exit check after ``layer`` positions (``states``: the active rows' residual stream).
 
+        ``norm`` maps exit states to the normed hidden states whose LM head
+        output is the exit distribution (the final norm, or the layer's exit head).
+        ``shortcut``: certain exits may skip the check (their logits are the LM head's
+        on the normed state, computed with the step's); not for reduced-vocabulary heads.
         Returns the keep mask of the active rows (and compacts the run), or None when none exits.
         """
-        eligible = (self.threshold < float("inf")) & (self.min_layer <= layer)
+        threshold = self.threshold[:, self.checkpoints.index(layer)]
+        eligible = (threshold < 1.0) & (self.min_layer <= layer)
         idx = eligible.nonzero()[:, 0]
         if idx.numel() == 0:
             return None
         state = states[idx]
         normed = norm(state)
-        fire = self.criterion.certain(self.threshold[idx])
+        fire = self.criterion.certain(threshold[idx]) if shortcut else torch.zeros(idx.numel(), dtype=torch.bool)
         todo = (~fire).nonzero()[:, 0]
         logits = None
         if todo.numel():
-            logits = logits_of(normed[todo]) if self.criterion.needs_logits else None
+            logits, rest = logits_of(normed[todo]) if self.criterion.needs_logits else (None, None)
             prev = self.prev[idx[todo]] if self.prev is not None else None
-            fire[todo] = self.criterion.confidence(logits, state[todo], prev) > self.threshold[idx[todo]]
+            fire[todo] = self.criterion.confidence(logits, state[todo], prev, rest) > threshold[idx[todo]]
             counters.checked += todo.numel()
         if self.prev is not None:
             self.prev[idx] = state

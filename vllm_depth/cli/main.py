@@ -4,6 +4,8 @@
     vllm-depth bench --model M ...   stock vLLM and a depth configuration side by side
     vllm-depth analyze MODEL ...     what each layer does, how alike layers are (--eval: quality)
     vllm-depth compress MODEL ...    prune / share layers into a smaller checkpoint
+    vllm-depth train-exits MODEL ... train exit heads by self-distillation
+    vllm-depth calibrate MODEL ...   pick exit thresholds with a distribution-free guarantee
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+TRAIN_STEPS = 1000  # train-exits defaults: SmolLM2 on this 2-core CPU within 15 minutes (about 12)
+TRAIN_MLP_WIDTH = 0
 
 
 def _json_arg(name: str):
@@ -155,7 +160,7 @@ def cmd_compress(args) -> int:
         texts = read_files(args.data) if args.data else None  # None: compress() reads the stdlib
         plan, report = C.compress(model_dir, args.out, prune=args.prune, share=args.share,
                                   relax_rank=args.relax_rank, merge=args.merge, texts=texts,
-                                  samples=args.samples, seq_len=args.seq_len)
+                                  samples=args.samples, seq_len=args.seq_len, relax_steps=args.relax_steps)
     except ValueError as e:
         raise SystemExit(f"vllm-depth compress: {e}") from None
     if plan.removed:
@@ -168,6 +173,79 @@ def cmd_compress(args) -> int:
           f"({ratio:.3f}x of {report['original_bytes_on_disk'] / 1e6:.1f} MB); "
           f"parameters {report['params'] / 1e6:.2f} M of {report['original_params'] / 1e6:.2f} M")
     print(args.out)
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+
+
+def cmd_train_exits(args) -> int:
+    from vllm_depth import exit_heads as H
+    from vllm_depth.checkpoints import resolve_model
+    from vllm_depth.data import read_files
+
+    try:
+        model_dir = resolve_model(args.model)
+        texts = read_files(args.data) if args.data else None  # None: the standard library's sources
+        target, r = H.train_exits(model_dir, args.exit_layers, texts=texts, out=args.out, steps=args.steps,
+                                  seq_len=args.seq_len, mlp_width=args.mlp_width, vocab=args.vocab)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth train-exits: {e}") from None
+    print("\n| exit layer | agreement with the final top-1, plain LM head | with the trained head |")
+    print("| --- | --- | --- |")
+    for n in r.exit_layers:
+        print(f"| {n} | {r.agreement_before[n]:.3f} | {r.agreement_after[n]:.3f} |")
+    print(f"\nheld-out: standard-library docstrings; trained on {r.tokens_trained} tokens in {r.seconds / 60:.1f} min; "
+          f"heads add {r.head_params / 1e6:.2f} M parameters ({100 * r.head_params / r.model_params:.2f}% of the model)")
+    print(f"wrote {target}/{H.HEADS_FILE} and depth.exit_heads in {target}/config.json")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r.__dict__, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_calibrate(args) -> int:
+    from vllm_depth import calibrate as C
+    from vllm_depth.checkpoints import resolve_model
+
+    if args.max_tokens < 1:
+        raise SystemExit("vllm-depth calibrate: --max-tokens: must be >= 1")
+    try:
+        model_dir = resolve_model(args.model)
+        result = C.calibrate(model_dir, args.prompts, target=args.target_agreement, delta=args.delta,
+                             exit_layers=args.exit_layers, min_layers=args.min_layers, thresholds=args.thresholds,
+                             max_tokens=args.max_tokens, engine_args=args.engine_args, write=not args.dry_run)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth calibrate: {e}") from None
+    print(C.format_table(result))
+    print(f"\n{result.criterion} exits at {result.exit_layers}; {result.prompts} prompts; full depth "
+          f"{result.full_depth_tokens_per_s:.1f} tokens/s (batch {result.prompts}, the same engine)")
+    if args.plot:
+        C.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**result.__dict__, "points": [p.__dict__ for p in result.points],
+                       "chosen": result.chosen.__dict__ if result.chosen else None}, f, indent=2)
+        print(f"wrote {args.json}")
+    if result.chosen is None:
+        print(f"no setting has agreement >= {args.target_agreement} with probability >= {1 - args.delta} "
+              "on these prompts; nothing written (more prompts make the bound tighter)")
+        return 1
+    where = "not written (--dry-run)" if args.dry_run else f"written to {model_dir}/config.json"
+    print(f"chosen: {json.dumps(result.written)}; {where}")
     return 0
 
 
@@ -214,12 +292,42 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prune", type=int, help="remove the K least important layers")
     c.add_argument("--share", type=int, help="make K positions reuse a neighbour's weights")
     c.add_argument("--relax-rank", type=int, help="with --share: a rank-R delta per changed position")
+    c.add_argument("--relax-steps", type=int, default=150,
+                   help="with --relax-rank: distillation steps (one chunk of --seq-len tokens each) fitting the deltas")
     c.add_argument("--merge", default="auto", help="with --share: copy | average | auto (measure both)")
     c.add_argument("--data", nargs="+", help="calibration text files (default: standard-library sources)")
     c.add_argument("--samples", type=int, default=16, help="chunks of calibration text")
     c.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
     c.add_argument("--out", required=True, help="output directory (new or empty)")
     c.set_defaults(func=cmd_compress)
+
+    t = sub.add_parser("train-exits", help="train an exit head per exit layer (base model frozen)")
+    t.add_argument("model", help="alias or checkpoint directory (heads are written into it unless --out)")
+    t.add_argument("--exit-layers", type=_int_list, required=True, help="layer counts, e.g. 8,12,16,20,24")
+    t.add_argument("--data", nargs="+", help="training text files (default: standard-library sources)")
+    t.add_argument("--out", help="write a copy of the checkpoint with the heads here (new or empty)")
+    t.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps, one chunk each")
+    t.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
+    t.add_argument("--mlp-width", type=int, default=TRAIN_MLP_WIDTH, help="width of each head's residual MLP (0: linear)")
+    t.add_argument("--vocab", type=int, default=8192,
+                   help="the heads predict over this many most frequent tokens plus 'other' (0: the full vocabulary)")
+    t.add_argument("--json", help="write the report as JSON here")
+    t.set_defaults(func=cmd_train_exits)
+
+    k = sub.add_parser("calibrate", help="pick exit thresholds (Learn-then-Test) and write them into the checkpoint")
+    k.add_argument("model", help="alias or checkpoint directory (its depth config gets the thresholds)")
+    k.add_argument("--prompts", required=True, help='JSONL calibration prompts: {"prompt"|"messages"}')
+    k.add_argument("--target-agreement", type=float, default=0.9, help="agreement with full depth to guarantee")
+    k.add_argument("--delta", type=float, default=0.1, help="the guarantee holds with probability >= 1 - delta")
+    k.add_argument("--exit-layers", type=_int_list, help="default: the layers with exit heads")
+    k.add_argument("--min-layers", type=_int_list, help="min_layer values to test (default: each exit layer)")
+    k.add_argument("--thresholds", type=_float_list, help="thresholds to test, most cautious first (default: 0.999 .. 0.5)")
+    k.add_argument("--max-tokens", type=int, default=64)
+    k.add_argument("--engine-args", type=_json_arg("--engine-args"), default=None, help="extra LLM() keyword arguments")
+    k.add_argument("--dry-run", action="store_true", help="measure and print; write nothing")
+    k.add_argument("--plot", help="agreement and speed against threshold (PNG)")
+    k.add_argument("--json", help="write the result as JSON here")
+    k.set_defaults(func=cmd_calibrate)
     return p
 
 

@@ -36,6 +36,7 @@ from vllm.sequence import IntermediateTensors
 from vllm_depth.config import depth_config_of
 from vllm_depth.exits import ExitCounters, ExitRun, ExitStep, plan_step
 from vllm_depth.kv_fill import KVPropagator
+from vllm_depth.models.exit_head import ExitHead, ExitVocab
 from vllm_depth.vllm_compat import write_kv
 from vllm_depth.models.families import family_of
 from vllm_depth.schedule import LayerSchedule
@@ -237,6 +238,15 @@ class DepthDecoderModel(nn.Module):
 
         _, _, self.layers = make_layers(config.num_hidden_layers, make, prefix=f"{prefix}.layers")
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.exit_heads = nn.ModuleDict()
+        self.exit_vocab = None
+        if self.depth.exit_heads is not None:
+            spec = self.depth.exit_heads
+            for n in spec.layers:
+                self.exit_heads[str(n)] = ExitHead(config.hidden_size, config.rms_norm_eps, spec.mlp_width,
+                                                   reduced=spec.vocab > 0, prefix=f"{prefix}.exit_heads.{n}")
+            if spec.vocab:
+                self.exit_vocab = ExitVocab(spec.vocab)
 
         self.position_attn = self._position_attention(vllm_config, prefix)
         self.position_delta = self._position_deltas(vllm_config)
@@ -339,14 +349,18 @@ class DepthDecoderModel(nn.Module):
         """
         from vllm_depth.vllm_compat import AttentionViews
 
-        run = ExitRun(step, input_ids, positions, self.depth.exit_criterion, self.embed_input_ids)
+        run = ExitRun(step, input_ids, positions, self.depth.exit_criterion, self.embed_input_ids,
+                      self.depth.exit_layers)
         views = AttentionViews()
         final = None
         try:
             out = self.segments[0](input_ids, positions, None, None, None, None)
             for segment in self.segments[1:]:
                 q, k, v, residual = out
-                keep = run.check(segment.start, residual, self.norm, logits_of, self.exit_counters)
+                layer = segment.start
+                reduced = self.exit_vocab is not None and str(layer) in self.exit_heads
+                keep = run.check(layer, residual, self.exit_norm(layer), lambda x: logits_of(layer, x),
+                                 self.exit_counters, shortcut=not reduced)
                 if keep is not None:
                     self._fill(segment.start, run, k[run.last_exited], v[run.last_exited], views)
                     if not run.num_active:
@@ -359,6 +373,10 @@ class DepthDecoderModel(nn.Module):
         finally:
             views.restore()
         return run.output(final, input_ids.shape[0], self.config.hidden_size, self.norm.weight), run
+
+    def exit_norm(self, layer: int) -> nn.Module:
+        """What turns the state after ``layer`` positions into the LM head's input: its exit head, or the final norm."""
+        return self.exit_heads[str(layer)] if str(layer) in self.exit_heads else self.norm
 
     def _fill(self, layer: int, run: ExitRun, k, v, views) -> None:
         """KV of the tokens that just exited after ``layer`` positions: exact at ``layer``, propagated after."""
@@ -487,11 +505,15 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         qsl = current_query_start_loc()
         if qsl is None:
             return None
-        return plan_step(requests, qsl, threshold=depth.exit_threshold, min_layer=depth.min_layer,
-                         last_exit_layer=depth.exit_layers[-1])
+        return plan_step(requests, qsl, thresholds=depth.thresholds(), min_layer=depth.min_layer,
+                         exit_layers=depth.exit_layers)
 
-    def _exit_logits(self, normed: torch.Tensor) -> torch.Tensor:
-        return self.logits_processor(self.lm_head, normed)
+    def _exit_logits(self, layer: int, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The exit distribution's logits after ``layer`` positions, and a reduced head's "other" logit."""
+        heads, vocab = self.model.exit_heads, self.model.exit_vocab
+        if vocab is None or str(layer) not in heads:
+            return self.logits_processor(self.lm_head, normed), None
+        return vocab.logits(self.lm_head, heads[str(layer)], normed, self.config.vocab_size)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         cached, self._cached_logits = self._cached_logits, None

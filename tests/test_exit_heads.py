@@ -1,0 +1,195 @@
+"""Exit heads (``vllm-depth train-exits``) and calibrated thresholds (``vllm-depth calibrate``).
+
+Heads are trained on the tiny model (fixed seeds) into a copy of the checkpoint;
+the engine's exits through them are checked against the independent PyTorch
+reference (tests/reference_exit.py, which reads the heads from safetensors by
+the documented formula); the checkpoint serves through ``vllm serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+import reference_exit as rx
+from conftest import EAGER, PROMPTS, make_llm, shutdown, vllm_server
+
+CLI = [sys.executable, "-m", "vllm_depth.cli.main"]
+
+
+def cli(*args, timeout=900):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _config(path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--exit-layers", "2,6"], "--exit-layers: [6] out of range; the model has 6 layers, so layer counts 1..5"),
+        (["--exit-layers", "4,2"], "--exit-layers: [4, 2] is not strictly increasing"),
+        (["--exit-layers", "2", "--steps", "0"], "--steps: 0; allowed: an int >= 1"),
+        (["--exit-layers", "2", "--data", "EMPTY"], "--data: the files hold no text"),
+        (["--exit-layers", "2", "--out", "NONEMPTY"], "exists and is not an empty directory"),
+    ],
+)
+def test_train_exits_refuses_bad_arguments_before_any_work(tmp_path, tiny_dir, args, message):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "full") if a == "NONEMPTY" else a
+            for a in args]
+    before = _config(tiny_dir)
+    r = cli("train-exits", "tiny", *args, timeout=120)
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
+    assert _config(tiny_dir) == before and not (Path(tiny_dir) / "exit_heads.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-agreement", "0"], "--target-agreement: 0.0; allowed: a number in (0, 1]"),
+        (["--target-agreement", "1.5"], "--target-agreement: 1.5; allowed: a number in (0, 1]"),
+        (["--delta", "1"], "--delta: 1.0; allowed: a number in (0, 1)"),
+        (["--exit-layers", "7"], "--exit-layers: [7]; allowed: increasing layer counts in 1..5"),
+        (["--prompts", "/nonexistent.jsonl"], "--prompts: no such file"),
+    ],
+)
+def test_calibrate_refuses_bad_arguments_before_any_work(tiny_dir, args, message):
+    if "--prompts" not in args:
+        args = ["--prompts", "benchmarks/prompts/code.jsonl", "--exit-layers", "2", *args]
+    before = _config(tiny_dir)
+    r = cli("calibrate", "tiny", *args, timeout=120)
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
+    assert _config(tiny_dir) == before
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    """Heads at 2 and 4 trained on the tiny model into a copy of it."""
+    from vllm_depth.exit_heads import train_exits
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("heads") / "ckpt"
+    path, report = train_exits(tiny_dir, [2, 4], out=str(out), steps=60, seq_len=64, mlp_width=32,
+                               eval_chunks=8, progress=False)
+    return path, report
+
+
+@pytest.mark.slow
+def test_trained_heads_beat_the_plain_lm_head_on_held_out_text(smollm2_dir, tmp_path):
+    """A few steps on SmolLM2 (the tiny model's random weights predict nothing to learn from)."""
+    from vllm_depth.exit_heads import train_exits
+
+    torch.manual_seed(0)
+    _, report = train_exits(smollm2_dir, [8, 16], out=str(tmp_path / "ckpt"), steps=150, seq_len=64,
+                            eval_chunks=8, progress=False)
+    for layer in (8, 16):
+        assert report.agreement_after[layer] > report.agreement_before[layer] + 0.03, report
+    assert report.head_params <= 0.05 * report.model_params
+
+
+def test_heads_round_trip_through_the_checkpoint(trained, tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from vllm_depth.exit_heads import Vocab, load_heads
+
+    path, _ = trained
+    cfg = _config(path)
+    assert cfg["depth"] == {"exit_heads": {"layers": [2, 4], "mlp_width": 32, "vocab": 8192}}
+    assert _config(tiny_dir).get("depth") is None  # --out: the original is untouched
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    (loaded, ids), formula = load_heads(path), rx.load_exit_heads(path)
+    assert ids.shape == (8192,) and bool((ids[1:] > ids[:-1]).all())
+    vocab = Vocab(model, ids)
+    x = torch.randn(5, cfg["hidden_size"])
+    with torch.no_grad():
+        for layer in (2, 4):
+            mine = vocab.logits(loaded[layer], x)  # [5, 8192 + 1]: the reduced vocabulary, then "other"
+            logits, rest = formula[layer](model, x)
+            assert torch.allclose(mine[:, :-1], logits[:, ids], atol=1e-4)
+            assert torch.allclose(mine[:, -1], rest, atol=1e-4)
+            assert torch.isinf(logits).sum() == 5 * (cfg["vocab_size"] - 8192)
+
+
+@pytest.mark.slow
+def test_engine_exits_through_the_heads_like_the_reference(trained):
+    """Forced exits (threshold 0.0) at the first head at or after min_layer: the engine's tokens
+    are the heads' predictions with state propagation, as in the reference."""
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+
+    from vllm_depth.bench import start_exit_trace, take_exit_trace
+
+    path, _ = trained
+    depth = {**_config(path)["depth"], "exit_layers": [2, 4], "exit_criterion": "head", "exit_threshold": 0.0}
+    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    heads = rx.load_exit_heads(path)
+    try:
+        for min_layer in (0, 4):
+            params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True,
+                                    extra_args={"depth_min_layer": min_layer})
+            start_exit_trace(llm)
+            outs = llm.generate(PROMPTS[:4], params, use_tqdm=False)
+            trace = take_exit_trace(llm)
+            for o in outs:
+                exits = [6] + trace[o.request_id]
+                assert set(exits[1:]) == {max(2, min_layer)}
+                want = rx.early_exit_greedy(model, o.prompt_token_ids, 12, exit_layers=[2, 4], threshold=0.0,
+                                            min_layer=min_layer, criterion="head", heads=heads)
+                ok, detail = rx.agrees(want, list(o.outputs[0].token_ids), exits)
+                assert ok, detail
+    finally:
+        shutdown(llm)
+
+
+@pytest.mark.slow
+def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
+    """Calibrate on real generation, write the thresholds, then serve the checkpoint with them."""
+    import shutil
+
+    path, _ = trained
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(path, ckpt)
+    prompts = tmp_path / "calib.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = ["calibrate", str(ckpt), "--prompts", str(prompts), "--max-tokens", "8", "--min-layers", "2",
+            "--engine-args", json.dumps({"dtype": "float32", "enforce_eager": True})]
+
+    # target 1.0 asks for zero disagreement surely: no setting can show it, nothing is written
+    r = cli(*args, "--thresholds", "0.0", "--target-agreement", "1.0", "--plot", str(tmp_path / "c.png"))
+    assert r.returncode == 1 and "nothing written" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "exit_layers" not in _config(ckpt)["depth"]
+
+    # 1.0 never exits (agreement 1 on all 8 prompts: p = 2^-8 < delta); 0.0 always exits at 2 and fails
+    r = cli(*args, "--thresholds", "0.99999,0.0", "--target-agreement", "0.5", "--delta", "0.1",
+            "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "c.json").read_text())
+    first, second = result["points"]
+    assert first["valid"] and first["agreement"] == 1.0 and not second["valid"]
+    depth = _config(ckpt)["depth"]
+    assert depth["exit_layers"] == [2, 4] and depth["exit_criterion"] == "head"
+    assert depth["exit_threshold"] == [0.99999, 0.99999]
+
+    with vllm_server(str(ckpt), tmp_path / "serve.log", []) as base:
+        def complete(xargs):
+            r = requests.post(f"{base}/v1/completions", timeout=120, json={
+                "model": str(ckpt), "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0.0,
+                "ignore_eos": True, "vllm_xargs": xargs})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        forced = complete({"depth_exit_threshold": 0.0})  # every decode token exits at the head at 2
+        full = complete({"depth_exit": False})
+        assert forced["kv_transfer_params"]["depth"]["mean_exit_layer"] == 2.0
+        assert full["kv_transfer_params"]["depth"]["mean_exit_layer"] == 6.0

