@@ -16,6 +16,6 @@ if [ ! -f "$CKPT/exit_heads.safetensors" ]; then
   echo "train-exits took $(( $(date +%s) - start )) s"
 fi
 vllm-depth calibrate "$CKPT" --prompts benchmarks/prompts/calib_stdlib.jsonl --target-agreement 0.9 --delta 0.1 \
-  --min-layers "${MIN_LAYERS:-16,20,24}" --engine-args '{"dtype": "float32"}' --json $OUT/calibrate_target0.9.json --plot $OUT/calibrate_target0.9.png || true
+  --min-layers "${MIN_LAYERS:-16,20,24}" --full-curve --engine-args '{"dtype": "float32"}' --json $OUT/calibrate_target0.9.json --plot $OUT/calibrate_target0.9.png || true
 vllm-depth bench --model "$CKPT" --baseline-model smollm2-135m --prompts benchmarks/prompts/code.jsonl \
   --max-tokens 64 --engine-args '{"dtype": "float32"}' --json $OUT/calibrated_b1.json

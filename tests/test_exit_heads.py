@@ -165,10 +165,15 @@ def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
     args = ["calibrate", str(ckpt), "--prompts", str(prompts), "--max-tokens", "8", "--min-layers", "2",
             "--engine-args", json.dumps({"dtype": "float32", "enforce_eager": True})]
 
-    # target 1.0 asks for zero disagreement surely: no setting can show it, nothing is written
-    r = cli(*args, "--thresholds", "0.0", "--target-agreement", "1.0", "--plot", str(tmp_path / "c.png"))
+    # target 1.0 asks for zero disagreement surely: no setting can show it, nothing is written;
+    # --full-curve measures past the first failure (for the plot)
+    r = cli(*args, "--thresholds", "0.5,0.0", "--target-agreement", "1.0", "--full-curve",
+            "--plot", str(tmp_path / "c.png"), "--json", str(tmp_path / "none.json"))
     assert r.returncode == 1 and "nothing written" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert "exit_layers" not in _config(ckpt)["depth"]
+    none = json.loads((tmp_path / "none.json").read_text())
+    assert [p["threshold"] for p in none["points"]] == [0.5, 0.0] and not any(p["valid"] for p in none["points"])
+    assert (tmp_path / "c.png").stat().st_size > 0
 
     # 1.0 never exits (agreement 1 on all 8 prompts: p = 2^-8 < delta); 0.0 always exits at 2 and fails
     r = cli(*args, "--thresholds", "0.99999,0.0", "--target-agreement", "0.5", "--delta", "0.1",

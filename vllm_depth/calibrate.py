@@ -101,7 +101,9 @@ def check_args(num_positions: int, exit_layers: list[int] | None, target: float,
 def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: float = 0.1,
               exit_layers: list[int] | None = None, min_layers: list[int] | None = None,
               thresholds: list[float] | None = None, max_tokens: int = 64, engine_args: dict | None = None,
-              write: bool = True, progress: bool = True) -> Calibration:
+              write: bool = True, full_curve: bool = False, progress: bool = True) -> Calibration:
+    """``full_curve``: measure every threshold, also past a sequence's first failure (for the plot;
+    such points are never valid)."""
     from transformers import AutoConfig
     from tqdm import tqdm
 
@@ -139,6 +141,7 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
         level = delta / len(min_layers)
         bar = tqdm(total=len(min_layers) * len(thresholds), desc="calibrate", unit="setting", disable=not progress)
         for m in min_layers:
+            failed = False
             for t in thresholds:
                 ids, tps, counters = run({"depth_exit_threshold": t, "depth_min_layer": m})
                 agree = [bench.token_agreement(a, b) for a, b in zip(reference, ids)]
@@ -146,12 +149,13 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
                 p = hb_p_value(risk, len(agree), 1.0 - target)
                 generated = sum(len(x) for x in ids)
                 mean_layer = bench.mean_exit_layer(counters, generated, positions) if counters else None
-                point = Point(m, t, 1.0 - risk, risk, p, p <= level, tps, tps / full_tps if full_tps else 0.0,
-                              mean_layer)
+                point = Point(m, t, 1.0 - risk, risk, p, p <= level and not failed, tps,
+                              tps / full_tps if full_tps else 0.0, mean_layer)
                 result.points.append(point)
                 bar.update(1)
                 bar.set_postfix(min_layer=m, threshold=t, agreement=f"{point.agreement:.3f}")
-                if not point.valid:  # fixed-sequence testing stops at the first failure
+                failed = failed or not point.valid
+                if failed and not full_curve:  # fixed-sequence testing stops at the first failure
                     bar.update(len(thresholds) - thresholds.index(t) - 1)
                     break
         bar.close()

@@ -226,7 +226,8 @@ def cmd_calibrate(args) -> int:
         model_dir = resolve_model(args.model)
         result = C.calibrate(model_dir, args.prompts, target=args.target_agreement, delta=args.delta,
                              exit_layers=args.exit_layers, min_layers=args.min_layers, thresholds=args.thresholds,
-                             max_tokens=args.max_tokens, engine_args=args.engine_args, write=not args.dry_run)
+                             max_tokens=args.max_tokens, engine_args=args.engine_args, write=not args.dry_run,
+                             full_curve=args.full_curve)
     except ValueError as e:
         raise SystemExit(f"vllm-depth calibrate: {e}") from None
     print(C.format_table(result))
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-tokens", type=int, default=64)
     k.add_argument("--engine-args", type=_json_arg("--engine-args"), default=None, help="extra LLM() keyword arguments")
     k.add_argument("--dry-run", action="store_true", help="measure and print; write nothing")
+    k.add_argument("--full-curve", action="store_true",
+                   help="also measure thresholds past a sequence's first failure (for the plot; never chosen)")
     k.add_argument("--plot", help="agreement and speed against threshold (PNG)")
     k.add_argument("--json", help="write the result as JSON here")
     k.set_defaults(func=cmd_calibrate)
