@@ -63,6 +63,15 @@ def smollm2_dir() -> str:
     return resolve_model("smollm2-135m")
 
 
+def run_cli(*args, timeout=900):
+    """``vllm-depth ARGS`` as a user runs it (a subprocess), output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vllm_depth.cli.main", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def make_llm(model: str, **kwargs):
     from vllm import LLM
 

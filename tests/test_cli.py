@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "vllm_depth.cli.main"]
-
-
-def run(*args, timeout=900):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+from conftest import run_cli
 
 
 def test_model_alias_prints_a_cached_checkpoint_and_is_idempotent(tiny_dir):
-    a = run("model", "tiny")
-    b = run("model", "tiny")
+    a = run_cli("model", "tiny")
+    b = run_cli("model", "tiny")
     assert a.returncode == 0 and b.returncode == 0, a.stderr
     assert a.stdout.strip() == b.stdout.strip() == tiny_dir
     assert (Path(tiny_dir) / "config.json").exists() and (Path(tiny_dir) / "model.safetensors").exists()
 
 
 def test_unknown_model_names_the_aliases():
-    r = run("model", "no-such-model")
+    r = run_cli("model", "no-such-model")
     assert r.returncode != 0
     assert "smollm2-135m, tiny" in r.stderr
 
@@ -43,7 +37,7 @@ def test_bench_refuses_bad_arguments_before_starting_engines(tmp_path, tiny_dir,
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
     base = ["bench", "--model", "tiny", "--prompts", str(prompts)]
-    r = run(*base, *args, timeout=120)
+    r = run_cli(*base, *args, timeout=120)
     assert r.returncode != 0
     assert message in r.stderr
 
@@ -59,7 +53,7 @@ def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
     prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "r.json"
     plot = tmp_path / "r.png"
-    r = run("bench", "--model", "tiny", "--prompts", str(prompts), "--max-tokens", "16",
+    r = run_cli("bench", "--model", "tiny", "--prompts", str(prompts), "--max-tokens", "16",
             "--depth", "{}", "--rounds", "1", "--json", str(out), "--plot", str(plot))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())

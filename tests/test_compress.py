@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import reference as ref
-from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
+from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, run_cli, shutdown
 
-CLI = [sys.executable, "-m", "vllm_depth.cli.main"]
 TOL = 1e-3
-
-
-def cli(*args, timeout=900):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -34,7 +27,7 @@ def cli(*args, timeout=900):
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, tiny_dir, args, message):
-    r = cli("compress", "tiny", *args, "--out", str(tmp_path / "out"), timeout=120)
+    r = run_cli("compress", "tiny", *args, "--out", str(tmp_path / "out"), timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
     assert not (tmp_path / "out").exists()
 
@@ -42,7 +35,7 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, tiny_dir, args, mes
 def test_output_dir_must_be_empty(tmp_path, tiny_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("keep me")
-    r = cli("compress", "tiny", "--prune", "1", "--out", str(tmp_path / "out"), timeout=120)
+    r = run_cli("compress", "tiny", "--prune", "1", "--out", str(tmp_path / "out"), timeout=120)
     assert r.returncode != 0 and "is not an empty directory" in r.stderr
     assert (tmp_path / "out" / "x").read_text() == "keep me"
 
@@ -50,7 +43,7 @@ def test_output_dir_must_be_empty(tmp_path, tiny_dir):
 def test_analyze_reports_every_layer_and_plots(tmp_path, tiny_dir):
     out = tmp_path / "a.json"
     png = tmp_path / "a.png"
-    r = cli("analyze", "tiny", "--samples", "3", "--seq-len", "64", "--json", str(out), "--plot", str(png))
+    r = run_cli("analyze", "tiny", "--samples", "3", "--seq-len", "64", "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr[-2000:]
     a = json.loads(out.read_text())["analysis"]
     assert len(a["block_influence"]) == 6 and all(0 <= b <= 2 for b in a["block_influence"])
@@ -69,7 +62,7 @@ CASES = {
 def compressed(request, tmp_path_factory, tiny_dir, smollm2_dir):
     alias, args = CASES[request.param]
     out = tmp_path_factory.mktemp(request.param) / "ckpt"
-    r = cli("compress", alias, *args, "--samples", "4", "--out", str(out))
+    r = run_cli("compress", alias, *args, "--samples", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     llm = make_llm(str(out), model_impl="depth", **EAGER)
     yield request.param, str(out), (tiny_dir if alias == "tiny" else smollm2_dir), llm

@@ -67,6 +67,7 @@ def test_valid_schedules(schedule):
         ({"exit_layers": [1], "exit_criterion": "entropy"}, r"depth.exit_criterion: 'entropy' is not a known criterion; allowed: one of 'softmax', 'margin', 'saturation', 'head'"),
         ({"exit_layers": [1, 2], "exit_threshold": [0.5]}, r"depth.exit_threshold: 1 thresholds for 2 exit layers"),
         ({"exit_layers": [1, 2], "exit_threshold": [0.5, 2]}, r"depth.exit_threshold: 2 is out of range"),
+        ({"exit_layers": [1], "exit_threshold": [[0.5]]}, r"depth.exit_threshold: \[0.5\] is out of range"),
         ({"exit_layers": [1, 2], "exit_criterion": "head"}, r"depth.exit_criterion: 'head' needs a trained head at every exit layer; none at \[1, 2\]"),
         ({"exit_layers": [1, 2], "exit_criterion": "head", "exit_heads": {"layers": [2]}}, r"none at \[1\]"),
         ({"exit_heads": {"layers": [4]}}, r"depth.exit_heads: layers \[4\]: expected increasing ints in 1..3"),

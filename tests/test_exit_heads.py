@@ -9,8 +9,6 @@ the documented formula); the checkpoint serves through ``vllm serve``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +16,7 @@ import requests
 import torch
 
 import reference_exit as rx
-from conftest import EAGER, PROMPTS, make_llm, shutdown, vllm_server
-
-CLI = [sys.executable, "-m", "vllm_depth.cli.main"]
-
-
-def cli(*args, timeout=900):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+from conftest import EAGER, PROMPTS, make_llm, run_cli, shutdown, vllm_server
 
 
 def _config(path) -> dict:
@@ -48,7 +40,7 @@ def test_train_exits_refuses_bad_arguments_before_any_work(tmp_path, tiny_dir, a
     args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "full") if a == "NONEMPTY" else a
             for a in args]
     before = _config(tiny_dir)
-    r = cli("train-exits", "tiny", *args, timeout=120)
+    r = run_cli("train-exits", "tiny", *args, timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
     assert _config(tiny_dir) == before and not (Path(tiny_dir) / "exit_heads.safetensors").exists()
 
@@ -67,7 +59,7 @@ def test_calibrate_refuses_bad_arguments_before_any_work(tiny_dir, args, message
     if "--prompts" not in args:
         args = ["--prompts", "benchmarks/prompts/code.jsonl", "--exit-layers", "2", *args]
     before = _config(tiny_dir)
-    r = cli("calibrate", "tiny", *args, timeout=120)
+    r = run_cli("calibrate", "tiny", *args, timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
     assert _config(tiny_dir) == before
 
@@ -167,7 +159,7 @@ def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
 
     # target 1.0 asks for zero disagreement surely: no setting can show it, nothing is written;
     # --full-curve measures past the first failure (for the plot)
-    r = cli(*args, "--thresholds", "0.5,0.0", "--target-agreement", "1.0", "--full-curve",
+    r = run_cli(*args, "--thresholds", "0.5,0.0", "--target-agreement", "1.0", "--full-curve",
             "--plot", str(tmp_path / "c.png"), "--json", str(tmp_path / "none.json"))
     assert r.returncode == 1 and "nothing written" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert "exit_layers" not in _config(ckpt)["depth"]
@@ -176,7 +168,7 @@ def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 0
 
     # 1.0 never exits (agreement 1 on all 8 prompts: p = 2^-8 < delta); 0.0 always exits at 2 and fails
-    r = cli(*args, "--thresholds", "0.99999,0.0", "--target-agreement", "0.5", "--delta", "0.1",
+    r = run_cli(*args, "--thresholds", "0.99999,0.0", "--target-agreement", "0.5", "--delta", "0.1",
             "--json", str(tmp_path / "c.json"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "c.json").read_text())

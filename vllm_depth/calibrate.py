@@ -23,7 +23,6 @@ that agrees perfectly on every prompt can pass at target 0.9, delta 0.1).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,18 +167,10 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
         result.written = {"exit_layers": chosen_layers, "exit_criterion": criterion,
                           "exit_threshold": [result.chosen.threshold] * len(chosen_layers)}
         if write:
-            write_thresholds(model_dir, result.written)
+            from vllm_depth.checkpoints import update_depth_config
+
+            update_depth_config(model_dir, result.written, drop=("min_layer",))
     return result
-
-
-def write_thresholds(model_dir: str, settings: dict) -> None:
-    path = Path(model_dir) / "config.json"
-    cfg = json.loads(path.read_text())
-    depth = dict(cfg.get("depth") or {})
-    depth.pop("min_layer", None)
-    depth.update(settings)
-    cfg["depth"] = depth
-    path.write_text(json.dumps(cfg, indent=2))
 
 
 def format_table(c: Calibration) -> str:

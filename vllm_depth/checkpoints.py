@@ -159,3 +159,13 @@ def build_tiny(path: Path) -> None:
 
 
 BUILDERS = {"smollm2-135m": build_smollm2, "tiny": build_tiny}
+
+
+def update_depth_config(model_dir: str, settings: dict, drop: tuple[str, ...] = ()) -> None:
+    """Merge ``settings`` into the ``depth`` object of a checkpoint's ``config.json`` (removing ``drop``)."""
+    path = Path(model_dir) / "config.json"
+    cfg = json.loads(path.read_text())
+    depth = {k: v for k, v in (cfg.get("depth") or {}).items() if k not in drop}
+    depth.update(settings)
+    cfg["depth"] = depth
+    path.write_text(json.dumps(cfg, indent=2))

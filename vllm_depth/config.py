@@ -97,7 +97,6 @@ FIELDS = {
 EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")
 KV_FILLS = ("propagate",)
 EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate"}
-_UNIT = "a number from 0.0 (always exit) to 1.0 (never exit)"
 
 
 def _fail(field: str, problem: str) -> DepthConfigError:
@@ -224,7 +223,11 @@ def _parse_threshold(threshold: Any, n_layers: int) -> float | tuple[float, ...]
     if isinstance(threshold, (list, tuple)):
         if len(threshold) != n_layers:
             raise _fail("exit_threshold", f"{len(threshold)} thresholds for {n_layers} exit layers")
-        return tuple(_parse_threshold(t, n_layers) for t in threshold)
+        return tuple(_one_threshold(t) for t in threshold)
+    return _one_threshold(threshold)
+
+
+def _one_threshold(threshold: Any) -> float:
     if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise _fail("exit_threshold", f"{threshold!r} is out of range")
     return float(threshold)

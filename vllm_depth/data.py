@@ -45,18 +45,23 @@ def _docstrings(source: str) -> list[str]:
     return out
 
 
-def stdlib_texts(split: str) -> list[str]:
-    """``calib``: standard-library sources; ``eval``: docstrings of held-out modules."""
+def _split_sources(split: str):
+    """The source text of every standard-library module in ``split`` (unreadable ones skipped)."""
     if split not in ("calib", "eval"):
         raise ValueError(f"split: {split!r}; allowed: 'calib', 'eval'")
-    texts = []
     for path in _stdlib_files():
         if _split_of(path.stem) != split:
             continue
         try:
-            source = path.read_text(encoding="utf-8")
+            yield path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
+
+
+def stdlib_texts(split: str) -> list[str]:
+    """``calib``: standard-library sources; ``eval``: docstrings of held-out modules."""
+    texts = []
+    for source in _split_sources(split):
         texts.extend(_docstrings(source) if split == "eval" else [source])
     return texts
 
@@ -95,16 +100,11 @@ def stdlib_prompts(split: str, n: int, seed: int = 0) -> list[str]:
     docstring, to be completed with its body.  ``calib`` and ``eval`` never share a module."""
     import random
 
-    if split not in ("calib", "eval"):
-        raise ValueError(f"split: {split!r}; allowed: 'calib', 'eval'")
     found = []
-    for path in _stdlib_files():
-        if _split_of(path.stem) != split:
-            continue
+    for source in _split_sources(split):
         try:
-            source = path.read_text(encoding="utf-8")
             tree = ast.parse(source)
-        except (OSError, UnicodeDecodeError, SyntaxError):
+        except SyntaxError:
             continue
         lines = source.splitlines()
         for node in ast.walk(tree):

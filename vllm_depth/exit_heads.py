@@ -119,6 +119,9 @@ class Vocab:
         self.ids = ids
         w = model.lm_head.weight.detach()
         self.weight = w if ids is None else w[ids].float().contiguous()
+        if ids is not None:  # token id -> class in this space ("other": the last)
+            self.index = torch.full((w.shape[0],), len(ids), dtype=torch.long)
+            self.index[ids] = torch.arange(len(ids))
 
     def logits(self, head: nn.Module, state: torch.Tensor) -> torch.Tensor:
         """[T, V] or [T, V' + 1] (the last column: "other")."""
@@ -136,9 +139,7 @@ class Vocab:
             return logp, top
         inside = logp[:, self.ids]
         rest = torch.log1p(-inside.exp().sum(-1).clamp(max=1 - 1e-6))
-        index = torch.full((teacher_logits.shape[-1],), len(self.ids), dtype=torch.long)
-        index[self.ids] = torch.arange(len(self.ids))
-        return torch.cat([inside, rest[:, None]], -1), index[top]
+        return torch.cat([inside, rest[:, None]], -1), self.index[top]
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """Token ids of the top-1 among real tokens ("other" never wins a prediction)."""
@@ -214,6 +215,8 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
     """Write the heads beside the weights and reference them from ``depth.exit_heads``."""
     from safetensors.torch import save_file
 
+    from vllm_depth.checkpoints import update_depth_config
+
     root = Path(model_dir)
     state = head_state_dict(heads, vocab_ids, dtype)
     save_file(state, str(root / HEADS_FILE), metadata={"format": "pt"})
@@ -223,13 +226,8 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
         idx["weight_map"] = {k: v for k, v in idx["weight_map"].items() if v != HEADS_FILE}
         idx["weight_map"].update(dict.fromkeys(state, HEADS_FILE))
         index.write_text(json.dumps(idx, indent=2))
-    cfg_path = root / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    depth = dict(cfg.get("depth") or {})
-    depth["exit_heads"] = {"layers": sorted(heads), "mlp_width": mlp_width,
-                           "vocab": 0 if vocab_ids is None else len(vocab_ids)}
-    cfg["depth"] = depth
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    update_depth_config(model_dir, {"exit_heads": {"layers": sorted(heads), "mlp_width": mlp_width,
+                                                   "vocab": 0 if vocab_ids is None else len(vocab_ids)}})
 
 
 def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor | None]:

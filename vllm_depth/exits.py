@@ -53,6 +53,11 @@ def _never(threshold):
     return torch.zeros_like(threshold, dtype=torch.bool)
 
 
+def _at_zero(threshold):
+    """A probability is > 0: threshold 0.0 always exits (its logits come with the step's, at the end)."""
+    return threshold <= 0.0
+
+
 @dataclass(frozen=True)
 class Criterion:
     confidence: Callable  # (logits | None, state, previous state, rest=None) -> [T] float32
@@ -62,12 +67,11 @@ class Criterion:
 
 
 CRITERIA: dict[str, Criterion] = {
-    # a probability is > 0: threshold 0.0 always exits (its logits come with the step's, at the end)
-    "softmax": Criterion(_softmax, True, lambda threshold: threshold <= 0.0),
+    "softmax": Criterion(_softmax, True, _at_zero),
     "margin": Criterion(_margin, True),
     "saturation": Criterion(_saturation, False),
     # softmax of the trained exit head's distribution (the config requires a head at every exit layer)
-    "head": Criterion(_softmax, True, lambda threshold: threshold <= 0.0),
+    "head": Criterion(_softmax, True, _at_zero),
 }
 
 

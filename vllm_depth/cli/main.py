@@ -176,11 +176,20 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+def _list_of(kind: type, what: str):
+    """An argparse type: comma-separated values of ``kind``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
+
+
+_int_list = _list_of(int, "ints")
+_float_list = _list_of(float, "numbers")
 
 
 def cmd_train_exits(args) -> int:
@@ -207,13 +216,6 @@ def cmd_train_exits(args) -> int:
             json.dump(r.__dict__, f, indent=2)
         print(f"wrote {args.json}")
     return 0
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def cmd_calibrate(args) -> int:
