@@ -56,7 +56,7 @@ def test_valid_schedules(schedule):
 @pytest.mark.parametrize(
     "raw, pattern",
     [
-        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['exit_criterion', 'exit_heads', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
+        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['draft_backoff', 'draft_layers', 'draft_schedule', 'draft_threshold', 'draft_tokens', 'exit_criterion', 'exit_heads', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
         ({"exit_layers": [4]}, r"depth.exit_layers: entry 0 is 4; the schedule has 4 positions, so 1..3"),
         ({"exit_layers": [0]}, r"depth.exit_layers: entry 0 is 0"),
         ({"exit_layers": [2, 1]}, r"depth.exit_layers: \[2, 1\] is not strictly increasing"),
@@ -145,3 +145,26 @@ def test_per_layer_thresholds_and_heads():
     assert parse_depth_config({"exit_layers": [1, 2]}, 4).thresholds() == (0.9, 0.9)
     heads_only = parse_depth_config({"exit_heads": {"layers": [2]}}, 4)  # trained, not yet used for exits
     assert heads_only.exit_layers is None and heads_only.to_dict() == {"exit_heads": {"layers": [2], "mlp_width": 0, "vocab": 0}}
+
+
+@pytest.mark.parametrize(
+    "raw, pattern",
+    [
+        ({"draft_layers": 30}, r"depth.draft_layers: 30; the schedule has 30 positions, so 1..29"),
+        ({"draft_layers": 4, "draft_schedule": [0, 1]}, r"depth.draft_schedule: give draft_layers or draft_schedule"),
+        ({"draft_schedule": [3, 1]}, r"depth.draft_schedule: \[3, 1\] is not strictly increasing"),
+        ({"draft_threshold": 0.5}, r"depth.draft_layers: \['draft_threshold'\] given without draft_layers"),
+        ({"draft_layers": 4, "draft_tokens": 0}, r"depth.draft_tokens: 0 is not an int >= 1"),
+        ({"draft_layers": 4, "draft_backoff": -1}, r"depth.draft_backoff: -1 is not an int >= 0"),
+    ],
+)
+def test_bad_draft_settings_name_the_field(raw, pattern):
+    with pytest.raises(DepthConfigError, match=pattern):
+        parse_depth_config(raw, 30)
+
+
+def test_draft_positions_of_prefix_and_skip_set():
+    assert parse_depth_config({"draft_layers": 3}, 30).draft_positions() == (0, 1, 2)
+    cfg = parse_depth_config({"draft_schedule": [0, 1, 5], "draft_tokens": 2}, 30)
+    assert cfg.draft_positions() == (0, 1, 5)
+    assert cfg.to_dict() == {"draft_schedule": [0, 1, 5], "draft_threshold": 0.0, "draft_backoff": 16, "draft_tokens": 2}

@@ -201,3 +201,35 @@ def test_cpu_keeps_the_lm_head_weight_for_reduced_vocabulary_heads():
 
     src = inspect.getsource(v.UnquantizedEmbeddingMethod.process_weights_after_loading)
     assert "dispatch_cpu_unquantized_gemm(layer, remove_weight=False)" in src
+
+
+def test_self_draft_hooks_exist_with_their_signatures():
+    import inspect
+
+    import vllm.v1.sample.rejection_sampler as rs
+    from vllm.config import VllmConfig
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert isinstance(VllmConfig.__dict__["num_lookahead_tokens"], property)
+    assert "kv_cache_config" in inspect.signature(GPUModelRunner.initialize_kv_cache).parameters
+    params = list(inspect.signature(rs.expand_batch_to_tokens).parameters)
+    assert params == ["x", "cu_num_tokens", "num_tokens", "replace_from", "replace_to"]
+    # the custom_class proposer call: token ids only (hence bind_runner)
+    src = inspect.getsource(GPUModelRunner.propose_draft_token_ids)
+    assert 'spec_config.method == "custom_class"' in src and "self.input_batch.token_ids_cpu" in src
+
+
+def test_cpu_expand_kernel_still_loses_float_outputs_and_ours_does_not():
+    """vLLM 0.32's CPU expand writes into an int64 copy of a float output (so the plugin expands
+    per-request temperatures itself); when vLLM fixes it this test says the patch can go."""
+    import torch
+    from vllm.utils import cpu_triton_utils
+
+    from vllm_depth.vllm_compat import expand_batch_to_tokens
+
+    x, cu = torch.tensor([0.5, 0.0, 2.0]), torch.tensor([2, 5, 6])
+    ours = expand_batch_to_tokens(x, cu, 6, replace_from=0, replace_to=1)
+    assert ours.tolist() == [0.5, 0.5, 1.0, 1.0, 1.0, 2.0]
+    out = torch.full((6,), -7.0)
+    cpu_triton_utils._expand_kernel_impl(out, x, cu, 0, 1)
+    assert out.tolist() == [-7.0] * 6  # untouched: the result went into a temporary copy

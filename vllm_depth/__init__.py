@@ -27,3 +27,13 @@ def register() -> None:
             ModelRegistry.register_model(name, "vllm_depth.models.decoder:DepthForCausalLM")
     vllm_compat.install()
     _registered = True
+
+
+def __getattr__(name: str):
+    # ``speculative_config={"model": "vllm_depth.SelfDraft"}``: vLLM imports the
+    # proposer by this path in the worker; loaded only then.
+    if name == "SelfDraft":
+        from vllm_depth.drafting import SelfDraft
+
+        return SelfDraft
+    raise AttributeError(f"module 'vllm_depth' has no attribute {name!r}")

@@ -151,6 +151,36 @@ def mean_exit_layer(counters: dict, generated_tokens: int, full_depth: int) -> f
     return (sum(layer * n for layer, n in exits.items()) + full_depth * (generated_tokens - exited)) / generated_tokens
 
 
+def _draft_counters(worker, reset: bool) -> dict | None:
+    """Runs inside the engine's worker: the self-draft proposer's counters (None: no self-draft)."""
+    take = getattr(getattr(worker.model_runner, "drafter", None), "take_counters", None)
+    return take(reset) if take is not None else None
+
+
+def draft_counters(llm, reset: bool = False) -> dict | None:
+    """Drafts proposed and accepted by ``llm``'s self-draft since the last reset."""
+    return llm.collective_rpc(_draft_counters, args=(reset,))[0]
+
+
+def _kv_cache(worker) -> dict:
+    """Runs inside the engine's worker: the paged KV cache's blocks and bytes per token slot."""
+    runner = worker.model_runner
+    config = runner.kv_cache_config
+    tensors = {t.data_ptr(): t for t in runner.kv_caches if hasattr(t, "data_ptr")}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    block_size = config.kv_cache_groups[0].kv_cache_spec.block_size
+    return {"num_blocks": config.num_blocks, "block_size": block_size,
+            "bytes_per_token": total // (config.num_blocks * block_size),
+            "layers": sum(len(g.layer_names) for g in config.kv_cache_groups)}
+
+
+def kv_cache(llm) -> dict | None:
+    try:
+        return llm.collective_rpc(_kv_cache)[0]
+    except Exception:  # an executor that cannot run a callable
+        return None
+
+
 def param_bytes(llm) -> int | None:
     try:
         return int(llm.collective_rpc(_model_param_bytes)[0])
@@ -169,6 +199,7 @@ class Engine:
     outputs: list = field(default_factory=list)
     token_ids: list = field(default_factory=list)
     counters: dict | None = None  # exit counters of the timed rounds (depth engines)
+    drafts: dict | None = None  # self-draft counters of the timed rounds (self-speculative engines)
     extra: dict | None = None  # per-request extra_args of every prompt (a sweep point)
 
     @property
@@ -238,6 +269,10 @@ def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size
     if record:
         if engine.counters is not None:
             _add_counters(engine.counters, exit_counters(engine.llm, reset=True))
+        if engine.drafts is not None:
+            new = draft_counters(engine.llm, reset=True)
+            for k in ("proposals", "drafted", "accepted", "draft_forwards", "seconds"):
+                engine.drafts[k] = engine.drafts.get(k, 0) + new[k]
         engine.seconds += dt
         engine.tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
         engine.outputs = [o.outputs[0].text for o in outputs]
@@ -262,7 +297,18 @@ def _depth_report(engine: Engine, full_depth: int) -> dict:
                             if engine.counters is not None and engine.tokens else None),
         "exits_per_layer": {str(k): v for k, v in sorted(c["exits"].items())},
         "kv_fill_seconds": round(c.get("fill_seconds", 0.0), 4),
-        "acceptance_rate": None,
+        **_draft_report(engine.drafts),
+    }
+
+
+def _draft_report(d: dict | None) -> dict:
+    """Acceptance of the self-draft in the timed rounds (None without one)."""
+    if d is None:
+        return {"acceptance_rate": None}
+    return {
+        "acceptance_rate": round(d["accepted"] / d["drafted"], 4) if d["drafted"] else 0.0,
+        "mean_accepted_length": round(d["accepted"] / d["proposals"], 4) if d["proposals"] else 0.0,
+        "drafts": {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()},
     }
 
 
@@ -329,6 +375,8 @@ def run_bench(
     depth_engine = start_engine("depth", model=model_dir, **depth_kwargs)
     try:
         depth_engine.counters = {"exits": {}} if exit_counters(depth_engine.llm) is not None else None
+        speculative = draft_counters(depth_engine.llm) is not None
+        depth_engine.drafts = {} if speculative else None
         points = [depth_engine]
         if sweep is not None:  # one depth engine, one timed record per value (per-request settings)
             key, values = sweep
@@ -340,6 +388,8 @@ def run_bench(
             run_round(e, prompts[:1], 4, 1, per_request=e is depth_engine, record=False)
         if depth_engine.counters is not None:
             exit_counters(depth_engine.llm, reset=True)
+        if speculative:
+            draft_counters(depth_engine.llm, reset=True)
         total = rounds * len(engines) * len(prompts)
         with tqdm(total=total, desc="bench", unit="prompt") as bar:
             for _ in range(rounds):
@@ -368,6 +418,7 @@ def run_bench(
         result.update({
             "peak_rss_mb": {"baseline": _peak_rss_mb(baseline.pids), "depth": _peak_rss_mb(depth_engine.pids)},
             "param_bytes": {"baseline": param_bytes(baseline.llm), "depth": param_bytes(depth_engine.llm)},
+            "kv_cache": {"baseline": kv_cache(baseline.llm), "depth": kv_cache(depth_engine.llm)},
         })
     finally:
         for e in (depth_engine, baseline):
@@ -386,6 +437,11 @@ def format_table(result: dict) -> str:
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    if result["depth"].get("acceptance_rate") is not None:
+        kv = result.get("kv_cache") or {}
+        per_token = [(kv.get(k) or {}).get("bytes_per_token") for k in ("baseline", "depth")]
+        lines.append(f'acceptance rate {result["depth"]["acceptance_rate"]:.3f}   mean accepted length '
+                     f'{result["depth"]["mean_accepted_length"]:.2f}   KV bytes/token {per_token[0]} vs {per_token[1]}')
     if result["depth"]["mean_exit_layer"] is not None:
         lines.append(f'mean exit layer {result["depth"]["mean_exit_layer"]:.2f} of {result["full_depth"]}   '
                      f'exits per layer {result["depth"]["exits_per_layer"]}')

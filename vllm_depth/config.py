@@ -52,6 +52,29 @@ class DepthConfig:
     # these layer counts is the head's (its own norm, a residual linear map and
     # MLP of width ``mlp_width``) through the shared LM head.
     exit_heads: ExitHeads | None = None
+    # Self-speculative decoding (``speculative_config={"model": "vllm_depth.SelfDraft", ...}``):
+    # drafts come from the first ``draft_layers`` positions (LayerSkip) or the
+    # positions in ``draft_schedule`` (Draft & Verify / SWIFT), with the final
+    # norm and LM head (or the exit head at ``draft_layers``).  A request's draft
+    # stops at the first token whose draft confidence is not above
+    # ``draft_threshold``; each request drafts the length that pays by measured
+    # acceptance and cost, and when none does, probes once every ``draft_backoff`` steps.
+    draft_layers: int | None = None
+    draft_schedule: tuple[int, ...] | None = None
+    draft_threshold: float = 0.0
+    draft_backoff: int = 16
+    # the speculation length ``vllm-depth tune-draft`` chose; ``vllm-depth bench
+    # --self-spec`` passes it as ``num_speculative_tokens`` (the engine's own
+    # setting is ``speculative_config.num_speculative_tokens``)
+    draft_tokens: int = 3
+
+    def draft_positions(self) -> tuple[int, ...] | None:
+        """The schedule positions a draft runs, in order (None: no draft configured)."""
+        if self.draft_schedule is not None:
+            return self.draft_schedule
+        if self.draft_layers is not None:
+            return tuple(range(self.draft_layers))
+        return None
 
     def thresholds(self) -> tuple[float, ...]:
         """The threshold of every exit layer."""
@@ -65,13 +88,16 @@ class DepthConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("layer_schedule", "relax_positions", "exit_layers", "exit_threshold"):
+        for k in ("layer_schedule", "relax_positions", "exit_layers", "exit_threshold", "draft_schedule"):
             if isinstance(d[k], tuple):
                 d[k] = list(d[k])
         if self.exit_heads is not None:
             d["exit_heads"] = self.exit_heads.to_dict()
         if self.exit_layers is None:  # the exit fields mean nothing without exit points
             for k in EXIT_DEFAULTS:
+                d.pop(k)
+        if self.draft_positions() is None:  # nor the draft fields without a draft
+            for k in DRAFT_DEFAULTS:
                 d.pop(k)
         return {k: v for k, v in d.items() if v is not None}
 
@@ -92,11 +118,19 @@ FIELDS = {
     "exit_heads": "an object {\"layers\": [layer counts with a head], \"mlp_width\": int >= 0, "
                   "\"vocab\": int >= 0 (0: the full vocabulary)}, "
                   "written by vllm-depth train-exits",
+    "draft_layers": "an int E, 1 <= E < the number of positions: drafts run the first E positions",
+    "draft_schedule": "a non-empty list of increasing schedule positions (int) that drafts run, "
+                      "fewer than all of them (instead of draft_layers)",
+    "draft_threshold": "a number from 0.0 to 1.0: a draft stops at a token whose confidence is not above it",
+    "draft_tokens": "an int >= 1: the speculation length (num_speculative_tokens) of vllm-depth bench --self-spec",
+    "draft_backoff": "an int >= 0: when no draft length pays (measured acceptance against the measured "
+                     "draft cost), a request drafts only once every this many steps (0: always the full length)",
 }
 
 EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")
 KV_FILLS = ("propagate",)
 EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate"}
+DRAFT_DEFAULTS = {"draft_threshold": 0.0, "draft_backoff": 16, "draft_tokens": 3}
 
 
 def _fail(field: str, problem: str) -> DepthConfigError:
@@ -170,7 +204,7 @@ def parse_depth_config(raw: Any, num_layers: int, hidden_size: int | None = None
         positions = tuple(positions)
     return DepthConfig(
         layer_schedule=schedule, relax_rank=rank, relax_positions=positions,
-        **_parse_exits(raw, n_positions),
+        **_parse_exits(raw, n_positions), **_parse_draft(raw, n_positions),
     )
 
 
@@ -216,6 +250,42 @@ def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
         if missing:
             raise _fail("exit_criterion", f"'head' needs a trained head at every exit layer; none at {missing} "
                                           "(train them with vllm-depth train-exits)")
+    return out
+
+
+def _parse_draft(raw: dict, n_positions: int) -> dict[str, Any]:
+    layers, schedule = raw.get("draft_layers"), raw.get("draft_schedule")
+    if layers is not None and schedule is not None:
+        raise _fail("draft_schedule", "give draft_layers or draft_schedule, not both")
+    if layers is None and schedule is None:
+        extra = sorted(set(raw) & set(DRAFT_DEFAULTS))
+        if extra:
+            raise _fail("draft_layers", f"{extra} given without draft_layers or draft_schedule")
+        return {}
+    out: dict[str, Any] = {}
+    if layers is not None:
+        if not _is_int(layers) or not 1 <= layers < n_positions:
+            raise _fail("draft_layers", f"{layers!r}; the schedule has {n_positions} positions, so 1..{n_positions - 1}")
+        out["draft_layers"] = layers
+    else:
+        if (not isinstance(schedule, (list, tuple)) or not schedule
+                or not all(_is_int(p) and 0 <= p < n_positions for p in schedule)):
+            raise _fail("draft_schedule", f"{schedule!r}: expected ints in 0..{n_positions - 1}")
+        if list(schedule) != sorted(set(schedule)) or len(schedule) >= n_positions:
+            raise _fail("draft_schedule", f"{list(schedule)} is not strictly increasing or runs every position")
+        out["draft_schedule"] = tuple(schedule)
+    threshold = raw.get("draft_threshold", DRAFT_DEFAULTS["draft_threshold"])
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise _fail("draft_threshold", f"{threshold!r} is out of range")
+    out["draft_threshold"] = float(threshold)
+    backoff = raw.get("draft_backoff", DRAFT_DEFAULTS["draft_backoff"])
+    if not _is_int(backoff) or backoff < 0:
+        raise _fail("draft_backoff", f"{backoff!r} is not an int >= 0")
+    out["draft_backoff"] = backoff
+    tokens = raw.get("draft_tokens", DRAFT_DEFAULTS["draft_tokens"])
+    if not _is_int(tokens) or tokens < 1:
+        raise _fail("draft_tokens", f"{tokens!r} is not an int >= 1")
+    out["draft_tokens"] = tokens
     return out
 
 

@@ -89,6 +89,7 @@ def install() -> None:
     _patch_registry()
     _patch_sampling_params()
     _patch_engine_args()
+    _patch_lookahead()
 
 
 # -- token-level exits: attention over the rows that are still running --------------------
@@ -241,7 +242,7 @@ def patch_runner() -> None:
         def method(self, *args, **kwargs):
             model = self.get_model()
             prepare = getattr(model, "depth_prepare_step", None)
-            if prepare is not None and model.model.depth.exit_layers is not None:
+            if prepare is not None and model.model.exits_enabled:
                 prepare(step_requests(self))
             return original(self, *args, **kwargs)
 
@@ -328,6 +329,8 @@ def _patch_engine_args() -> None:
     def wrap(original):
         def method(self, *args, **kwargs):
             config = original(self, *args, **kwargs)
+            if _is_self_draft(config.speculative_config):
+                _check_self_draft(config)
             if _is_depth(config.model_config) and config.scheduler_config.scheduler_cls is None:
                 name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
                 config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"
@@ -336,3 +339,147 @@ def _patch_engine_args() -> None:
         return method
 
     _patch(EngineArgs, "create_engine_config", wrap)
+
+
+# -- self-speculative decoding ------------------------------------------------------------
+
+
+def _is_self_draft(speculative_config) -> bool:
+    from vllm_depth.drafting import PROPOSER
+
+    return (speculative_config is not None and speculative_config.method == "custom_class"
+            and speculative_config.model in (PROPOSER, "vllm_depth.drafting.SelfDraft"))
+
+
+def _check_self_draft(config) -> None:
+    """Refuse a self-draft that cannot run, while the engine config is built (before any process starts)."""
+    from vllm_depth.drafting import PROPOSER
+
+    if not _is_depth(config.model_config):
+        raise ValueError(f"speculative_config.model={PROPOSER!r} drafts from the depth model; "
+                         f"allowed: with model_impl='depth' (got {config.model_config.model_impl!r})")
+    if depth_config_of(config.model_config.hf_config).draft_positions() is None:
+        raise ValueError(f"speculative_config.model={PROPOSER!r}: the depth config names no draft; allowed: "
+                         "depth.draft_layers (int) or depth.draft_schedule (list), in the checkpoint's "
+                         "config.json or hf_overrides={'depth': {...}}")
+
+
+def _patch_lookahead() -> None:
+    """vLLM 0.32 ``VllmConfig.num_lookahead_tokens`` (a property): KV slots for the self-draft.
+
+    vLLM reserves no slots past the scheduled tokens for ``custom_class``
+    proposers (they only return token ids).  The self-draft writes K/V at the
+    draft tokens' positions, up to ``num_speculative_tokens`` past the last
+    accepted token, as EAGLE and draft models do: reserve that many, as vLLM
+    does for them.
+    """
+    from vllm.config import VllmConfig
+
+    prop = VllmConfig.__dict__["num_lookahead_tokens"]
+    if getattr(prop.fget, _PATCHED, False):
+        return
+
+    @functools.wraps(prop.fget)
+    def fget(self):
+        if _is_self_draft(self.speculative_config):
+            return self.speculative_config.num_speculative_tokens
+        return prop.fget(self)
+
+    setattr(fget, _PATCHED, True)
+    VllmConfig.num_lookahead_tokens = property(fget)
+
+
+def patch_drafter_binding() -> None:
+    """vLLM 0.32 ``GPUModelRunner.initialize_kv_cache`` (the CPU runner calls it through ``super``):
+    once the KV cache and the attention metadata builders exist, a drafter with
+    ``bind_runner`` is given the runner (vLLM hands ``custom_class`` proposers
+    only the target model).  Installed by ``SelfDraft`` in the worker."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    def wrap(original):
+        def method(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            bind = getattr(getattr(self, "drafter", None), "bind_runner", None)
+            if bind is not None:
+                bind(self)
+            return out
+
+        return method
+
+    _patch(GPUModelRunner, "initialize_kv_cache", wrap)
+
+
+def draft_attention(runner, rows, positions):
+    """Attention metadata for one draft token per request row at ``positions`` (decode-shaped).
+
+    vLLM 0.32 ``GPUModelRunner._build_attention_metadata`` for a step the
+    runner did not schedule: the rows' block tables (``InputBatch.block_table``),
+    seq_lens ``position + 1``, and each attention group's metadata builder.
+    Returns (per-layer metadata, per-layer slot mapping) for ``set_forward_context``.
+    """
+    import torch
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    n = rows.numel()
+    metadata, slot_mapping = {}, {}
+    for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups):
+        table = runner.input_batch.block_table[gid]
+        blocks = table.get_cpu_tensor()[rows]
+        bs = table.block_size
+        slots = blocks.gather(1, (positions // bs)[:, None])[:, 0].long() * bs + positions % bs
+        seq_lens = (positions + 1).to(torch.int32)
+        qsl = torch.arange(n + 1, dtype=torch.int32)
+        common = CommonAttentionMetadata(
+            query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=seq_lens, num_reqs=n,
+            num_actual_tokens=n, max_query_len=1, max_seq_len=int(seq_lens.max()),
+            block_table_tensor=blocks, slot_mapping=slots, causal=True,
+            seq_lens_cpu_upper_bound=seq_lens, positions=positions,
+        )
+        for attn_group in runner.attn_groups[gid]:
+            meta = attn_group.get_metadata_builder().build(common_prefix_len=0, common_attn_metadata=common)
+            for name in attn_group.layer_names:
+                metadata[name] = meta
+        for name in group.layer_names:
+            slot_mapping[name] = slots
+    return metadata, slot_mapping
+
+
+def patch_rejection_sampler() -> None:
+    """vLLM 0.32 ``vllm.v1.sample.rejection_sampler.expand_batch_to_tokens`` on the CPU.
+
+    It expands per-request sampling settings (temperature, top-k, top-p) to
+    one value per draft token through ``expand_kernel``, whose CPU version
+    (``cpu_triton_utils._expand_kernel_impl``) converts the output buffer to
+    int64 and writes into that copy: the float temperatures stay uninitialised
+    memory.  Verified tokens of random requests then come from garbage-scaled
+    logits (measured on SmolLM2 at temperature 0.8: stock vLLM's own ``ngram``
+    method drew its second and third tokens from a visibly different
+    distribution than plain decoding).  The expansion is done here with
+    ``repeat_interleave``.  Installed by ``SelfDraft`` (its worker only).
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    import vllm.v1.sample.rejection_sampler as rs
+
+    def wrap(original):
+        def method(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
+            return expand_batch_to_tokens(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+
+        return method
+
+    _patch(rs, "expand_batch_to_tokens", wrap)
+
+
+def expand_batch_to_tokens(x, cu_num_tokens, num_tokens: int, replace_from=0, replace_to=0):
+    """[a, b, c] with cu_num_tokens [2, 5, 6] -> [a, a, b, b, b, c]; ``replace_from`` values become ``replace_to``."""
+    import torch
+
+    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1, dtype=torch.long))
+    out = x.new_zeros(num_tokens)
+    expanded = torch.repeat_interleave(x, counts)
+    out[: expanded.numel()] = expanded
+    if replace_from != replace_to:
+        out = torch.where(out == replace_from, torch.tensor(replace_to, dtype=out.dtype), out)
+    return out

@@ -6,6 +6,7 @@
     vllm-depth compress MODEL ...    prune / share layers into a smaller checkpoint
     vllm-depth train-exits MODEL ... train exit heads by self-distillation
     vllm-depth calibrate MODEL ...   pick exit thresholds with a distribution-free guarantee
+    vllm-depth tune-draft MODEL ...  find the self-draft (layers, speculation length) that is fastest
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def _check_depth_early(model_dir: str, depth: dict | None):
     return depth_config_of(cfg)
 
 
+def _checkpoint_depth(model_dir: str) -> dict | None:
+    """The raw ``depth`` object of a checkpoint's config.json (None: it has none)."""
+    import os
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f).get("depth")
+
+
 def cmd_bench(args) -> int:
     import os
 
@@ -64,8 +73,15 @@ def cmd_bench(args) -> int:
         raise SystemExit("--rounds: must be >= 1")
     if not os.path.isfile(args.prompts):
         raise SystemExit(f"--prompts: no such file {args.prompts!r}")
+    engine_args = args.engine_args
     try:
         bench.load_prompts(args.prompts)
+        if args.self_spec is not None:
+            from vllm_depth.drafting import self_spec_engine_args
+
+            base = args.depth if args.depth is not None else _checkpoint_depth(resolve_model(args.model))
+            args.depth, spec = self_spec_engine_args(base, args.self_spec)
+            engine_args = {**(engine_args or {}), "speculative_config": spec}
         depth = _check_depth_early(resolve_model(args.model), args.depth)
         sweep = bench.parse_sweep(args.sweep) if args.sweep else None
         if sweep is not None and depth.exit_layers is None:
@@ -79,7 +95,7 @@ def cmd_bench(args) -> int:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         depth=args.depth,
-        engine_args=args.engine_args,
+        engine_args=engine_args,
         baseline_model=args.baseline_model,
         rounds=args.rounds,
         sweep=sweep,
@@ -252,6 +268,38 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_tune_draft(args) -> int:
+    import os
+
+    from vllm_depth import bench, tune_draft
+    from vllm_depth.checkpoints import resolve_model
+
+    for name in ("k_max", "max_tokens", "top", "rounds"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: must be >= 1")
+    if not os.path.isfile(args.prompts):
+        raise SystemExit(f"--prompts: no such file {args.prompts!r}")
+    try:
+        prompts = bench.load_prompts(args.prompts)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth tune-draft: {e}") from None
+    model_dir = resolve_model(args.model)
+    result = tune_draft.tune(model_dir, prompts, k_max=args.k_max, max_tokens=args.max_tokens, top=args.top,
+                             rounds=args.rounds, engine_args=args.engine_args)
+    print(tune_draft.format_table(result))
+    if not args.dry_run:
+        written = tune_draft.write_best(model_dir, result["best"])
+        print(f"wrote depth {written} into {model_dir}/config.json")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        tune_draft.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-depth", description="depth-adaptive decoding for vLLM")
     sub = p.add_subparsers(dest="command", required=True)
@@ -274,9 +322,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=2, help="timed rounds per engine, alternated")
     b.add_argument("--sweep", help="exit_threshold=V1,V2,... or min_layer=V1,V2,...: one depth engine, "
                                    "each value as every request's setting (needs exit_layers)")
+    b.add_argument("--self-spec", nargs="?", const={}, type=_json_arg("--self-spec"), default=None,
+                   help="self-speculative decoding in the depth run: the draft the checkpoint's depth config "
+                        "names, or '{\"draft_layers\": E, \"num_speculative_tokens\": K}' (or draft_schedule, "
+                        "draft_threshold, draft_backoff)")
     b.add_argument("--json", help="write the result as JSON here")
     b.add_argument("--plot", help="draw the result (PNG)")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("tune-draft", help="measure self-drafts (acceptance, then speed) and keep the fastest")
+    t.add_argument("model", help="alias or checkpoint directory (the best draft is written into its config)")
+    t.add_argument("--prompts", required=True, help='JSONL of sample prompts: {"prompt"|"messages"}')
+    t.add_argument("--k-max", type=int, default=4, help="longest speculation length tried")
+    t.add_argument("--max-tokens", type=int, default=64, help="new tokens per prompt")
+    t.add_argument("--top", type=int, default=3, help="(draft, k) pairs timed in their own engine")
+    t.add_argument("--rounds", type=int, default=1, help="timed rounds per pair, alternated with stock")
+    t.add_argument("--engine-args", type=_json_arg("--engine-args"), default=None, help="extra LLM() arguments")
+    t.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    t.add_argument("--json", help="write the result as JSON here")
+    t.add_argument("--plot", help="plot acceptance against draft depth (PNG)")
+    t.set_defaults(func=cmd_tune_draft)
 
     a = sub.add_parser("analyze", help="per-layer Block Influence, angular distances, weight similarity")
     a.add_argument("model", help="alias or checkpoint directory")

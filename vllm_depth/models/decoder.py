@@ -185,23 +185,49 @@ class DepthSegment(nn.Module):
         return pre_attention(d.layers[d.schedule.physical[i]], positions, hidden, residual, d.position_delta[i])
 
 
-def _segment_class(index: int) -> type:
-    """A compiled ``DepthSegment`` class of its own for segment ``index``.
+def run_draft(decoder, input_ids: torch.Tensor, positions: torch.Tensor, draft: tuple[int, ...]) -> torch.Tensor:
+    """The residual-stream state after schedule positions ``draft`` of ``decoder``, each with its
+    own attention module (so the verifier's KV cache of that position)."""
+    hidden, residual = decoder.embed_input_ids(input_ids), None
+    for i in draft:
+        layer = decoder.layers[decoder.schedule.physical[i]]
+        hidden, residual = layer_forward(layer, decoder.position_attn[i], positions, hidden, residual,
+                                         decoder.position_delta[i])
+    return hidden + residual
+
+
+class DraftStack(nn.Module):
+    """The self-draft's positions (``depth.draft_layers`` / ``draft_schedule``), compiled as one graph.
+
+    Returns the residual-stream state after the last draft position; each
+    position attends (and writes its K/V) through its own attention module,
+    the verifier's.  The layers belong to the decoder (``_owner``).
+    """
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", owner=None, draft=()):
+        super().__init__()
+        self._owner = (owner,)
+        self.draft = tuple(draft)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return run_draft(self._owner[0], input_ids, positions, self.draft)
+
+
+def _compiled_class(base: type, name: str, dynamic: tuple[str, ...]) -> type:
+    """A ``support_torch_compile`` subclass of ``base`` named ``name``, with a forward of its own.
 
     vLLM 0.32 keys its AOT compile cache by the forward's ``__qualname__`` and
-    line (``_model_hash_key``): segments must not share a key, so each gets a
-    copy of ``forward`` named after it.
+    line (``_model_hash_key``): graphs must not share a key, so each class
+    gets a copy of ``forward`` named after it.
     """
     import types
 
-    base = DepthSegment.forward
-    fwd = types.FunctionType(base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__)
-    fwd.__qualname__ = f"DepthSegment{index}.forward"
-    fwd.__annotations__ = dict(base.__annotations__)
-    cls = type(f"DepthSegment{index}", (DepthSegment,), {"forward": fwd, "__module__": __name__})
-    return support_torch_compile(
-        dynamic_arg_dims={name: {0: "b"} for name in ("input_ids", "positions", "q", "k", "v", "residual")}
-    )(cls)
+    fn = base.forward
+    fwd = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    fwd.__qualname__ = f"{name}.forward"
+    fwd.__annotations__ = dict(fn.__annotations__)
+    cls = type(name, (base,), {"forward": fwd, "__module__": __name__})
+    return support_torch_compile(dynamic_arg_dims={arg: {0: "b"} for arg in dynamic})(cls)
 
 
 @support_torch_compile(
@@ -219,6 +245,8 @@ class DepthDecoderModel(nn.Module):
         self.config = config
         self.family = family_of(config.architectures[0])
         self.depth = depth_config_of(config)
+        # Self-drafting verifies at full depth: the verifier never exits early (lossless).
+        self.exits_enabled = self.depth.exit_layers is not None and vllm_config.speculative_config is None
         self.schedule = LayerSchedule(
             self.depth.schedule(config.num_hidden_layers), config.num_hidden_layers
         )
@@ -253,6 +281,7 @@ class DepthDecoderModel(nn.Module):
         self.exit_counters = ExitCounters()
         self.prefix = prefix
         self.segments = self._segments(vllm_config, prefix)
+        self.draft_stack = self._draft_stack(vllm_config, prefix)
         self.kv_propagator: KVPropagator | None = None  # built from the loaded weights (load_weights)
         self.segments_warm = False
         self.exit_trace: dict[str, list[int]] | None = None  # set to {} to record exit layers
@@ -281,7 +310,7 @@ class DepthDecoderModel(nn.Module):
 
     def _segments(self, vllm_config: VllmConfig, prefix: str) -> list[DepthSegment]:
         """With exit layers: one compiled segment per stretch between exit points (else none)."""
-        if self.depth.exit_layers is None:
+        if not self.exits_enabled:
             return []
         from vllm.compilation.backends import set_model_tag
 
@@ -290,9 +319,22 @@ class DepthDecoderModel(nn.Module):
         for k, (start, end) in enumerate(zip(bounds, bounds[1:])):
             # its own compile-cache tag (vLLM names caches by the tag current at construction)
             with set_model_tag(f"depth_segment_{k}"):
-                segments.append(_segment_class(k)(vllm_config=vllm_config, prefix=f"{prefix}.segment{k}",
+                segment_class = _compiled_class(DepthSegment, f"DepthSegment{k}",
+                                                ("input_ids", "positions", "q", "k", "v", "residual"))
+                segments.append(segment_class(vllm_config=vllm_config, prefix=f"{prefix}.segment{k}",
                                                   owner=self, start=start, end=end, last=end == bounds[-1]))
         return segments
+
+    def _draft_stack(self, vllm_config: VllmConfig, prefix: str) -> DraftStack | None:
+        """With a self-draft configured and speculative decoding on: the draft's compiled graph."""
+        draft = self.depth.draft_positions()
+        if draft is None or vllm_config.speculative_config is None:
+            return None
+        from vllm.compilation.backends import set_model_tag
+
+        with set_model_tag("depth_draft"):
+            cls = _compiled_class(DraftStack, "DepthDraftStack", ("input_ids", "positions"))
+            return cls(vllm_config=vllm_config, prefix=f"{prefix}.draft_stack", owner=self, draft=draft)
 
     def _position_deltas(self, vllm_config: VllmConfig) -> list[LowRankDelta | None]:
         """The low-rank delta of every relaxed position (``relax`` in the checkpoint), else None."""
@@ -333,8 +375,15 @@ class DepthDecoderModel(nn.Module):
         out = self.segments[0](input_ids, positions, None, None, None, None)
         for segment in self.segments[1:]:
             out = segment(None, positions, *out)
-        self.segments_warm = True
         return out
+
+    def warm_up(self, input_ids, positions) -> None:
+        """Compile the exit segments and the draft stack in vLLM's warm-up run, with the main graph."""
+        if self.segments:
+            self.run_segments(input_ids, positions)
+        if self.draft_stack is not None:
+            self.draft_stack(input_ids, positions)
+        self.segments_warm = True
 
     def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of) -> tuple[torch.Tensor, ExitRun]:
         """One step with token-level early exit.
@@ -391,7 +440,7 @@ class DepthDecoderModel(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loader = AutoWeightsLoader(self)
         loaded = loader.load_weights(weights, mapper=self.family.mapper)
-        if self.depth.exit_layers is not None:
+        if self.exits_enabled:
             # from the loaded weights, before vLLM repacks them for its GEMMs
             self.kv_propagator = KVPropagator(self, self.depth.exit_layers, prefix=f"{self.prefix}.kv_propagator")
         return loaded
@@ -422,7 +471,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
         )
         self._step_requests = None  # set by the runner before each forward (vllm_compat)
-        if self.model.depth.exit_layers is not None:
+        if self.model.exits_enabled:
             from vllm_depth.vllm_compat import patch_runner
 
             patch_runner()
@@ -449,8 +498,8 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         if step is None:  # no token can exit: the compiled full-depth graph, no check at all
             self._record(requests, None)
             hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-            if requests is None and self.model.segments and not self.model.segments_warm and input_ids is not None:
-                self.model.run_segments(input_ids, positions)  # a warm-up run (no step requests)
+            if requests is None and not self.model.segments_warm and input_ids is not None:
+                self.model.warm_up(input_ids, positions)  # the warm-up run (no step requests) compiles them too
             return hidden
         if self._kernels is None:
             from vllm_depth.vllm_compat import NativeKernels
@@ -498,7 +547,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
 
     def _exit_step(self, requests) -> ExitStep | None:
         depth = self.model.depth
-        if depth.exit_layers is None or not requests:
+        if not self.model.exits_enabled or not requests:
             return None
         from vllm_depth.vllm_compat import current_query_start_loc
 
@@ -514,6 +563,13 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         if vocab is None or str(layer) not in heads:
             return self.logits_processor(self.lm_head, normed), None
         return vocab.logits(self.lm_head, heads[str(layer)], normed, self.config.vocab_size)
+
+    def draft_logits(self, state: torch.Tensor, layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of a draft from its state: the exit head after ``layer`` positions (a prefix
+        draft) when the checkpoint has one, else the final norm and LM head."""
+        if layer is not None and str(layer) in self.model.exit_heads:
+            return self._exit_logits(layer, self.model.exit_norm(layer)(state))
+        return self.logits_processor(self.lm_head, self.model.norm(state)), None
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         cached, self._cached_logits = self._cached_logits, None

@@ -1,0 +1,254 @@
+"""Self-speculative decoding: drafts from the model's own layers, verified by the full model.
+
+Lossless paths are checked against stock vLLM: greedy output token for token
+(fp32: in bf16 vLLM's own multi-token verification rounds differently from
+one-token decode, for its ngram method too), and at temperature > 0 the
+distribution of sampled tokens (a two-sample chi-square test).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import PROMPTS, greedy, make_llm, run_cli, shutdown, vllm_server
+from vllm_depth.drafting import (
+    PROPOSER,
+    DraftPolicy,
+    _RequestState,
+    best_length,
+    expected_tokens,
+    self_spec_engine_args,
+)
+
+
+def self_spec(k: int, **draft) -> dict:
+    return dict(model_impl="depth", hf_overrides={"depth": draft},
+                speculative_config={"model": PROPOSER, "num_speculative_tokens": k})
+
+
+def counters(llm, reset=False):
+    from vllm_depth.bench import draft_counters
+
+    return draft_counters(llm, reset=reset)
+
+
+# -- pure logic ---------------------------------------------------------------------------
+
+
+def test_best_length_drafts_only_when_it_pays():
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+    assert best_length(0.1, 0.6, 4) == 0  # poor acceptance, costly draft: none
+    assert best_length(0.9, 0.1, 4) == 4  # good acceptance, cheap draft: all
+    assert 0 < best_length(0.6, 0.3, 4) < 4
+
+
+def test_policy_probes_once_every_backoff_steps_when_drafting_does_not_pay():
+    policy = DraftPolicy(k_max=3, probe=4)
+    policy.cost = 0.9  # measured: a draft forward costs most of a step
+    policy.states["r"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
+    lengths = [policy.length("r") for _ in range(8)]
+    assert lengths == [1, 0, 0, 0, 1, 0, 0, 0]
+
+
+def test_policy_learns_acceptance_from_accepted_counts():
+    policy = DraftPolicy(k_max=3, probe=4, cost=0.2)
+    for _ in range(10):
+        assert policy.length("r") == 3 or policy.states["r"].alpha(policy.prior) < 0.9
+        policy.proposed("r", 3)
+        assert policy.observe("r", 4) == (3, 3)  # all three accepted, plus the bonus token
+    assert policy.states["r"].alpha(policy.prior) > 0.9
+    assert policy.length("r") == 3
+    policy.proposed("r", 3)
+    assert policy.observe("r", 1) == (0, 3)  # all rejected
+
+
+def test_self_spec_arguments_merge_into_the_depth_config():
+    depth, spec = self_spec_engine_args({"exit_heads": {"layers": [8], "vocab": 16}, "draft_schedule": [0, 2]},
+                                        {"draft_layers": 8, "num_speculative_tokens": 2})
+    assert depth == {"exit_heads": {"layers": [8], "vocab": 16}, "draft_layers": 8, "draft_tokens": 2}
+    assert spec == {"model": PROPOSER, "num_speculative_tokens": 2}
+    with pytest.raises(ValueError, match="unknown key.*'draft_depth'.*allowed"):
+        self_spec_engine_args({}, {"draft_depth": 3})
+    with pytest.raises(ValueError, match="names no draft"):
+        self_spec_engine_args({}, {"num_speculative_tokens": 3})
+    with pytest.raises(ValueError, match="num_speculative_tokens 0 is not an int >= 1"):
+        self_spec_engine_args({}, {"draft_layers": 3, "num_speculative_tokens": 0})
+
+
+# -- errors before any work ---------------------------------------------------------------
+
+
+def test_self_draft_without_the_depth_model_is_refused_at_start(tiny_dir):
+    with pytest.raises(ValueError, match="model_impl='depth'"):
+        make_llm(tiny_dir, speculative_config={"model": PROPOSER, "num_speculative_tokens": 2})
+
+
+def test_self_draft_without_a_draft_is_refused_at_start(tiny_dir):
+    with pytest.raises(ValueError, match="depth.draft_layers .* or depth.draft_schedule"):
+        make_llm(tiny_dir, model_impl="depth", speculative_config={"model": PROPOSER, "num_speculative_tokens": 2})
+
+
+def test_bad_draft_layers_name_the_field(tiny_dir):
+    with pytest.raises(ValueError, match=r"depth.draft_layers: 6; the schedule has 6 positions, so 1..5"):
+        make_llm(tiny_dir, **self_spec(2, draft_layers=6))
+
+
+def test_bench_refuses_a_bad_self_spec_before_starting_an_engine():
+    r = run_cli("bench", "--model", "tiny", "--prompts", "benchmarks/prompts/code.jsonl",
+                "--self-spec", '{"draft_layer": 3}', timeout=120)
+    assert r.returncode != 0
+    assert "--self-spec: unknown key(s) ['draft_layer']" in r.stderr
+
+
+# -- SmolLM2 (real acceptance): lossless, zero extra memory -------------------------------
+
+
+@pytest.fixture(scope="module")
+def stock(smollm2_dir):
+    llm = make_llm(smollm2_dir)
+    yield llm
+    shutdown(llm)
+
+
+@pytest.fixture(scope="module")
+def spec(smollm2_dir):
+    # draft_backoff 0: always draft the full length, so every step speculates
+    llm = make_llm(smollm2_dir, **self_spec(3, draft_layers=24, draft_backoff=0))
+    yield llm
+    shutdown(llm)
+
+
+def _ids(outs):
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def test_greedy_batch_of_one_equals_stock_vllm(stock, spec):
+    counters(spec, reset=True)
+    for prompt in PROMPTS[:4]:
+        assert _ids(greedy(spec, [prompt], max_tokens=48)) == _ids(greedy(stock, [prompt], max_tokens=48))
+    c = counters(spec)
+    assert c["drafted"] > 0 and 0 < c["accepted"] < c["drafted"]  # accepted and rejected drafts both seen
+
+
+def _compiled_against_eager(worker):
+    import torch
+    from vllm.forward_context import set_forward_context
+
+    from vllm_depth.models.decoder import run_draft
+    from vllm_depth.vllm_compat import draft_attention
+
+    drafter = worker.model_runner.drafter
+    rows, pos = torch.arange(3), torch.tensor([5, 9, 2])
+    ids = torch.tensor([42, 1337, 7], dtype=torch.int32)
+    metadata, slots = draft_attention(drafter.runner, rows, pos)
+    out = []
+    for run in (lambda: drafter.model.model.draft_stack(ids, pos),
+                lambda: run_draft(drafter.model.model, ids, pos, drafter.draft)):
+        with set_forward_context(metadata, drafter.vllm_config, num_tokens=3, slot_mapping=slots):
+            out.append(run().clone())
+    return ((out[0] - out[1]).abs().amax(dim=-1) / out[1].abs().amax(dim=-1)).tolist()  # relative, per row
+
+
+def test_compiled_draft_equals_the_eager_layers_for_every_row(spec):
+    # the compiled graph is traced once, unguarded: inputs of another dtype were read wrongly past row 0
+    assert max(spec.collective_rpc(_compiled_against_eager)[0]) < 1e-4
+
+
+def test_greedy_mixed_batch_of_eight_equals_stock_vllm(stock, spec):
+    counters(spec, reset=True)
+    assert _ids(greedy(spec, PROMPTS, max_tokens=48)) == _ids(greedy(stock, PROMPTS, max_tokens=48))
+    assert counters(spec)["accepted"] > 0
+    # eight copies of one prompt: every request's drafts fare as the prompt's alone
+    counters(spec, reset=True)
+    greedy(spec, PROMPTS[:1], max_tokens=32)
+    alone = counters(spec, reset=True)["accepted_of_full"]
+    greedy(spec, PROMPTS[:1] * 8, max_tokens=32)
+    together = counters(spec)["accepted_of_full"]
+    assert {a: 8 * n for a, n in alone.items()} == together
+
+
+def test_sampling_keeps_the_target_distribution(stock, spec):
+    """Temperature 0.8: the tokens after the first (drawn through draft, verification and vLLM's
+    rejection sampling) follow the same distribution as stock vLLM's (two-sample chi-square)."""
+    from collections import Counter
+
+    from vllm import SamplingParams
+
+    n, prompt = 400, "def fibonacci(n):\n"
+
+    def sample(llm, seed0):
+        params = [SamplingParams(temperature=0.8, max_tokens=3, seed=seed0 + i) for i in range(n)]
+        outs = llm.generate([prompt] * n, params, use_tqdm=False)
+        return [tuple(o.outputs[0].token_ids[1:3]) for o in outs]
+
+    counters(spec, reset=True)
+    a, b = Counter(sample(stock, 0)), Counter(sample(spec, 100_000))
+    c = counters(spec)
+    assert c["accepted"] > 0 and c["accepted"] < c["drafted"]  # both branches of rejection sampling ran
+    common = [k for k in set(a) | set(b) if a[k] + b[k] >= 10]
+    table = [[a[k] for k in common] + [n - sum(a[k] for k in common)],
+             [b[k] for k in common] + [n - sum(b[k] for k in common)]]
+    assert len(common) >= 3  # the test has categories to compare
+    assert chi_square_pvalue(table) > 0.001, table
+
+
+def chi_square_pvalue(table: list[list[int]]) -> float:
+    """p-value of Pearson's chi-square test of homogeneity of a 2 x C contingency table."""
+    import torch
+
+    rows, cols = [sum(r) for r in table], [sum(c) for c in zip(*table)]
+    total = sum(rows)
+    stat = sum((table[i][j] - rows[i] * cols[j] / total) ** 2 / (rows[i] * cols[j] / total)
+               for i in range(2) for j in range(len(cols)) if cols[j])
+    df = sum(1 for c in cols if c) - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+def test_chi_square_pvalue_tells_alike_from_unlike():
+    assert chi_square_pvalue([[50, 50, 100], [52, 48, 100]]) > 0.5
+    assert chi_square_pvalue([[90, 10, 100], [10, 90, 100]]) < 1e-6
+
+
+def test_no_extra_weights_and_no_extra_kv_per_token(stock, spec):
+    from vllm_depth.bench import kv_cache, param_bytes
+
+    assert param_bytes(spec) == param_bytes(stock)
+    s, d = kv_cache(stock), kv_cache(spec)
+    assert d["bytes_per_token"] == s["bytes_per_token"] and d["layers"] == s["layers"] == 30
+
+
+# -- tiny: skip-set drafts, and serving -----------------------------------------------------
+
+
+def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir):
+    stock = make_llm(tiny_dir)
+    want = _ids(greedy(stock, PROMPTS, max_tokens=24))
+    shutdown(stock)
+    llm = make_llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=0))
+    try:
+        assert _ids(greedy(llm, PROMPTS, max_tokens=24)) == want
+        assert counters(llm)["drafted"] > 0
+    finally:
+        shutdown(llm)
+
+
+def test_served_with_vllm_speculative_config_and_spec_metrics(tiny_dir, tmp_path):
+    import requests
+
+    args = ["--hf-overrides", json.dumps({"depth": {"draft_layers": 3, "draft_backoff": 0}}),
+            "--speculative-config", json.dumps({"model": PROPOSER, "num_speculative_tokens": 2})]
+    stock = make_llm(tiny_dir)
+    want = [list(o.outputs[0].text for o in greedy(stock, [p], max_tokens=16))[0] for p in PROMPTS[:3]]
+    shutdown(stock)
+    with vllm_server(tiny_dir, tmp_path / "server.log", args) as base:
+        for prompt, text in zip(PROMPTS[:3], want):
+            r = requests.post(f"{base}/v1/completions", json={"model": tiny_dir, "prompt": prompt,
+                                                              "max_tokens": 16, "temperature": 0}, timeout=120)
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == text
+        metrics = requests.get(f"{base}/metrics", timeout=30).text
+        drafts = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_draft_tokens_total")]
+        assert drafts and float(drafts[0].split()[-1]) > 0
