@@ -56,8 +56,11 @@ def truncated_copy(model_dir: str, layers: int, out: str) -> str:
 
 
 def _drafter_bytes(worker) -> int:
+    """Weight bytes of a separate draft model (0 when the drafter is the target model itself)."""
     model = getattr(getattr(worker.model_runner, "drafter", None), "model", None)
-    return model_weight_bytes(model) if model is not None and hasattr(model, "modules") else 0
+    if model is None or model is worker.model_runner.model or not hasattr(model, "modules"):
+        return 0
+    return model_weight_bytes(model)
 
 
 def spec_counts(llm) -> dict:
