@@ -160,10 +160,12 @@ def test_segments_get_distinct_compile_cache_keys():
     from vllm.compilation.backends import set_model_tag  # noqa: F401 (segments are built under it)
     from vllm.compilation.decorators import _model_hash_key
 
-    from vllm_depth.models.decoder import _segment_class
+    from vllm_depth.models.decoder import DepthSegment, DraftStack, _compiled_class
 
-    keys = {_model_hash_key(_segment_class(k).forward) for k in range(3)}
-    assert len(keys) == 3
+    classes = [_compiled_class(DepthSegment, f"DepthSegment{k}", ("input_ids", "positions")) for k in range(3)]
+    classes.append(_compiled_class(DraftStack, "DepthDraftStack", ("input_ids", "positions")))
+    keys = {_model_hash_key(c.forward) for c in classes}
+    assert len(keys) == 4  # the segments and the self-draft never share a compiled graph
     assert "__qualname__" in inspect.getsource(_model_hash_key)
 
 
