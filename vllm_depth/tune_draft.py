@@ -46,7 +46,7 @@ def candidates(n: int, head_layers: tuple[int, ...] = ()) -> list[Candidate]:
     prefixes = sorted({max(1, round(n * f)) for f in (0.25, 0.4, 0.5, 0.6, 0.7, 0.8)} | set(head_layers))
     out = [Candidate(f"first {e}", tuple(range(e))) for e in prefixes if 1 <= e < n]
     end = round(2 * n / 3)
-    for size in (max(1, n // 5), max(1, n // 4)):
+    for size in sorted({max(1, n // 5), max(1, n // 4)}):
         skip = range(end - size, end)
         out.append(Candidate(f"skip {skip.start}-{skip.stop - 1}", tuple(i for i in range(n) if i not in skip)))
     return out
