@@ -282,7 +282,8 @@ def head_layer(draft: tuple[int, ...]) -> int | None:
     return len(draft) if tuple(draft) == tuple(range(len(draft))) else None
 
 
-SELF_SPEC_KEYS = ("draft_layers", "draft_schedule", "draft_threshold", "draft_backoff", "num_speculative_tokens")
+DRAFT_KEYS = ("draft_layers", "draft_schedule", "draft_threshold", "draft_backoff")  # depth fields --self-spec sets
+SELF_SPEC_KEYS = (*DRAFT_KEYS, "num_speculative_tokens")
 
 
 def self_spec_engine_args(depth: dict | None, spec: dict) -> tuple[dict, dict]:
@@ -301,7 +302,7 @@ def self_spec_engine_args(depth: dict | None, spec: dict) -> tuple[dict, dict]:
     for key in ("draft_layers", "draft_schedule"):
         if key in spec:
             out.pop("draft_schedule" if key == "draft_layers" else "draft_layers", None)
-    for key in SELF_SPEC_KEYS[:-1]:
+    for key in DRAFT_KEYS:
         if key in spec:
             out[key] = spec[key]
     if "num_speculative_tokens" in spec:
@@ -310,7 +311,9 @@ def self_spec_engine_args(depth: dict | None, spec: dict) -> tuple[dict, dict]:
         raise ValueError("--self-spec: the checkpoint's depth config names no draft; allowed: "
                          "--self-spec '{\"draft_layers\": E, \"num_speculative_tokens\": K}' "
                          "(or draft_schedule), or run vllm-depth tune-draft first")
-    k = out.get("draft_tokens", 3)
+    from vllm_depth.config import DRAFT_DEFAULTS
+
+    k = out.get("draft_tokens", DRAFT_DEFAULTS["draft_tokens"])
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"--self-spec: num_speculative_tokens {k!r} is not an int >= 1")
     return out, {"model": PROPOSER, "num_speculative_tokens": k}

@@ -32,6 +32,21 @@ def _json_arg(name: str):
     return parse
 
 
+def _write_json(path: str | None, obj) -> None:
+    """``--json PATH``: the command's result as JSON (nothing when no path was given)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2)
+        print(f"wrote {path}")
+
+
+def _write_plot(path: str | None, draw, result) -> None:
+    """``--plot PATH``: ``draw(result, path)`` (nothing when no path was given)."""
+    if path:
+        draw(result, path)
+        print(f"wrote {path}")
+
+
 def cmd_model(args) -> int:
     from vllm_depth.checkpoints import resolve_model
 
@@ -101,13 +116,8 @@ def cmd_bench(args) -> int:
         sweep=sweep,
     )
     print(bench.format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
-    if args.plot:
-        bench.plot(result, args.plot)
-        print(f"wrote {args.plot}")
+    _write_json(args.json, result)
+    _write_plot(args.plot, bench.plot, result)
     return 0
 
 
@@ -156,13 +166,8 @@ def cmd_analyze(args) -> int:
         result = analyze(model, token_chunks(tok, texts, args.seq_len, args.samples))
         print(result.table())
         report["analysis"] = result.__dict__
-        if args.plot:
-            plot(result, args.plot)
-            print(f"wrote {args.plot}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
+        _write_plot(args.plot, plot, result)
+    _write_json(args.json, report)
     return 0
 
 
@@ -227,10 +232,7 @@ def cmd_train_exits(args) -> int:
     print(f"\nheld-out: standard-library docstrings; trained on {r.tokens_trained} tokens in {r.seconds / 60:.1f} min; "
           f"heads add {r.head_params / 1e6:.2f} M parameters ({100 * r.head_params / r.model_params:.2f}% of the model)")
     print(f"wrote {target}/{H.HEADS_FILE} and depth.exit_heads in {target}/config.json")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r.__dict__, f, indent=2)
-        print(f"wrote {args.json}")
+    _write_json(args.json, r.__dict__)
     return 0
 
 
@@ -251,14 +253,9 @@ def cmd_calibrate(args) -> int:
     print(C.format_table(result))
     print(f"\n{result.criterion} exits at {result.exit_layers}; {result.prompts} prompts; full depth "
           f"{result.full_depth_tokens_per_s:.1f} tokens/s (batch {result.prompts}, the same engine)")
-    if args.plot:
-        C.plot(result, args.plot)
-        print(f"wrote {args.plot}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**result.__dict__, "points": [p.__dict__ for p in result.points],
-                       "chosen": result.chosen.__dict__ if result.chosen else None}, f, indent=2)
-        print(f"wrote {args.json}")
+    _write_plot(args.plot, C.plot, result)
+    _write_json(args.json, {**result.__dict__, "points": [p.__dict__ for p in result.points],
+                            "chosen": result.chosen.__dict__ if result.chosen else None})
     if result.chosen is None:
         print(f"no setting has agreement >= {args.target_agreement} with probability >= {1 - args.delta} "
               "on these prompts; nothing written (more prompts make the bound tighter)")
@@ -290,13 +287,8 @@ def cmd_tune_draft(args) -> int:
     if not args.dry_run:
         written = tune_draft.write_best(model_dir, result["best"])
         print(f"wrote depth {written} into {model_dir}/config.json")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
-    if args.plot:
-        tune_draft.plot(result, args.plot)
-        print(f"wrote {args.plot}")
+    _write_json(args.json, result)
+    _write_plot(args.plot, tune_draft.plot, result)
     return 0
 
 

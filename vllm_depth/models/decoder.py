@@ -283,7 +283,7 @@ class DepthDecoderModel(nn.Module):
         self.segments = self._segments(vllm_config, prefix)
         self.draft_stack = self._draft_stack(vllm_config, prefix)
         self.kv_propagator: KVPropagator | None = None  # built from the loaded weights (load_weights)
-        self.segments_warm = False
+        self.warmed_up = False
         self.exit_trace: dict[str, list[int]] | None = None  # set to {} to record exit layers
 
     def _position_attention(self, vllm_config: VllmConfig, prefix: str) -> list[Attention]:
@@ -383,7 +383,7 @@ class DepthDecoderModel(nn.Module):
             self.run_segments(input_ids, positions)
         if self.draft_stack is not None:
             self.draft_stack(input_ids, positions)
-        self.segments_warm = True
+        self.warmed_up = True
 
     def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of) -> tuple[torch.Tensor, ExitRun]:
         """One step with token-level early exit.
@@ -498,7 +498,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         if step is None:  # no token can exit: the compiled full-depth graph, no check at all
             self._record(requests, None)
             hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-            if requests is None and not self.model.segments_warm and input_ids is not None:
+            if requests is None and not self.model.warmed_up and input_ids is not None:
                 self.model.warm_up(input_ids, positions)  # the warm-up run (no step requests) compiles them too
             return hidden
         if self._kernels is None:
