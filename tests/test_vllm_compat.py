@@ -235,3 +235,34 @@ def test_cpu_expand_kernel_still_loses_float_outputs_and_ours_does_not():
     out = torch.full((6,), -7.0)
     cpu_triton_utils._expand_kernel_impl(out, x, cu, 0, 1)
     assert out.tolist() == [-7.0] * 6  # untouched: the result went into a temporary copy
+
+
+def test_openai_app_pieces_keep_their_signatures():
+    """``openai_app`` (the Ray Serve example's replica) builds what ``vllm serve`` builds, piece by piece."""
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    assert list(inspect.signature(build_app).parameters) == ["args", "supported_tasks", "model_config"]
+    assert list(inspect.signature(init_app_state).parameters) == ["engine_client", "state", "args", "supported_tasks"]
+    assert {"vllm_config", "usage_context", "enable_log_requests", "disable_log_stats"} <= set(
+        inspect.signature(AsyncLLM.from_vllm_config).parameters)
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["some/model", "--model-impl", "depth"])
+    assert args.model_tag == "some/model" and args.model_impl == "depth"
+    validate_parsed_serve_args(args)
+
+
+def test_vocab_parallel_head_and_pipeline_pieces():
+    """The cross-rank exit check reads the LM head's shard layout; stages split positions with vLLM's rule."""
+    from vllm.distributed.utils import get_pp_indices
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbeddingShardIndices
+    from vllm.model_executor.models.utils import make_empty_intermediate_tensors_factory
+
+    fields = set(VocabParallelEmbeddingShardIndices.__dataclass_fields__)
+    assert {"org_vocab_start_index", "org_vocab_end_index"} <= fields
+    assert hasattr(VocabParallelEmbeddingShardIndices, "num_org_elements")
+    assert get_pp_indices(7, 0, 2) == (0, 4) and get_pp_indices(7, 1, 2) == (4, 7)
+    t = make_empty_intermediate_tensors_factory(["hidden_states", "residual"], 8)(3, None, "cpu")
+    assert set(t.tensors) == {"hidden_states", "residual"} and t["residual"].shape == (3, 8)

@@ -325,3 +325,39 @@ def depth_config_of(hf_config: Any) -> DepthConfig:
     """Read and validate ``hf_config.depth`` (absent means the identity schedule)."""
     raw = getattr(hf_config, "depth", None)
     return parse_depth_config(raw, hf_config.num_hidden_layers, getattr(hf_config, "hidden_size", None))
+
+
+def check_parallel(depth: DepthConfig, tensor_parallel_size: int, pipeline_parallel_size: int,
+                   num_positions: int) -> None:
+    """Refuse depth features that cannot run split this way (at engine start, before any process)."""
+    if tensor_parallel_size > 1:
+        if depth.relax_rank is not None:
+            raise DepthConfigError("depth.relax_rank: low-rank deltas run with tensor_parallel_size 1 only; "
+                                   "allowed: tensor_parallel_size=1, or a checkpoint without relax_rank")
+        if depth.exit_heads is not None and depth.exit_heads.vocab:
+            raise DepthConfigError(
+                f"depth.exit_heads: reduced-vocabulary heads (vocab {depth.exit_heads.vocab}) run with "
+                "tensor_parallel_size 1 only; allowed: tensor_parallel_size=1, or heads trained with "
+                "train-exits --vocab 0 (the full, vocabulary-parallel LM head)")
+    if pipeline_parallel_size > 1:
+        if num_positions < pipeline_parallel_size:
+            raise DepthConfigError(f"depth.layer_schedule: {num_positions} position(s) cannot fill "
+                                   f"{pipeline_parallel_size} pipeline stages; allowed: pipeline_parallel_size "
+                                   f"<= {num_positions}")
+        from vllm.distributed.utils import get_pp_indices
+
+        last = get_pp_indices(num_positions, pipeline_parallel_size - 1, pipeline_parallel_size)[0]
+        if depth.exit_layers is not None and min(depth.exit_layers) < last:
+            # an exit on an earlier stage would have to carry its tokens' exit states (and the fill of
+            # every later stage's K/V) through the pipeline: not built
+            raise DepthConfigError(
+                f"depth.exit_layers {list(depth.exit_layers)}: with pipeline_parallel_size "
+                f"{pipeline_parallel_size} the last stage runs positions {last}..{num_positions - 1}, and exits "
+                f"are checked there only; allowed: exit layers >= {last}")
+        if depth.exit_layers is not None and depth.exit_criterion == "saturation":
+            raise DepthConfigError("depth.exit_criterion 'saturation' compares with the embedding, which lives on "
+                                   "the first pipeline stage; allowed with pipeline_parallel_size > 1: softmax, "
+                                   "margin, head")
+        if depth.draft_positions() is not None:
+            raise DepthConfigError("depth.draft_layers / draft_schedule: self-drafting under pipeline "
+                                   "parallelism is not supported; allowed: pipeline_parallel_size=1")

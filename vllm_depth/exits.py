@@ -64,14 +64,24 @@ class Criterion:
     needs_logits: bool
     # thresholds the confidence always exceeds: the token exits with no check computed
     certain: Callable = _never
+    # the confidence from the exit check's ExitStats (a vocabulary-parallel LM head: no full logits)
+    from_stats: Callable | None = None
+
+
+def _max_prob(stats):
+    return stats.max_prob
+
+
+def _top2_margin(stats):
+    return stats.margin
 
 
 CRITERIA: dict[str, Criterion] = {
-    "softmax": Criterion(_softmax, True, _at_zero),
-    "margin": Criterion(_margin, True),
+    "softmax": Criterion(_softmax, True, _at_zero, _max_prob),
+    "margin": Criterion(_margin, True, from_stats=_top2_margin),
     "saturation": Criterion(_saturation, False),
     # softmax of the trained exit head's distribution (the config requires a head at every exit layer)
-    "head": Criterion(_softmax, True, _at_zero),
+    "head": Criterion(_softmax, True, _at_zero, _max_prob),
 }
 
 
@@ -171,13 +181,17 @@ class ExitRun:
     def num_active(self) -> int:
         return self.rows.numel()
 
-    def check(self, layer: int, states, norm, logits_of, counters: ExitCounters, shortcut: bool = True):
+    def check(self, layer: int, states, norm, logits_of, counters: ExitCounters, shortcut: bool = True,
+              stats_of=None):
         """The exit check after ``layer`` positions (``states``: the active rows' residual stream).
 
         ``norm`` maps exit states to the normed hidden states whose LM head
         output is the exit distribution (the final norm, or the layer's exit head).
         ``shortcut``: certain exits may skip the check (their logits are the LM head's
         on the normed state, computed with the step's); not for reduced-vocabulary heads.
+        ``stats_of``: normed states -> ``ExitStats`` (the cross-rank reduction of a
+        vocabulary-parallel head); when given, criteria that have ``from_stats`` use it
+        and no logits are kept.
         Returns the keep mask of the active rows (and compacts the run), or None when none exits.
         """
         threshold = self.threshold[:, self.checkpoints.index(layer)]
@@ -191,9 +205,13 @@ class ExitRun:
         todo = (~fire).nonzero()[:, 0]
         logits = None
         if todo.numel():
-            logits, rest = logits_of(normed[todo]) if self.criterion.needs_logits else (None, None)
-            prev = self.prev[idx[todo]] if self.prev is not None else None
-            fire[todo] = self.criterion.confidence(logits, state[todo], prev, rest) > threshold[idx[todo]]
+            if stats_of is not None and self.criterion.from_stats is not None:
+                confidence = self.criterion.from_stats(stats_of(normed[todo]))
+            else:
+                logits, rest = logits_of(normed[todo]) if self.criterion.needs_logits else (None, None)
+                prev = self.prev[idx[todo]] if self.prev is not None else None
+                confidence = self.criterion.confidence(logits, state[todo], prev, rest)
+            fire[todo] = confidence > threshold[idx[todo]]
             counters.checked += todo.numel()
         if self.prev is not None:
             self.prev[idx] = state

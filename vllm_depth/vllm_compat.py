@@ -15,7 +15,7 @@ import functools
 
 import vllm
 
-from vllm_depth.config import depth_config_of
+from vllm_depth.config import check_parallel, depth_config_of
 from vllm_depth.models.families import SUPPORTED_ARCHITECTURES
 
 VLLM_VERSION = "0.32"
@@ -331,6 +331,11 @@ def _patch_engine_args() -> None:
             config = original(self, *args, **kwargs)
             if _is_self_draft(config.speculative_config):
                 _check_self_draft(config)
+            if _is_depth(config.model_config):
+                pc, hf = config.parallel_config, config.model_config.hf_config
+                depth = depth_config_of(hf)
+                check_parallel(depth, pc.tensor_parallel_size, pc.pipeline_parallel_size,
+                               len(depth.schedule(hf.num_hidden_layers)))
             if _is_depth(config.model_config) and config.scheduler_config.scheduler_cls is None:
                 name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
                 config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"
@@ -483,3 +488,36 @@ def expand_batch_to_tokens(x, cu_num_tokens, num_tokens: int, replace_from=0, re
     if replace_from != replace_to:
         out = torch.where(out == replace_from, torch.tensor(replace_to, dtype=out.dtype), out)
     return out
+
+
+async def openai_app(cli_args: list[str]):
+    """An engine and vLLM's own OpenAI FastAPI app in this process, for a front end of one's own
+    (the Ray Serve example): ``(app, engine)`` from ``vllm serve`` arguments.
+
+    vLLM 0.32 ``entrypoints.launchers.api_server.entry.build_and_serve`` without
+    the socket: the same parser (``launchers.cli_args.make_arg_parser``), engine
+    (``build_async_engine_client_from_engine_args``'s ``AsyncLLM.from_vllm_config``),
+    app (``launchers.app.build_app``) and state (``init_app_state``), so requests
+    get what ``vllm serve`` gives them (``vllm_xargs``, 400 on bad values, /metrics).
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(cli_args)
+    if args.model_tag is not None:
+        args.model = args.model_tag
+    validate_parsed_serve_args(args)
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    engine = AsyncLLM.from_vllm_config(vllm_config=vllm_config, usage_context=UsageContext.OPENAI_API_SERVER,
+                                       enable_log_requests=engine_args.enable_log_requests,
+                                       disable_log_stats=engine_args.disable_log_stats)
+    tasks = await engine.get_supported_tasks()
+    app = build_app(args, tasks, engine.model_config)
+    await init_app_state(engine, app.state, args, tasks)
+    return app, engine

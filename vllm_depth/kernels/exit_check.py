@@ -6,6 +6,12 @@ probability and the top-2 margin (p1 - p2), without materialising the
 ``[tokens x vocab]`` logits: the vocabulary is walked tile by tile with an
 online softmax (running max, running sum of exponentials, best two logits).
 
+The vocabulary is reduced in parts (tiles, Triton splits, or the shards of a
+vocabulary-parallel LM head under tensor parallelism): each part gives its
+``Partials`` (max logit, sum of exponentials, best logit and id, second best),
+``merge`` combines parts, and ``gather_merge`` combines ranks with one
+all-gather of ``[T, 5]`` per rank, never the logits.
+
 ``saturation(prev, cur)`` is the cosine similarity between the hidden states of
 two successive exit points (no LM head).
 
@@ -27,6 +33,48 @@ class ExitStats(NamedTuple):
     margin: torch.Tensor  # [T] float32, p1 - p2
 
 
+class Partials(NamedTuple):
+    """The online softmax of a part of the vocabulary, per token and part ([T, parts])."""
+
+    m: torch.Tensor  # max logit
+    s: torch.Tensor  # sum of exp(logit - m)
+    t1: torch.Tensor  # best logit (= m)
+    i1: torch.Tensor  # its vocab id, int64
+    t2: torch.Tensor  # second best logit
+
+
+def merge(p: Partials) -> Partials:
+    """Merge the parts of each token into one ([T, 1]); parts are in vocabulary order, so a tie
+    goes to the lowest vocab id."""
+    gm = p.m.max(dim=1, keepdim=True).values
+    total = (p.s * torch.exp(p.m - gm)).sum(1, keepdim=True)
+    best = p.t1.argmax(dim=1, keepdim=True)  # first part with the max
+    top1, idx = p.t1.gather(1, best), p.i1.gather(1, best)
+    others = p.t1.scatter(1, best, float("-inf")).max(1, keepdim=True).values
+    top2 = torch.maximum(others, p.t2.gather(1, best))
+    return Partials(gm, total, top1, idx, top2)
+
+
+def finish(p: Partials) -> ExitStats:
+    """Per-token statistics from merged partials."""
+    p1 = torch.exp(p.t1 - p.m) / p.s
+    p2 = torch.exp(p.t2 - p.m) / p.s
+    return ExitStats(p.i1[:, 0], p1[:, 0], (p1 - p2)[:, 0])
+
+
+def gather_merge(p: Partials, gather) -> Partials:
+    """Merge across ranks that each hold a vocabulary shard: one all-gather of ``[T, 5]`` per rank
+    (never the logits).  ``gather(x)`` concatenates the ranks' ``x`` along the last dim, in rank
+    (= vocabulary) order."""
+    p = merge(p)
+    t = p.m.shape[0]
+    ids = p.i1.to(torch.int32).view(torch.float32)  # the id's bits ride in a float32 column, unchanged
+    packed = torch.cat([p.m.float(), p.s.float(), p.t1.float(), ids, p.t2.float()], dim=1)
+    g = gather(packed).view(t, -1, 5)
+    f = lambda j: g[:, :, j].contiguous()  # noqa: E731
+    return merge(Partials(f(0), f(1), f(2), f(3).view(torch.int32).long(), f(4)))
+
+
 def use_triton(device: torch.device) -> bool:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
@@ -41,32 +89,29 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
 
 
-def exit_stats_torch(hidden, norm_weight, eps, lm_head, tile: int = 8192) -> ExitStats:
-    """Online softmax over vocabulary tiles: at most ``[T x tile]`` logits exist at once."""
-    x = rms_norm(hidden, norm_weight, eps)
-    t = x.shape[0]
-    dev = x.device
-    m = torch.full((t,), float("-inf"), device=dev)
-    s = torch.zeros(t, device=dev)
-    top1 = torch.full((t,), float("-inf"), device=dev)
-    top2 = torch.full((t,), float("-inf"), device=dev)
-    idx = torch.zeros(t, dtype=torch.long, device=dev)
+def exit_partials_torch(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, offset=0, tile=8192) -> Partials:
+    """Per-tile partials of the first ``valid`` rows of ``lm_head`` (vocab ids from ``offset``).
+
+    ``norm_weight``: apply the RMSNorm first (else ``x`` is the LM head's input).
+    At most ``[T x tile]`` logits exist at once.
+    """
+    if norm_weight is not None:
+        x = rms_norm(x, norm_weight, eps)
     xw = x.to(lm_head.dtype)  # the product in the weights' dtype, the softmax in fp32
-    for v0 in range(0, lm_head.shape[0], tile):
-        logits = (xw @ lm_head[v0 : v0 + tile].t()).float()
+    v = lm_head.shape[0] if valid is None else valid
+    parts = []
+    for v0 in range(0, v, tile):
+        logits = (xw @ lm_head[v0 : min(v0 + tile, v)].t()).float()
         targ = logits.argmax(-1)  # first maximal index: ties go to the lower vocab id
         tmax = logits.gather(1, targ[:, None])[:, 0]
         tsec = logits.scatter(1, targ[:, None], float("-inf")).max(-1).values
-        new_m = torch.maximum(m, tmax)
-        s = s * torch.exp(m - new_m) + torch.exp(logits - new_m[:, None]).sum(-1)
-        m = new_m
-        better = tmax > top1  # strict: an earlier tile keeps a tie
-        top2 = torch.where(better, torch.maximum(top1, tsec), torch.maximum(top2, tmax))
-        idx = torch.where(better, targ + v0, idx)
-        top1 = torch.where(better, tmax, top1)
-    p1 = torch.exp(top1 - m) / s
-    p2 = torch.exp(top2 - m) / s
-    return ExitStats(idx, p1, p1 - p2)
+        s = torch.exp(logits - tmax[:, None]).sum(-1)
+        parts.append((tmax, s, tmax, targ + v0 + offset, tsec))
+    return Partials(*(torch.stack(col, dim=1) for col in zip(*parts)))
+
+
+def exit_stats_torch(hidden, norm_weight, eps, lm_head, tile: int = 8192) -> ExitStats:
+    return finish(merge(exit_partials_torch(hidden, lm_head, norm_weight, eps, tile=tile)))
 
 
 def saturation_torch(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -85,18 +130,19 @@ def _build():
     @triton.jit
     def exit_partials_kernel(
         h_ptr, w_norm_ptr, head_ptr, m_out, s_out, t1_out, i1_out, t2_out,
-        H, V, eps, n_splits, tiles_per_split,
+        H, V, eps, n_splits, tiles_per_split, offset,
         stride_h, stride_head,
-        BLOCK_H: tl.constexpr, BLOCK_V: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_V: tl.constexpr, APPLY_NORM: tl.constexpr,
     ):
         tok = tl.program_id(0)
         split = tl.program_id(1)
         offs_h = tl.arange(0, BLOCK_H)
         hmask = offs_h < H
         x = tl.load(h_ptr + tok * stride_h + offs_h, mask=hmask, other=0.0).to(tl.float32)
-        var = tl.sum(x * x, axis=0) / H
-        w = tl.load(w_norm_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)
-        x = x * tl.rsqrt(var + eps) * w
+        if APPLY_NORM:
+            var = tl.sum(x * x, axis=0) / H
+            w = tl.load(w_norm_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)
+            x = x * tl.rsqrt(var + eps) * w
 
         m = float("-inf")
         s = 0.0
@@ -128,7 +174,7 @@ def _build():
         tl.store(m_out + out, m)
         tl.store(s_out + out, s)
         tl.store(t1_out + out, t1)
-        tl.store(i1_out + out, i1)
+        tl.store(i1_out + out, i1 + offset)
         tl.store(t2_out + out, t2)
 
     @triton.jit
@@ -153,43 +199,36 @@ def _get_kernels():
     return _kernels
 
 
-def exit_stats_triton(hidden, norm_weight, eps, lm_head, block_v: int = 128, n_splits: int | None = None) -> ExitStats:
+def exit_partials_triton(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, offset=0, block_v: int = 128,
+                         n_splits: int | None = None) -> Partials:
+    """``exit_partials_torch`` as one Triton kernel: ``[T, splits]`` partials, each split a run of tiles."""
     import triton
 
     kernel, _ = _get_kernels()
-    t, h = hidden.shape
-    v = lm_head.shape[0]
+    t, h = x.shape
+    v = lm_head.shape[0] if valid is None else valid
     n_tiles = triton.cdiv(v, block_v)
     if n_splits is None:
         n_splits = min(n_tiles, 64)
     tiles_per_split = triton.cdiv(n_tiles, n_splits)
     n_splits = triton.cdiv(n_tiles, tiles_per_split)
-    dev = hidden.device
+    dev = x.device
     m = torch.empty(t, n_splits, device=dev, dtype=torch.float32)
     s, t1, t2 = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
     i1 = torch.empty(t, n_splits, device=dev, dtype=torch.int64)
-    hidden = hidden.contiguous()
+    x = x.contiguous()
     lm_head = lm_head.contiguous()
+    norm = norm_weight is not None
     kernel[(t, n_splits)](
-        hidden, norm_weight, lm_head, m, s, t1, i1, t2,
-        h, v, eps, n_splits, tiles_per_split, hidden.stride(0), lm_head.stride(0),
-        BLOCK_H=triton.next_power_of_2(h), BLOCK_V=block_v,
+        x, norm_weight if norm else x, lm_head, m, s, t1, i1, t2,
+        h, v, eps, n_splits, tiles_per_split, offset, x.stride(0), lm_head.stride(0),
+        BLOCK_H=triton.next_power_of_2(h), BLOCK_V=block_v, APPLY_NORM=norm,
     )
-    return _combine(m, s, t1, i1, t2)
+    return Partials(m, s, t1, i1, t2)
 
 
-def _combine(m, s, t1, i1, t2) -> ExitStats:
-    """Merge per-split partials ([T, splits]) into per-token statistics."""
-    gm = m.max(dim=1).values
-    total = (s * torch.exp(m - gm[:, None])).sum(1)
-    best = t1.argmax(dim=1)  # first split with the max: the lowest vocab id on ties
-    top1 = t1.gather(1, best[:, None])[:, 0]
-    idx = i1.gather(1, best[:, None])[:, 0]
-    others = t1.scatter(1, best[:, None], float("-inf"))
-    top2 = torch.maximum(others.max(1).values, t2.gather(1, best[:, None])[:, 0])
-    p1 = torch.exp(top1 - gm) / total
-    p2 = torch.exp(top2 - gm) / total
-    return ExitStats(idx, p1, p1 - p2)
+def exit_stats_triton(hidden, norm_weight, eps, lm_head, block_v: int = 128, n_splits: int | None = None) -> ExitStats:
+    return finish(merge(exit_partials_triton(hidden, lm_head, norm_weight, eps, block_v=block_v, n_splits=n_splits)))
 
 
 def saturation_triton(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -206,10 +245,17 @@ def saturation_triton(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
 # -- dispatch ------------------------------------------------------------------------------
 
 
-def exit_stats(hidden, norm_weight, eps, lm_head) -> ExitStats:
-    if use_triton(hidden.device):
-        return exit_stats_triton(hidden, norm_weight, eps, lm_head)
-    return exit_stats_torch(hidden, norm_weight, eps, lm_head)
+def exit_stats(hidden, norm_weight, eps, lm_head, *, valid=None, offset=0, gather=None) -> ExitStats:
+    """Argmax, max probability and top-2 margin of ``softmax(lm_head @ norm(hidden))``.
+
+    ``norm_weight`` None: ``hidden`` is already the LM head's input.  For a
+    vocabulary-parallel head, ``lm_head`` is this rank's shard (its first
+    ``valid`` rows are real, from vocab id ``offset``) and ``gather`` the
+    all-gather across the shards' ranks (``gather_merge``).
+    """
+    partials = exit_partials_triton if use_triton(hidden.device) else exit_partials_torch
+    p = partials(hidden, lm_head, norm_weight, eps, valid=valid, offset=offset)
+    return finish(gather_merge(p, gather) if gather is not None else merge(p))
 
 
 def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:

@@ -24,16 +24,16 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
     VocabParallelEmbedding,
 )
 from vllm.model_executor.models.interfaces import SupportsPP
+from vllm.distributed.utils import get_pp_indices
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     PPMissingLayer,
-    extract_layer_index,
-    make_layers,
+    make_empty_intermediate_tensors_factory,
     maybe_prefix,
 )
 from vllm.sequence import IntermediateTensors
 
-from vllm_depth.config import depth_config_of
+from vllm_depth.config import check_parallel, depth_config_of
 from vllm_depth.exits import ExitCounters, ExitRun, ExitStep, plan_step
 from vllm_depth.kv_fill import KVPropagator
 from vllm_depth.models.exit_head import ExitHead, ExitVocab
@@ -156,7 +156,9 @@ class DepthSegment(nn.Module):
     graph, at an attention op: segment k runs the attention and the rest of
     position ``start`` (the exit point ``L_k``; segment 0 starts from the
     embedding instead), every position up to the next exit point ``end``, and
-    the first half of position ``end`` (input norm, q, k, v).  So each compiled
+    the first half of position ``end`` (input norm, q, k, v).  On a later
+    pipeline stage, segment 0 starts from the state the previous stage sent
+    (``hidden`` in the ``v`` slot, and ``residual``).  So each compiled
     piece is the full graph's own piece (the same fusions, the same numbers),
     the state after ``end`` positions is the residual it returns, and the K/V
     of position ``end`` is exact for every row, exited or not.  The last
@@ -174,6 +176,8 @@ class DepthSegment(nn.Module):
         d = self._owner[0]
         if input_ids is not None:  # segment 0
             hidden, residual = run_positions(d, 0, self.end, positions, d.embed_input_ids(input_ids), None)
+        elif q is None:  # segment 0 of a later pipeline stage: v is the hidden state received
+            hidden, residual = run_positions(d, self.start, self.end, positions, v, residual)
         else:
             i = self.start
             layer = d.layers[d.schedule.physical[i]]
@@ -247,25 +251,29 @@ class DepthDecoderModel(nn.Module):
         self.depth = depth_config_of(config)
         # Self-drafting verifies at full depth: the verifier never exits early (lossless).
         self.exits_enabled = self.depth.exit_layers is not None and vllm_config.speculative_config is None
-        self.schedule = LayerSchedule(
-            self.depth.schedule(config.num_hidden_layers), config.num_hidden_layers
-        )
-        if get_pp_group().world_size > 1:
-            raise ValueError(
-                "--model-impl depth: pipeline_parallel_size > 1 is not supported yet; "
-                "allowed: 1"
-            )
+        physical = self.depth.schedule(config.num_hidden_layers)
+        pp = get_pp_group()
+        check_parallel(self.depth, get_tensor_model_parallel_world_size(), pp.world_size, len(physical))
+        # pipeline parallelism splits the schedule's positions (not the checkpoint's layers) into stages
+        self.schedule = LayerSchedule(physical, config.num_hidden_layers,
+                                      *get_pp_indices(len(physical), pp.rank_in_group, pp.world_size))
+        self.first_stage, self.last_stage = pp.is_first_rank, pp.is_last_rank
+        # under pipeline parallelism every exit layer lies on the last stage (check_parallel): only it checks
+        self.exits_enabled = self.exits_enabled and self.last_stage
 
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        if self.first_stage or (config.tie_word_embeddings and self.last_stage):
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = PPMissingLayer()
         used = self.schedule.used
-
-        def make(prefix: str) -> nn.Module:
-            if extract_layer_index(prefix) not in used:
-                return PPMissingLayer()  # pruned: never built, its weights skipped
-            return self.family.make_layer(vllm_config, prefix)
-
-        _, _, self.layers = make_layers(config.num_hidden_layers, make, prefix=f"{prefix}.layers")
+        # built (and loaded) only where a position of this stage runs them: pruned or other stages' layers are not
+        self.layers = nn.ModuleList(
+            self.family.make_layer(vllm_config, f"{prefix}.layers.{i}") if i in used else PPMissingLayer()
+            for i in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.make_empty_intermediate_tensors = make_empty_intermediate_tensors_factory(
+            ["hidden_states", "residual"], config.hidden_size)
         self.exit_heads = nn.ModuleDict()
         self.exit_vocab = None
         if self.depth.exit_heads is not None:
@@ -303,8 +311,10 @@ class DepthDecoderModel(nn.Module):
                 for i in self.schedule.repeat_positions()
             }
         )
+        local = self.schedule.local
         return [
-            self.layers[p].self_attn.attn if self.schedule.owns_attention(i) else self.repeat_attn[str(n + i)]
+            None if i not in local  # another pipeline stage's position
+            else self.layers[p].self_attn.attn if self.schedule.owns_attention(i) else self.repeat_attn[str(n + i)]
             for i, p in enumerate(physical)
         ]
 
@@ -314,7 +324,7 @@ class DepthDecoderModel(nn.Module):
             return []
         from vllm.compilation.backends import set_model_tag
 
-        bounds = [0, *self.depth.exit_layers, len(self.schedule.physical)]
+        bounds = [self.schedule.local.start, *self.depth.exit_layers, len(self.schedule.physical)]
         segments = []
         for k, (start, end) in enumerate(zip(bounds, bounds[1:])):
             # its own compile-cache tag (vLLM names caches by the tag current at construction)
@@ -340,12 +350,7 @@ class DepthDecoderModel(nn.Module):
         """The low-rank delta of every relaxed position (``relax`` in the checkpoint), else None."""
         self.relax = nn.ModuleDict()
         if self.depth.relax_rank is not None:
-            if get_tensor_model_parallel_world_size() > 1:
-                raise ValueError(
-                    "depth.relax_rank: low-rank deltas run with tensor_parallel_size 1 only; "
-                    "allowed: tensor_parallel_size=1, or a checkpoint without relax_rank"
-                )
-            for i in self.depth.relax_positions:
+            for i in (i for i in self.depth.relax_positions if i in self.schedule.local):
                 self.relax[str(i)] = LowRankDelta(
                     self.layers[self.schedule.physical[i]].self_attn,
                     self.config.hidden_size,
@@ -365,27 +370,42 @@ class DepthDecoderModel(nn.Module):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
-        hidden, residual = run_positions(self, 0, len(self.schedule.physical), positions, hidden, None)
+        if self.first_stage:
+            hidden = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+            residual = None
+        else:
+            hidden, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
+        local = self.schedule.local
+        hidden, residual = run_positions(self, local.start, local.stop, positions, hidden, residual)
+        if not self.last_stage:
+            return IntermediateTensors({"hidden_states": hidden, "residual": residual})
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-    def run_segments(self, input_ids, positions) -> torch.Tensor:
+    def first_segment(self, input_ids, positions, intermediate_tensors=None):
+        """Segment 0: from the tokens, or on a later pipeline stage from the state received."""
+        if self.first_stage:
+            return self.segments[0](input_ids, positions, None, None, None, None)
+        it = intermediate_tensors
+        return self.segments[0](None, positions, None, None, it["hidden_states"], it["residual"])
+
+    def run_segments(self, input_ids, positions, intermediate_tensors=None) -> torch.Tensor:
         """Full depth through the segments (vLLM's warm-up compiles them this way; tests)."""
-        out = self.segments[0](input_ids, positions, None, None, None, None)
+        out = self.first_segment(input_ids, positions, intermediate_tensors)
         for segment in self.segments[1:]:
             out = segment(None, positions, *out)
         return out
 
-    def warm_up(self, input_ids, positions) -> None:
+    def warm_up(self, input_ids, positions, intermediate_tensors=None) -> None:
         """Compile the exit segments and the draft stack in vLLM's warm-up run, with the main graph."""
         if self.segments:
-            self.run_segments(input_ids, positions)
+            self.run_segments(input_ids, positions, intermediate_tensors)
         if self.draft_stack is not None:
             self.draft_stack(input_ids, positions)
         self.warmed_up = True
 
-    def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of) -> tuple[torch.Tensor, ExitRun]:
+    def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of, stats_of=None,
+                           intermediate_tensors=None) -> tuple[torch.Tensor, ExitRun]:
         """One step with token-level early exit.
 
         The compiled segments run between exit points; after each, the
@@ -395,6 +415,7 @@ class DepthDecoderModel(nn.Module):
         the exit position is the one the segment computed, and at every later
         position it is filled by state propagation.  Returns the normed final
         hidden states of all rows (exit states for exited tokens) and the run.
+        ``stats_of``: the check's statistics without full logits (tensor parallel).
         """
         from vllm_depth.vllm_compat import AttentionViews
 
@@ -403,13 +424,13 @@ class DepthDecoderModel(nn.Module):
         views = AttentionViews()
         final = None
         try:
-            out = self.segments[0](input_ids, positions, None, None, None, None)
+            out = self.first_segment(input_ids, positions, intermediate_tensors)
             for segment in self.segments[1:]:
                 q, k, v, residual = out
                 layer = segment.start
                 reduced = self.exit_vocab is not None and str(layer) in self.exit_heads
                 keep = run.check(layer, residual, self.exit_norm(layer), lambda x: logits_of(layer, x),
-                                 self.exit_counters, shortcut=not reduced)
+                                 self.exit_counters, shortcut=not reduced, stats_of=stats_of)
                 if keep is not None:
                     self._fill(segment.start, run, k[run.last_exited], v[run.last_exited], views)
                     if not run.num_active:
@@ -459,14 +480,18 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         config = vllm_config.model_config.hf_config
         self.config = config
         self.model = DepthDecoderModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
-        self.lm_head = ParallelLMHead(
-            config.vocab_size,
-            config.hidden_size,
-            quant_config=vllm_config.quant_config,
-            prefix=maybe_prefix(prefix, "lm_head"),
-        )
-        if config.tie_word_embeddings:
-            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        if self.model.last_stage:
+            self.lm_head = ParallelLMHead(
+                config.vocab_size,
+                config.hidden_size,
+                quant_config=vllm_config.quant_config,
+                prefix=maybe_prefix(prefix, "lm_head"),
+            )
+            if config.tie_word_embeddings:
+                self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        else:
+            self.lm_head = PPMissingLayer()
+        self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
         self.logits_processor = LogitsProcessor(
             config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
         )
@@ -478,9 +503,6 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self._cached_logits = None  # exit logits of the last step, reused by compute_logits
         self._kernels = None  # platform kernels for the eager early-exit steps
         self._step_exits = None  # the last step's exit layer per decode request
-
-    def make_empty_intermediate_tensors(self, *args, **kwargs):
-        raise NotImplementedError("pipeline parallelism is not supported by the depth path yet")
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -499,7 +521,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             self._record(requests, None)
             hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
             if requests is None and not self.model.warmed_up and input_ids is not None:
-                self.model.warm_up(input_ids, positions)  # the warm-up run (no step requests) compiles them too
+                self.model.warm_up(input_ids, positions, intermediate_tensors)  # the warm-up run (no step requests) compiles them too
             return hidden
         if self._kernels is None:
             from vllm_depth.vllm_compat import NativeKernels
@@ -507,8 +529,10 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             self._kernels = NativeKernels(self)
         counters = self.model.exit_counters
         checks, fill = counters.checked, counters.fill_seconds
+        stats_of = self._exit_stats if get_tensor_model_parallel_world_size() > 1 else None
         with self._kernels:
-            hidden, run = self.model.forward_with_exits(input_ids, positions, step, self._exit_logits)
+            hidden, run = self.model.forward_with_exits(input_ids, positions, step, self._exit_logits, stats_of,
+                                                        intermediate_tensors)
         cached = run.cached_logits()
         if cached is not None:
             self._cached_logits = (step.num_reqs, *cached)
@@ -563,6 +587,19 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         if vocab is None or str(layer) not in heads:
             return self.logits_processor(self.lm_head, normed), None
         return vocab.logits(self.lm_head, heads[str(layer)], normed, self.config.vocab_size)
+
+    def _exit_stats(self, normed: torch.Tensor):
+        """The exit check over the vocabulary-parallel LM head: each rank reduces its shard, then
+        one all-gather of ``[T, 5]`` partials per rank (the full logits are never gathered)."""
+        from vllm.distributed import tensor_model_parallel_all_gather
+
+        from vllm_depth.kernels.exit_check import exit_stats
+
+        shard = self.lm_head.shard_indices
+        scale = self.logits_processor.scale
+        x = normed * scale if scale != 1.0 else normed
+        return exit_stats(x, None, 0.0, self.lm_head.weight, valid=shard.num_org_elements,
+                          offset=shard.org_vocab_start_index, gather=tensor_model_parallel_all_gather)
 
     def draft_logits(self, state: torch.Tensor, layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits of a draft from its state: the exit head after ``layer`` positions (a prefix

@@ -1,0 +1,103 @@
+"""The Ray Serve example: two replicas of the depth engine behind one OpenAI-compatible endpoint.
+
+``examples/ray_serve.py`` is started as a user starts it (a real Ray cluster on
+this machine, real vLLM engines, HTTP on 127.0.0.1); concurrent requests with
+per-request depth settings must all complete, on more than one replica, and a
+bad setting gets HTTP 400 without losing any other request.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import PROMPTS, _free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "x-vllm-depth-replica"
+DEPTH = {"exit_layers": [2, 4], "exit_criterion": "softmax", "exit_threshold": 0.002}
+SETTINGS = {  # vllm_xargs -> the mean exit layer every response must report (None: between 2 and 6)
+    "full": ({"depth_exit": False}, 6.0),
+    "forced": ({"depth_exit_threshold": 0.0, "depth_min_layer": 2}, 2.0),
+    "checked": ({}, None),
+}
+
+
+@pytest.fixture(scope="module")
+def ray_app(tmp_path_factory):
+    log = tmp_path_factory.mktemp("ray") / "ray_serve.log"
+    port = _free_port()
+    cmd = [sys.executable, str(ROOT / "examples" / "ray_serve.py"), "tiny", "--replicas", "2",
+           "--port", str(port), "--",
+           "--dtype", "float32", "--max-model-len", "512", "--gpu-memory-utilization", "0.3", "--seed", "0",
+           "--enforce-eager",
+           "--hf-overrides", json.dumps({"depth": DEPTH})]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path_factory.getbasetemp())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"ray_serve.py exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            # ready: serve.run returned (every replica is up) and the endpoint answers
+            if "serving tiny with 2 replicas" in log.read_text():
+                try:
+                    if requests.get(f"{base}/v1/models", timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+            time.sleep(3)
+        else:
+            pytest.fail(f"the Ray Serve app did not come up:\n{log.read_text()[-4000:]}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+
+
+def _complete(base, prompt, xargs):
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0.0, "ignore_eos": True,
+            "vllm_xargs": xargs}
+    r = requests.post(f"{base}/v1/completions", json=body, timeout=600)
+    return r.status_code, r.headers.get(HEADER), r.json()
+
+
+@pytest.mark.slow
+def test_concurrent_requests_spread_over_two_replicas_none_lost(ray_app):
+    jobs = [(name, p) for _ in range(2) for name in SETTINGS for p in PROMPTS[:4]]  # 24 requests
+    bad = [("bad", PROMPTS[0])] * 2
+    with ThreadPoolExecutor(len(jobs) + len(bad)) as pool:
+        futures = [pool.submit(_complete, ray_app, p, SETTINGS[name][0] if name != "bad" else
+                               {"depth_exit_threshold": "high"}) for name, p in jobs + bad]
+        results = [f.result() for f in futures]
+
+    good, rejected = results[: len(jobs)], results[len(jobs):]
+    for status, _, body in rejected:  # refused with the key named, before reaching an engine
+        assert status == 400 and "depth_exit_threshold" in json.dumps(body), body
+    texts: dict = {}
+    for (name, prompt), (status, replica, body) in zip(jobs, good):
+        assert status == 200, body
+        assert body["usage"]["completion_tokens"] == 12
+        want = SETTINGS[name][1]
+        got = body["kv_transfer_params"]["depth"]["mean_exit_layer"]
+        assert got == want if want is not None else 2.0 <= got <= 6.0, (name, got)
+        texts.setdefault((name, prompt), set()).add(body["choices"][0]["text"])
+    replicas = Counter(replica for _, replica, _ in good)
+    assert len(replicas) >= 2 and None not in replicas, replicas  # both replicas served
+    # the same greedy request gives the same text whichever replica served it
+    assert all(len(t) == 1 for t in texts.values()), texts
+    # the per-request settings reach the engines: a forced exit changes the text of some prompt
+    assert any(texts[("forced", p)] != texts[("full", p)] for p in PROMPTS[:4])
