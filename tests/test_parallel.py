@@ -131,6 +131,18 @@ def one_process(tiny_dir):
     return out
 
 
+@pytest.fixture(scope="module")
+def stock_tiny(tiny_dir):
+    """Stock vLLM's greedy tokens on PROMPTS (one process): what a lossless self-draft must give."""
+    from vllm import SamplingParams
+
+    stock = make_llm(tiny_dir, enforce_eager=True)
+    sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    out = [list(o.outputs[0].token_ids) for o in stock.generate(PROMPTS, sp, use_tqdm=False)]
+    shutdown(stock)
+    return out
+
+
 @pytest.mark.slow
 def test_tp2_schedule_exits_and_kv_fill_equal_one_process(tiny_dir, one_process):
     ref_tokens, ref_layers = one_process
@@ -153,20 +165,20 @@ def test_tp2_schedule_exits_and_kv_fill_equal_one_process(tiny_dir, one_process)
 
 
 @pytest.mark.slow
-def test_tp2_self_drafting_equals_full_depth_in_one_process(tiny_dir, one_process):
-    """Lossless: drafts from the first 3 positions of the schedule, verified by all 7 positions."""
+def test_tp2_identity_with_self_drafting_equals_stock_one_process(tiny_dir, stock_tiny):
+    """The identity schedule at TP=2 verifying drafts from its first 3 layers: stock vLLM's output."""
     from vllm import SamplingParams
 
     from vllm_depth.drafting import PROPOSER
 
-    depth = {"layer_schedule": SCHEDULE, "draft_layers": 3, "draft_backoff": 0}
-    llm = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": depth},
-                   speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **TP2)
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    got = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS[:4], sp, use_tqdm=False)]
+    want = stock_tiny
+    llm = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": {"draft_layers": 3, "draft_backoff": 0}},
+                   speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **TP2)
+    got = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
     counters = llm.llm_engine.collective_rpc(_draft_counters)
     shutdown(llm)
-    assert got == one_process[0][: len(PROMPTS[:4])]  # the "full depth" requests of the reference
+    assert got == want
     assert all(c["drafted"] > 0 for c in counters), counters  # both ranks drafted
 
 
@@ -177,20 +189,22 @@ def _draft_counters(worker):
 
 PP_CASES = {
     # tiny: 6 positions, stages 0..2 and 3..5; layers 1 and 2 also run on the second stage (shared
-    # weights, built on both); exits at 3 (the stage boundary) and 4
-    "tiny": ({"layer_schedule": [0, 1, 2, 3, 1, 2], "exit_layers": [3, 4], "exit_criterion": "softmax",
-              "exit_threshold": 0.002}, 3, 6),
-    # SmolLM2: stages 0..14 and 15..29, an exit point at 15
-    "smollm2": ({"exit_layers": [15], "exit_criterion": "softmax", "exit_threshold": 0.9}, 15, 30),
+    # weights, built on both); an exit point on each stage
+    "tiny": ({"layer_schedule": [0, 1, 2, 3, 1, 2], "exit_layers": [2, 4], "exit_criterion": "softmax",
+              "exit_threshold": 0.002}, 2, 6),
+    # SmolLM2: stages 0..14 and 15..29, an exit point on each
+    "smollm2": ({"exit_layers": [8, 20], "exit_criterion": "softmax", "exit_threshold": 0.9}, 8, 30),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", list(PP_CASES))
 def test_pp2_equals_one_process(request, which):
-    """Stages split the schedule's positions; exits are checked on the last stage, whose K/V they fill.
+    """Stages split the schedule's positions; an exit on the first stage travels to the last.
 
-    Full depth, a forced exit at the stage boundary and checked exits, in one mixed batch, against
+    A token that exits on the first stage is sent on with its exit state and layer; the second
+    stage fills its K/V there from that state and leaves it out of its compute.  Full depth, a
+    forced exit (on the first stage) and checked exits, in one mixed batch, against
     the same engine in one process (eager).  The PP engine is compiled: vLLM 0.32's CPU runner
     allocates the pipeline buffers in its compiled warm-up only (stock vLLM fails with
     enforce_eager there too)."""
@@ -202,20 +216,29 @@ def test_pp2_equals_one_process(request, which):
     shutdown(one)
     two = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, pipeline_parallel_size=2)
     tokens, layers = _mixed_run(two, cases)
+    stage_exits = two.llm_engine.collective_rpc(_stage_exit_counts)
     shutdown(two)
     k = len(PROMPTS[:4])
     assert layers[:k] == [float(n)] * k and layers[k : 2 * k] == [float(first_exit)] * k
     assert layers == ref_layers
     assert tokens == ref_tokens
+    # each stage decided exits at its own exit point: the first stage's reached the last one
+    first, second = depth["exit_layers"]
+    assert set(stage_exits[0]) == {first} and set(stage_exits[1]) <= {second}, stage_exits
+    if which == "tiny":
+        assert stage_exits[1].get(second, 0) > 0, stage_exits
+
+
+def _stage_exit_counts(worker):
+    return dict(worker.model_runner.get_model().model.exit_counters.exits)
 
 
 @pytest.mark.parametrize("depth, parallel, match", [
     ({"exit_layers": [2], "exit_criterion": "head", "exit_heads": {"layers": [2], "vocab": 64}},
      dict(tensor_parallel_size=2), r"depth\.exit_heads: reduced-vocabulary .* tensor_parallel_size 1 only"),
     ({}, dict(tensor_parallel_size=3), r"attention heads \(4\) must be divisible by tensor parallel size \(3\)"),
-    ({"exit_layers": [2, 4]}, dict(pipeline_parallel_size=2), r"depth\.exit_layers \[2, 4\]: .* allowed: exit layers >= 3"),
     ({"exit_layers": [4], "exit_criterion": "saturation"}, dict(pipeline_parallel_size=2), r"'saturation' .* softmax"),
-    ({"draft_layers": 2}, dict(pipeline_parallel_size=2), r"depth\.draft_layers .* pipeline parallelism"),
+    ({"draft_layers": 2}, dict(pipeline_parallel_size=2), r"depth\.draft_layers .* allowed: pipeline_parallel_size=1"),
     ({"layer_schedule": [0]}, dict(pipeline_parallel_size=2), r"1 position\(s\) cannot fill 2 pipeline stages"),
 ])
 def test_settings_that_cannot_split_are_refused_before_any_process_starts(tiny_dir, depth, parallel, match):

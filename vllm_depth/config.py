@@ -344,20 +344,13 @@ def check_parallel(depth: DepthConfig, tensor_parallel_size: int, pipeline_paral
             raise DepthConfigError(f"depth.layer_schedule: {num_positions} position(s) cannot fill "
                                    f"{pipeline_parallel_size} pipeline stages; allowed: pipeline_parallel_size "
                                    f"<= {num_positions}")
-        from vllm.distributed.utils import get_pp_indices
-
-        last = get_pp_indices(num_positions, pipeline_parallel_size - 1, pipeline_parallel_size)[0]
-        if depth.exit_layers is not None and min(depth.exit_layers) < last:
-            # an exit on an earlier stage would have to carry its tokens' exit states (and the fill of
-            # every later stage's K/V) through the pipeline: not built
-            raise DepthConfigError(
-                f"depth.exit_layers {list(depth.exit_layers)}: with pipeline_parallel_size "
-                f"{pipeline_parallel_size} the last stage runs positions {last}..{num_positions - 1}, and exits "
-                f"are checked there only; allowed: exit layers >= {last}")
         if depth.exit_layers is not None and depth.exit_criterion == "saturation":
             raise DepthConfigError("depth.exit_criterion 'saturation' compares with the embedding, which lives on "
                                    "the first pipeline stage; allowed with pipeline_parallel_size > 1: softmax, "
                                    "margin, head")
         if depth.draft_positions() is not None:
+            # vLLM 0.32 builds a drafter on the last pipeline rank only, and the other ranks then fail
+            # (initialize_kv_cache_tensors, take_draft_token_ids read it): stock speculative decoding too
             raise DepthConfigError("depth.draft_layers / draft_schedule: self-drafting under pipeline "
-                                   "parallelism is not supported; allowed: pipeline_parallel_size=1")
+                                   "parallelism is not supported (vLLM 0.32's speculative decoding fails on "
+                                   "ranks other than the last); allowed: pipeline_parallel_size=1")

@@ -219,13 +219,19 @@ class ExitRun:
             return None
         out = idx[fire]
         counters.exits[layer] = counters.exits.get(layer, 0) + out.numel()
+        # the exit logits are reused as the step's logits (when no row's exit was certain)
+        return self.leave(out, layer, state[fire], normed[fire],
+                          logits[fire] if logits is not None and todo.numel() == idx.numel() else None)
+
+    def leave(self, out: torch.Tensor, layer: int, states, normed, logits):
+        """Active rows ``out`` leave after ``layer`` positions with these exit states; compacts the
+        run and returns the keep mask of the active rows."""
         self.exit_rows.append(self.rows[out])
         self.exit_reqs.append(self.req_of_row[out])
         self.exit_layers.append(layer)
-        self.exit_states.append(state[fire])
-        self.exit_normed.append(normed[fire])
-        # the exit logits are reused as the step's logits (when no row's exit was certain)
-        self.exit_logits.append(logits[fire] if logits is not None and todo.numel() == idx.numel() else None)
+        self.exit_states.append(states)
+        self.exit_normed.append(normed)
+        self.exit_logits.append(logits)
         self.exit_positions.append(self.positions[out])
         self.last_exited = out
         keep = torch.ones(self.num_active, dtype=torch.bool)
@@ -249,6 +255,19 @@ class ExitRun:
         for rows, normed in zip(self.exit_rows, self.exit_normed):
             out[rows] = normed
         return out
+
+    def stage_output(self, final, total: int, hidden_size: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What an earlier pipeline stage sends on: the active rows' ``final`` (hidden, residual), and
+        for exited tokens their exit state as the hidden state and their exit layer in ``depth_exit``."""
+        hidden = like.new_zeros(total, hidden_size)
+        residual = like.new_zeros(total, hidden_size)
+        exited = torch.zeros(total)
+        if final is not None and self.num_active:
+            hidden[self.rows], residual[self.rows] = final
+        for rows, layer, states in zip(self.exit_rows, self.exit_layers, self.exit_states):
+            hidden[rows] = states.to(hidden.dtype)
+            exited[rows] = float(layer)
+        return {"hidden_states": hidden, "residual": residual, "depth_exit": exited}
 
     def cached_logits(self):
         """(request indices, logits) of exited tokens whose exit logits were computed, or None."""

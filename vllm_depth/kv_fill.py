@@ -26,15 +26,16 @@ from vllm_depth.vllm_compat import write_kv
 
 
 class KVPropagator(nn.Module):
-    def __init__(self, decoder, exit_layers: tuple[int, ...], prefix: str = ""):
+    def __init__(self, decoder, starts: list[int], stop: int, prefix: str = ""):
+        """Stacks for the fills that begin at ``starts`` (the position after each exit point; on a
+        later pipeline stage also its first position) and run to ``stop`` (the stage's end)."""
         super().__init__()
-        n = len(decoder.schedule.physical)
-        # stack k covers positions exit_layers[k] + 1 .. exit_layers[k + 1] (the last: .. n - 1)
-        bounds = [e + 1 for e in exit_layers] + [n]
+        bounds = sorted({min(a, stop) for a in starts}) + [stop]
+        # stack k covers positions bounds[k] .. bounds[k + 1] - 1
         self.spans = [(a, b) for a, b in zip(bounds, bounds[1:])]
-        first = decoder.layers[decoder.schedule.physical[bounds[0] - 1]]
-        self.kv_size = first.self_attn.kv_size
-        self.eps = first.input_layernorm.variance_epsilon
+        some = decoder.layers[decoder.schedule.physical[decoder.schedule.local.start]]
+        self.kv_size = some.self_attn.kv_size
+        self.eps = some.input_layernorm.variance_epsilon
         self.stacks = nn.ModuleList()
         for k, (a, b) in enumerate(self.spans):
             if b == a:  # an exit point at the last position: nothing after it to fill
@@ -45,7 +46,7 @@ class KVPropagator(nn.Module):
                                      prefix=f"{prefix}.stacks.{k}")
             stack.weight.data.copy_(rows)
             self.stacks.append(stack)
-        attns = [decoder.layers[decoder.schedule.physical[i]].self_attn for i in range(bounds[0], n)]
+        attns = [decoder.layers[decoder.schedule.physical[i]].self_attn for i in range(bounds[0], stop)]
         # one rotary call for all filled positions when they share it (vLLM caches RoPE modules)
         self.shared_rope = all(a.rotary_emb is attns[0].rotary_emb for a in attns) and not any(
             hasattr(a, "k_norm") for a in attns)
@@ -61,12 +62,12 @@ class KVPropagator(nn.Module):
             w = w + torch.cat([delta.k_a.float() @ delta.k_b.float(), delta.v_a.float() @ delta.v_b.float()])
         return (w * layer.input_layernorm.weight.float()[None, :]).to(sa.qkv_proj.weight.dtype)
 
-    def fill(self, decoder, exit_layer: int, states: torch.Tensor, positions: torch.Tensor, slots_of) -> None:
-        """Write the K/V of ``states`` (exited after ``exit_layer`` positions) into the positions after it."""
-        k0 = next(k for k, (a, _) in enumerate(self.spans) if a == exit_layer + 1)
-        start, stop = self.spans[k0][0], self.spans[-1][1]
+    def fill(self, decoder, start: int, states: torch.Tensor, positions: torch.Tensor, slots_of) -> None:
+        """Write the K/V of exit ``states`` into positions ``start`` .. the end of the stage."""
+        stop = self.spans[-1][1]
         if start >= stop:
             return
+        k0 = next(k for k, (a, _) in enumerate(self.spans) if a == start)
         h = states.float()
         normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(states.dtype)
         parts = [self.stacks[k](normed)[0] for k in range(k0, len(self.spans)) if self.spans[k][1] > self.spans[k][0]]

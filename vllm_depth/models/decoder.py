@@ -162,14 +162,16 @@ class DepthSegment(nn.Module):
     piece is the full graph's own piece (the same fusions, the same numbers),
     the state after ``end`` positions is the residual it returns, and the K/V
     of position ``end`` is exact for every row, exited or not.  The last
-    segment ends with the final norm.  The layers belong to the decoder
+    segment ends with the final norm; on an earlier pipeline stage, with the
+    state it sends on (``hidden, residual``).  The layers belong to the decoder
     (``_owner`` is a tuple, not a submodule: one weight set).
     """
 
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", owner=None, start=0, end=0, last=False):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", owner=None, start=0, end=0, last=False,
+                 stage_end=False):
         super().__init__()
         self._owner = (owner,)
-        self.start, self.end, self.last = start, end, last
+        self.start, self.end, self.last, self.stage_end = start, end, last, stage_end
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, q: torch.Tensor | None,
                 k: torch.Tensor | None, v: torch.Tensor | None, residual: torch.Tensor | None):
@@ -185,6 +187,8 @@ class DepthSegment(nn.Module):
             hidden, residual = run_positions(d, self.start + 1, self.end, positions, hidden, residual)
         if self.last:
             return d.norm(hidden, residual)[0]
+        if self.stage_end:
+            return hidden, residual
         i = self.end
         return pre_attention(d.layers[d.schedule.physical[i]], positions, hidden, residual, d.position_delta[i])
 
@@ -258,10 +262,15 @@ class DepthDecoderModel(nn.Module):
         self.schedule = LayerSchedule(physical, config.num_hidden_layers,
                                       *get_pp_indices(len(physical), pp.rank_in_group, pp.world_size))
         self.first_stage, self.last_stage = pp.is_first_rank, pp.is_last_rank
-        # under pipeline parallelism every exit layer lies on the last stage (check_parallel): only it checks
-        self.exits_enabled = self.exits_enabled and self.last_stage
+        local = self.schedule.local
+        # the exit points this pipeline stage checks (all of them with one stage)
+        exits = self.depth.exit_layers if self.exits_enabled else ()
+        self.local_exits = tuple(e for e in exits if local.start <= e < local.stop)
+        # the LM head lives on the last stage and on every stage that checks exits
+        self.has_head = self.last_stage or bool(self.local_exits)
 
-        if self.first_stage or (config.tie_word_embeddings and self.last_stage):
+        # embeddings: the first stage's, and a tied LM head's
+        if self.first_stage or (config.tie_word_embeddings and self.has_head):
             self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         else:
             self.embed_tokens = PPMissingLayer()
@@ -272,8 +281,14 @@ class DepthDecoderModel(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.make_empty_intermediate_tensors = make_empty_intermediate_tensors_factory(
-            ["hidden_states", "residual"], config.hidden_size)
+        states = make_empty_intermediate_tensors_factory(["hidden_states", "residual"], config.hidden_size)
+
+        def make_empty_intermediate_tensors(batch_size: int, dtype, device) -> IntermediateTensors:
+            # depth_exit: per token, the exit layer of a token that left on an earlier stage (0: none)
+            t = states(batch_size, dtype, device)
+            return IntermediateTensors({**t.tensors, "depth_exit": torch.zeros(batch_size, device=device)})
+
+        self.make_empty_intermediate_tensors = make_empty_intermediate_tensors
         self.exit_heads = nn.ModuleDict()
         self.exit_vocab = None
         if self.depth.exit_heads is not None:
@@ -324,15 +339,18 @@ class DepthDecoderModel(nn.Module):
             return []
         from vllm.compilation.backends import set_model_tag
 
-        bounds = [self.schedule.local.start, *self.depth.exit_layers, len(self.schedule.physical)]
+        local = self.schedule.local
+        bounds = [local.start, *self.local_exits, local.stop]
         segments = []
         for k, (start, end) in enumerate(zip(bounds, bounds[1:])):
             # its own compile-cache tag (vLLM names caches by the tag current at construction)
             with set_model_tag(f"depth_segment_{k}"):
                 segment_class = _compiled_class(DepthSegment, f"DepthSegment{k}",
                                                 ("input_ids", "positions", "q", "k", "v", "residual"))
-                segments.append(segment_class(vllm_config=vllm_config, prefix=f"{prefix}.segment{k}",
-                                                  owner=self, start=start, end=end, last=end == bounds[-1]))
+                ends = end == bounds[-1]
+                segments.append(segment_class(vllm_config=vllm_config, prefix=f"{prefix}.segment{k}", owner=self,
+                                              start=start, end=end, last=ends and self.last_stage,
+                                              stage_end=ends and not self.last_stage))
         return segments
 
     def _draft_stack(self, vllm_config: VllmConfig, prefix: str) -> DraftStack | None:
@@ -405,7 +423,7 @@ class DepthDecoderModel(nn.Module):
         self.warmed_up = True
 
     def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of, stats_of=None,
-                           intermediate_tensors=None) -> tuple[torch.Tensor, ExitRun]:
+                           intermediate_tensors=None):
         """One step with token-level early exit.
 
         The compiled segments run between exit points; after each, the
@@ -414,8 +432,14 @@ class DepthDecoderModel(nn.Module):
         projections, MLP and attention run for the others only): its K/V at
         the exit position is the one the segment computed, and at every later
         position it is filled by state propagation.  Returns the normed final
-        hidden states of all rows (exit states for exited tokens) and the run.
+        hidden states of all rows (exit states for exited tokens) and the run;
+        on an earlier pipeline stage, the state to send on instead.
         ``stats_of``: the check's statistics without full logits (tensor parallel).
+
+        Under pipeline parallelism a token that exited on an earlier stage
+        arrives with its exit layer in ``depth_exit`` and its exit state as its
+        hidden state: its K/V at this stage's positions are filled from that
+        state, and it takes no part in this stage's compute.
         """
         from vllm_depth.vllm_compat import AttentionViews
 
@@ -423,9 +447,16 @@ class DepthDecoderModel(nn.Module):
                       self.depth.exit_layers)
         views = AttentionViews()
         final = None
+        local = self.schedule.local
         try:
-            out = self.first_segment(input_ids, positions, intermediate_tensors)
+            if self.first_stage:
+                out = self.segments[0](input_ids, positions, None, None, None, None)
+            else:
+                hidden, residual = self._arrive(intermediate_tensors, run, views)
+                out = self.segments[0](None, run.positions, None, None, hidden, residual) if run.num_active else None
             for segment in self.segments[1:]:
+                if out is None:
+                    break
                 q, k, v, residual = out
                 layer = segment.start
                 reduced = self.exit_vocab is not None and str(layer) in self.exit_heads
@@ -434,15 +465,41 @@ class DepthDecoderModel(nn.Module):
                 if keep is not None:
                     self._fill(segment.start, run, k[run.last_exited], v[run.last_exited], views)
                     if not run.num_active:
+                        out = None
                         break
                     q, k, v, residual = q[keep], k[keep], v[keep], residual[keep]
-                    views.narrow(self.position_attn[segment.start :], run.kept_requests(), run.rows, residual.dtype)
+                    views.narrow(self.position_attn[segment.start : local.stop], run.kept_requests(), run.rows,
+                                 residual.dtype)
                 out = segment(None, run.positions, q, k, v, residual)
-            else:
-                final = out
+            final = out
         finally:
             views.restore()
-        return run.output(final, input_ids.shape[0], self.config.hidden_size, self.norm.weight), run
+        t, h = input_ids.shape[0], self.config.hidden_size
+        if self.last_stage:
+            return run.output(final, t, h, self.norm.weight), run
+        return IntermediateTensors(run.stage_output(final, t, h, self.norm.weight)), run
+
+    def _arrive(self, intermediate_tensors, run: ExitRun, views):
+        """A later pipeline stage's input: tokens that exited earlier get this stage's K/V filled from
+        their exit state and leave; returns the remaining rows' hidden state and residual."""
+        hidden, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
+        exited = intermediate_tensors["depth_exit"].to(torch.long)
+        if not bool((exited > 0).any()):
+            return hidden, residual
+        start = self.schedule.local.start
+        for layer in torch.unique(exited[exited > 0]).tolist():
+            idx = torch.isin(run.rows, (exited == layer).nonzero()[:, 0]).nonzero()[:, 0]  # active-row indices
+            states = hidden[run.rows[idx]]
+            run.leave(idx, layer, states, self.exit_norm(layer)(states), None)
+            t0 = time.perf_counter()
+            rows = run.exit_rows[-1]
+            self.kv_propagator.fill(self, start, states, run.exit_positions[-1], lambda a: views.slots(a, rows))
+            self.exit_counters.fill_tokens += rows.numel() * len(self.schedule.local)
+            self.exit_counters.fill_seconds += time.perf_counter() - t0
+        if run.num_active:
+            views.narrow(self.position_attn[start : self.schedule.local.stop], run.kept_requests(), run.rows,
+                         hidden.dtype)
+        return hidden[run.rows], residual[run.rows]
 
     def exit_norm(self, layer: int) -> nn.Module:
         """What turns the state after ``layer`` positions into the LM head's input: its exit head, or the final norm."""
@@ -454,8 +511,8 @@ class DepthDecoderModel(nn.Module):
         rows, states, positions = run.exit_rows[-1], run.exit_states[-1], run.exit_positions[-1]
         attn = self.position_attn[layer]
         write_kv(attn, k, v, views.slots(attn, rows))
-        self.kv_propagator.fill(self, layer, states, positions, lambda a: views.slots(a, rows))
-        self.exit_counters.fill_tokens += rows.numel() * (len(self.schedule.physical) - layer - 1)
+        self.kv_propagator.fill(self, layer + 1, states, positions, lambda a: views.slots(a, rows))
+        self.exit_counters.fill_tokens += rows.numel() * (self.schedule.local.stop - layer - 1)
         self.exit_counters.fill_seconds += time.perf_counter() - t0
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -463,7 +520,10 @@ class DepthDecoderModel(nn.Module):
         loaded = loader.load_weights(weights, mapper=self.family.mapper)
         if self.exits_enabled:
             # from the loaded weights, before vLLM repacks them for its GEMMs
-            self.kv_propagator = KVPropagator(self, self.depth.exit_layers, prefix=f"{self.prefix}.kv_propagator")
+            local = self.schedule.local
+            # fills start after each local exit point, and (later pipeline stages) at the stage's first position
+            starts = [e + 1 for e in self.local_exits] + ([] if self.first_stage else [local.start])
+            self.kv_propagator = KVPropagator(self, starts, local.stop, prefix=f"{self.prefix}.kv_propagator")
         return loaded
 
 
@@ -480,7 +540,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         config = vllm_config.model_config.hf_config
         self.config = config
         self.model = DepthDecoderModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
-        if self.model.last_stage:
+        if self.model.has_head:
             self.lm_head = ParallelLMHead(
                 config.vocab_size,
                 config.hidden_size,
@@ -517,11 +577,18 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self._cached_logits = None
         requests, self._step_requests = self._step_requests, None
         step = self._exit_step(requests) if inputs_embeds is None else None
+        if step is not None and not self._stage_exits(intermediate_tensors):
+            step = None  # nothing to check or fill on this pipeline stage
         if step is None:  # no token can exit: the compiled full-depth graph, no check at all
             self._record(requests, None)
             hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
             if requests is None and not self.model.warmed_up and input_ids is not None:
-                self.model.warm_up(input_ids, positions, intermediate_tensors)  # the warm-up run (no step requests) compiles them too
+                # the warm-up run (no step requests) compiles the segments and the draft too
+                self.model.warm_up(input_ids, positions, intermediate_tensors)
+            if isinstance(hidden, IntermediateTensors):  # to the next stage: no token exited here or before
+                residual = hidden["residual"]
+                hidden = IntermediateTensors({**hidden.tensors, "depth_exit": residual.new_zeros(
+                    residual.shape[0], dtype=torch.float32)})
             return hidden
         if self._kernels is None:
             from vllm_depth.vllm_compat import NativeKernels
@@ -539,12 +606,19 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self._record(requests, run, counters.checked - checks, counters.fill_seconds - fill)
         return hidden
 
+    def _stage_exits(self, intermediate_tensors) -> bool:
+        """Whether this pipeline stage checks exits or receives tokens that exited before it."""
+        if self.model.local_exits:
+            return True
+        return not self.model.first_stage and bool((intermediate_tensors["depth_exit"] > 0).any())
+
     def _record(self, requests, run, checks: int = 0, fill_seconds: float = 0.0) -> None:
-        """Each decode token's exit layer: to ``model.exit_trace`` (when a dict) and to /metrics."""
+        """Each decode token's exit layer (on the last pipeline stage, where every exit is known):
+        to ``model.exit_trace`` (when a dict) and to /metrics."""
         from vllm_depth import metrics
 
         trace = self.model.exit_trace
-        if not requests:
+        if not requests or not self.model.last_stage:
             return
         exits, per_layer = {}, {}
         if run is not None:
