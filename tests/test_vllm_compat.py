@@ -266,3 +266,15 @@ def test_vocab_parallel_head_and_pipeline_pieces():
     assert get_pp_indices(7, 0, 2) == (0, 4) and get_pp_indices(7, 1, 2) == (4, 7)
     t = make_empty_intermediate_tensors_factory(["hidden_states", "residual"], 8)(3, None, "cpu")
     assert set(t.tensors) == {"hidden_states", "residual"} and t["residual"].shape == (3, 8)
+
+
+def test_speculative_decoding_still_needs_a_drafter_on_every_pipeline_rank():
+    """Why self-drafting is refused under PP (config.check_parallel): vLLM 0.32 builds the drafter
+    on the last pipeline rank only, then reads it on every rank.  When this fails, vLLM changed:
+    revisit the refusal."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    init = inspect.getsource(GPUModelRunner.__init__)
+    assert "if self.speculative_config and get_pp_group().is_last_rank:" in init
+    tensors = inspect.getsource(GPUModelRunner.initialize_kv_cache_tensors)
+    assert 'getattr(self.drafter, "draft_attn_groups"' in tensors
