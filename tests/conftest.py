@@ -109,12 +109,8 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def vllm_server(model: str, log, args: list[str], env: dict | None = None):
     """``vllm serve MODEL --model-impl depth ARGS`` on 127.0.0.1 (fp32); yields its base URL."""
-    import subprocess
     import sys
-    import time
     from pathlib import Path
-
-    import requests
 
     port = _free_port()
     vllm_cli = Path(sys.executable).parent / "vllm"  # the console script users run
@@ -124,26 +120,44 @@ def vllm_server(model: str, log, args: list[str], env: dict | None = None):
         "--gpu-memory-utilization", "0.3", "--max-model-len", "1024", "--seed", "0",
         "--dtype", "float32",  # bf16 (the CPU default) changes these small models' answers
     ]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
+    with served(cmd, log, f"{base}/health", env=env):
+        yield base
+
+
+@contextlib.contextmanager
+def served(cmd: list[str], log, ready_url: str, *, marker: str | None = None, env: dict | None = None,
+           cwd=None, timeout: float = 600, stop_timeout: float = 60):
+    """Run ``cmd`` (output to ``log``) until ``ready_url`` answers 200 (and ``log`` shows ``marker``,
+    when given); fail with the log's tail if it exits or does not come up; terminate it on exit."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import requests
+
+    log, name = Path(log), " ".join(Path(c).name for c in cmd[:2])
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                cwd=cwd)
     try:
-        deadline = time.time() + 600
+        deadline = time.time() + timeout
         while time.time() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode}:\n{Path(log).read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
+                pytest.fail(f"{name} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            if marker is None or marker in log.read_text():
+                try:
+                    if requests.get(ready_url, timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
             time.sleep(2)
         else:
-            pytest.fail(f"server did not come up:\n{Path(log).read_text()[-4000:]}")
-        yield base
+            pytest.fail(f"{name} did not come up:\n{log.read_text()[-4000:]}")
+        yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
             proc.kill()

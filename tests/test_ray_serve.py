@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import PROMPTS, _free_port
+from conftest import PROMPTS, _free_port, served
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "x-vllm-depth-replica"
@@ -40,31 +39,13 @@ def ray_app(tmp_path_factory):
            "--dtype", "float32", "--max-model-len", "512", "--gpu-memory-utilization", "0.3", "--seed", "0",
            "--enforce-eager",
            "--hf-overrides", json.dumps({"depth": DEPTH})]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path_factory.getbasetemp())
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"ray_serve.py exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-            # ready: serve.run returned (every replica is up) and the endpoint answers
-            if "serving tiny with 2 replicas" in log.read_text():
-                try:
-                    if requests.get(f"{base}/v1/models", timeout=5).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-            time.sleep(3)
-        else:
-            pytest.fail(f"the Ray Serve app did not come up:\n{log.read_text()[-4000:]}")
-        yield base
+        # ready: serve.run returned (every replica is up) and the endpoint answers
+        with served(cmd, log, f"{base}/v1/models", marker="serving tiny with 2 replicas",
+                    cwd=tmp_path_factory.getbasetemp(), stop_timeout=120):
+            yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
 
 

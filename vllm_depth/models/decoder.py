@@ -16,6 +16,7 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+from vllm.distributed.utils import get_pp_indices
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -24,7 +25,6 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
     VocabParallelEmbedding,
 )
 from vllm.model_executor.models.interfaces import SupportsPP
-from vllm.distributed.utils import get_pp_indices
 from vllm.model_executor.models.utils import (
     AutoWeightsLoader,
     PPMissingLayer,
@@ -400,16 +400,16 @@ class DepthDecoderModel(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-    def first_segment(self, input_ids, positions, intermediate_tensors=None):
+    def first_segment(self, input_ids, positions, hidden=None, residual=None):
         """Segment 0: from the tokens, or on a later pipeline stage from the state received."""
         if self.first_stage:
             return self.segments[0](input_ids, positions, None, None, None, None)
-        it = intermediate_tensors
-        return self.segments[0](None, positions, None, None, it["hidden_states"], it["residual"])
+        return self.segments[0](None, positions, None, None, hidden, residual)
 
     def run_segments(self, input_ids, positions, intermediate_tensors=None) -> torch.Tensor:
         """Full depth through the segments (vLLM's warm-up compiles them this way; tests)."""
-        out = self.first_segment(input_ids, positions, intermediate_tensors)
+        it = intermediate_tensors
+        out = self.first_segment(input_ids, positions, *((it["hidden_states"], it["residual"]) if it else ()))
         for segment in self.segments[1:]:
             out = segment(None, positions, *out)
         return out
@@ -449,11 +449,8 @@ class DepthDecoderModel(nn.Module):
         final = None
         local = self.schedule.local
         try:
-            if self.first_stage:
-                out = self.segments[0](input_ids, positions, None, None, None, None)
-            else:
-                hidden, residual = self._arrive(intermediate_tensors, run, views)
-                out = self.segments[0](None, run.positions, None, None, hidden, residual) if run.num_active else None
+            hidden, residual = (None, None) if self.first_stage else self._arrive(intermediate_tensors, run, views)
+            out = self.first_segment(input_ids, run.positions, hidden, residual) if run.num_active else None
             for segment in self.segments[1:]:
                 if out is None:
                     break
