@@ -10,7 +10,11 @@ N layers.  A decode token runs layers one at a time; after the first L layers,
 L in ``exit_layers`` and L >= ``min_layer``, its confidence is checked and, when
 it is above ``threshold``, the token is taken from the residual stream h there.
 The skipped layers j = L..N-1 get K/V at this position by state propagation:
-``k_proj``/``v_proj`` of ``layers[j].input_layernorm(h)``, rotary on k.
+``k_proj``/``v_proj`` of ``layers[j].input_layernorm(h)``, rotary on k
+(``kv_fill="propagate"``), or the exact K/V of the token run through them
+(``kv_fill="recompute"``: the engine runs them in the next step, batched with
+the next token; the K/V depend only on the cache before the token and the
+token itself, so computing them right away gives the same values).
 """
 
 from __future__ import annotations
@@ -131,7 +135,8 @@ def _confidence(model, h, prev, criterion: str, head=None) -> float:
 
 @torch.no_grad()
 def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list[int], threshold: float,
-                      min_layer: int = 0, criterion: str = "softmax", heads: dict | None = None) -> ExitTrace:
+                      min_layer: int = 0, criterion: str = "softmax", heads: dict | None = None,
+                      kv_fill: str = "propagate") -> ExitTrace:
     """Greedy decoding of ``n`` tokens with early exit and state propagation (see the module docstring).
 
     ``heads``: {exit layer: head} (``load_exit_heads``); at those layers the exit
@@ -149,18 +154,21 @@ def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list
         pos = torch.arange(start, start + len(ids))
         h = model.model.embed_tokens(torch.tensor([ids]))
         cos, sin = model.model.rotary_emb(h, pos[None])
-        prev, near, exit_at = h, False, N
+        prev, near, exit_at, out = h, False, N, None
         for j, layer in enumerate(layers):
             h = _layer(layer, h, kv, j, cos, sin, pos)
-            if step == 0 or j + 1 not in checks:
+            if step == 0 or j + 1 not in checks or out is not None:
                 continue
             conf = _confidence(model, h, prev, criterion, heads.get(j + 1))
             prev, near = h, near or abs(conf - threshold) <= NEAR
             if conf > threshold:
-                exit_at = j + 1
+                exit_at, out = j + 1, h
+                if kv_fill == "recompute":  # the skipped layers still run, for their K/V only
+                    continue
                 for s in range(exit_at, N):  # state propagation into the skipped layers
                     _append(kv, s, *_kv(layers[s], h, cos, sin))
                 break
+        h = h if out is None else out
         logits = _logits(model, h[0, -1], heads.get(exit_at))
         top = torch.log_softmax(logits, -1).topk(2).values
         trace.tokens.append(int(logits.argmax()))  # ties: the lowest id

@@ -76,7 +76,7 @@ def test_valid_schedules(schedule):
         ({"exit_layers": [1], "exit_threshold": 1.5}, r"depth.exit_threshold: 1.5 is out of range; allowed: a number from 0.0"),
         ({"exit_layers": [1], "exit_threshold": True}, r"depth.exit_threshold: True is out of range"),
         ({"exit_layers": [1], "min_layer": -1}, r"depth.min_layer: -1 is not an int >= 0"),
-        ({"exit_layers": [1], "kv_fill": "recompute"}, r"depth.kv_fill: 'recompute' is not supported; allowed: 'propagate'"),
+        ({"exit_layers": [1], "kv_fill": "exact"}, r"depth.kv_fill: 'exact' is not supported; allowed: 'propagate' \(state propagation\) or 'recompute'"),
         ({"relax_rank": 4}, r"depth.relax_positions: relax_rank and relax_positions go together"),
         ({"relax_rank": 0, "relax_positions": [0]}, r"depth.relax_rank: 0 is not an int in 1..64"),
         ({"relax_rank": 65, "relax_positions": [0]}, r"depth.relax_rank: 65 is not an int in 1..64"),

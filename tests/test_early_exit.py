@@ -147,3 +147,40 @@ def test_per_request_depth_statistics_reach_the_request_output(case):
         stats = o.kv_transfer_params["depth"]
         assert stats["decode_tokens"] == len(layers) == N - 1
         assert stats["mean_exit_layer"] == pytest.approx(sum(layers) / len(layers), abs=1e-3)
+
+
+@pytest.mark.parametrize("which", list(CASES))
+def test_recompute_runs_the_skipped_layers_in_the_next_step(which, tiny_dir, smollm2_dir):
+    """``kv_fill: "recompute"``: a token that exits is scheduled again with the next token and runs at
+    full depth, so every cached K/V is exact.  Against the reference's recompute mode (the skipped
+    layers run for their K/V), in a mixed batch of 8 and at batch 1, with prefix caching on (the
+    second batch reuses the prompts' blocks); the propagate reference differs on some prompt, so
+    the check tells the two fills apart.  Each request reports how many tokens were re-run."""
+    name, depth = CASES[which]
+    path = tiny_dir if name == "tiny" else smollm2_dir
+    depth = {**depth, "kv_fill": "recompute"}
+    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, enable_prefix_caching=True, **EAGER)
+    start_exit_trace(llm)
+    outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
+    trace = take_exit_trace(llm)
+    alone = [generate_traced(llm, [p], _params())[0] for p in PROMPTS[:2]]
+    again = generate_traced(llm, PROMPTS, _params())
+    shutdown(llm)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    full = len(model.model.layers)
+    kw = _kwargs(depth)
+    differs = 0
+    for i, o in enumerate(outs):
+        tokens, exits = list(o.outputs[0].token_ids), [full] + trace[o.request_id]
+        want = rx.early_exit_greedy(model, o.prompt_token_ids, N, kv_fill="recompute", **kw)
+        ok, detail = rx.agrees(want, tokens, exits)
+        assert ok, f"{PROMPTS[i][:30]!r}: {detail}"
+        # every exit but a last token's is re-run in the next step
+        assert o.kv_transfer_params["depth"]["recomputed_tokens"] == sum(e < full for e in exits[1:-1])
+        assert (tokens, exits) == again[i][:2]
+        if i < len(alone):
+            assert (tokens, exits) == alone[i][:2]
+        propagated = rx.early_exit_greedy(model, o.prompt_token_ids, N, **kw)
+        differs += (propagated.tokens, propagated.exit_layers) != (tokens, exits)
+    assert sum(e < full for _, exits, _ in again for e in exits) > 0
+    assert differs > 0

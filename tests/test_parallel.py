@@ -240,6 +240,8 @@ def _stage_exit_counts(worker):
     ({"exit_layers": [4], "exit_criterion": "saturation"}, dict(pipeline_parallel_size=2), r"'saturation' .* softmax"),
     ({"draft_layers": 2}, dict(pipeline_parallel_size=2), r"depth\.draft_layers .* allowed: pipeline_parallel_size=1"),
     ({"layer_schedule": [0]}, dict(pipeline_parallel_size=2), r"1 position\(s\) cannot fill 2 pipeline stages"),
+    ({"exit_layers": [2], "kv_fill": "recompute"}, dict(pipeline_parallel_size=2),
+     r"depth\.kv_fill 'recompute' .* allowed with pipeline_parallel_size > 1: 'propagate'"),
 ])
 def test_settings_that_cannot_split_are_refused_before_any_process_starts(tiny_dir, depth, parallel, match):
     import time

@@ -122,7 +122,7 @@ def test_runner_hooks_exist_with_their_signatures():
     src = inspect.getsource(GPUModelRunner.execute_model)
     assert "self._model_forward(" in src  # the per-request controls arrive through it
     init = inspect.getsource(InputBatch.__init__)
-    for attr in ("num_computed_tokens_cpu", "num_prompt_tokens", "_req_ids"):
+    for attr in ("num_computed_tokens_cpu", "num_prompt_tokens", "num_tokens_no_spec", "_req_ids"):
         assert f"self.{attr}" in init, attr
 
 
@@ -185,6 +185,37 @@ def test_scheduler_and_outputs_carry_depth_statistics(tiny_dir):
     assert "vllm_depth" not in str(stock.scheduler_config.scheduler_cls)
     assert dataclasses.is_dataclass(ModelRunnerOutput) and not hasattr(ModelRunnerOutput, "__slots__")
     assert "kv_transfer_params" in EngineCoreOutput.__struct_fields__
+
+
+def test_recompute_rolls_back_like_rejected_drafts_and_runs_synchronously(tiny_dir):
+    """kv_fill 'recompute' (scheduler._rerun_exited): vLLM 0.32 rolls back ``num_computed_tokens`` for
+    rejected drafts the same way, and the runner re-reads a rolled-back token from its cached ids
+    (``token_ids_cpu`` at ``num_computed_tokens_cpu``); async scheduling, which schedules before the
+    last step's output is in, is switched off, and asked for explicitly it is refused."""
+    import vllm_depth
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.request import Request
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert "request.num_computed_tokens -= num_rejected" in inspect.getsource(Scheduler.update_from_output)
+    assert "self.num_computed_tokens = " in inspect.getsource(Request.__init__)
+    assert hasattr(Request, "num_tokens") and hasattr(Request, "is_finished")
+    assert "self.input_batch.num_computed_tokens_cpu[req_index] = num_computed_tokens" in inspect.getsource(
+        GPUModelRunner._update_states)
+    vllm_depth.register()
+    depth = {"exit_layers": [2], "kv_fill": "recompute"}
+
+    def config(**kw):
+        args = EngineArgs(model=tiny_dir, model_impl="depth", gpu_memory_utilization=0.3,
+                          hf_overrides={"depth": depth}, **kw)
+        return args.create_engine_config()
+
+    cfg = config()
+    assert cfg.scheduler_config.async_scheduling is False
+    assert cfg.scheduler_config.scheduler_cls == "vllm_depth.scheduler.DepthScheduler"
+    with pytest.raises(ValueError, match=r"depth\.kv_fill 'recompute' .* allowed: async_scheduling=False"):
+        config(async_scheduling=True)
 
 
 def test_sampling_params_verify_hook_and_request_id_suffix():

@@ -114,7 +114,7 @@ FIELDS = {
     "exit_criterion": "one of 'softmax', 'margin', 'saturation', 'head' (softmax of trained exit heads)",
     "exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit), or a list of them, one per exit layer",
     "min_layer": "an int >= 0: no exit before this many layers",
-    "kv_fill": "'propagate'",
+    "kv_fill": "'propagate' (state propagation) or 'recompute' (the skipped layers run for real in the next step)",
     "exit_heads": "an object {\"layers\": [layer counts with a head], \"mlp_width\": int >= 0, "
                   "\"vocab\": int >= 0 (0: the full vocabulary)}, "
                   "written by vllm-depth train-exits",
@@ -128,7 +128,7 @@ FIELDS = {
 }
 
 EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")
-KV_FILLS = ("propagate",)
+KV_FILLS = ("propagate", "recompute")
 EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate"}
 DRAFT_DEFAULTS = {"draft_threshold": 0.0, "draft_backoff": 16, "draft_tokens": 3}
 
@@ -348,6 +348,11 @@ def check_parallel(depth: DepthConfig, tensor_parallel_size: int, pipeline_paral
             raise DepthConfigError("depth.exit_criterion 'saturation' compares with the embedding, which lives on "
                                    "the first pipeline stage; allowed with pipeline_parallel_size > 1: softmax, "
                                    "margin, head")
+        if depth.exit_layers is not None and depth.kv_fill == "recompute":
+            raise DepthConfigError("depth.kv_fill 'recompute' re-runs an exited token in the next step, which "
+                                   "vLLM 0.32's non-last pipeline ranks cannot follow (they rebuild token ids from "
+                                   "the scheduler's count of computed tokens); allowed with "
+                                   "pipeline_parallel_size > 1: 'propagate'")
         if depth.draft_positions() is not None:
             # vLLM 0.32 builds a drafter on the last pipeline rank only, and the other ranks then fail
             # (initialize_kv_cache_tensors, take_draft_token_ids read it): stock speculative decoding too

@@ -91,7 +91,7 @@ class StepRequest:
 
     req_id: str
     depth: RequestDepth
-    decode: bool  # its scheduled token samples a new token after the prompt
+    decode: bool  # its last scheduled token samples a new token after the prompt
 
 
 @dataclass
@@ -115,14 +115,14 @@ def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thr
     qsl = query_start_loc.cpu().tolist()
     rows, thr, mins = [], [], []
     for r, req in enumerate(requests):
-        if not req.decode or not req.depth.exit or qsl[r + 1] - qsl[r] != 1:
+        if not req.decode or not req.depth.exit:
             continue
         t = thresholds if req.depth.exit_threshold is None else (req.depth.exit_threshold,) * len(exit_layers)
         m = min_layer if req.depth.min_layer is None else req.depth.min_layer
         # confidence > 1.0 is impossible: a request with no layer it may exit at is no candidate
         if all(x >= 1.0 or layer < m for x, layer in zip(t, exit_layers)):
             continue
-        rows.append(qsl[r])
+        rows.append(qsl[r + 1] - 1)  # the request's last row (before it: the token kv_fill 'recompute' re-runs)
         thr.append(t)
         mins.append(m)
     if not rows:
@@ -243,9 +243,6 @@ class ExitRun:
         if self.prev is not None:
             self.prev = self.prev[keep]
         return keep
-
-    def kept_requests(self) -> torch.Tensor:
-        return torch.unique_consecutive(self.req_of_row)
 
     def output(self, final: torch.Tensor | None, total: int, hidden_size: int, like: torch.Tensor):
         """The normed final hidden state of every row: exit states for the exited tokens."""

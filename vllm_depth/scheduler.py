@@ -8,6 +8,10 @@ scheduler sums them per request and, when the request finishes, returns
 ``kv_transfer_params`` (vLLM's one free-form per-request field that reaches
 ``RequestOutput`` and the OpenAI responses).
 
+With ``kv_fill: "recompute"`` it also schedules a token that exited early
+once more, with the next token of its request, so the layers it skipped run
+for real (``_rerun_exited``).
+
 Batching itself is vLLM's: the worker compacts exited tokens by index, so the
 order of requests in the batch does not change the work on the CPU backend (no
 reordering variant was built to measure), and per-request depth settings are
@@ -23,14 +27,24 @@ from vllm.v1.core.sched.scheduler import Scheduler
 class _DepthStats:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens]
+        from vllm_depth.config import depth_config_of
+
+        hf = self.vllm_config.model_config.hf_config
+        depth = depth_config_of(hf)
+        self._full = len(depth.schedule(hf.num_hidden_layers))
+        # kv_fill 'recompute': an exited token is scheduled again with the next one
+        self._recompute = depth.exit_layers is not None and depth.kv_fill == "recompute"
+        self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens, tokens re-run]
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        for req_id, layer in (getattr(model_runner_output, "depth_exits", None) or {}).items():
-            acc = self._depth.setdefault(req_id, [0, 0])
+        exits = getattr(model_runner_output, "depth_exits", None) or {}
+        for req_id, layer in exits.items():
+            acc = self._depth.setdefault(req_id, [0, 0, 0])
             acc[0] += layer
             acc[1] += 1
         outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if self._recompute:
+            self._rerun_exited(exits)
         for engine_outputs in outputs.values():
             for out in engine_outputs.outputs:
                 if out.finish_reason is None:
@@ -39,8 +53,27 @@ class _DepthStats:
                 if acc is None:
                     continue
                 stats = {"mean_exit_layer": round(acc[0] / acc[1], 3), "decode_tokens": acc[1]}
+                if self._recompute:
+                    stats["recomputed_tokens"] = acc[2]
                 out.kv_transfer_params = {**(out.kv_transfer_params or {}), "depth": stats}
         return outputs
+
+    def _rerun_exited(self, exits: dict[str, int]) -> None:
+        """kv_fill 'recompute': a running request whose last token exited early counts that token as
+        not computed, so the next step schedules it again, before the new token, at full depth.
+
+        Adapts vLLM 0.32 ``Scheduler.update_from_output``'s own rollback of rejected draft tokens
+        (``request.num_computed_tokens -= num_rejected``): the runner then re-reads the token from
+        its cached ids, and its K/V is written again at every layer (exact where propagation had
+        filled it).  The depth engine runs without async scheduling here (``vllm_compat``).
+        """
+        for req_id, layer in exits.items():
+            request = self.requests.get(req_id)
+            if layer >= self._full or request is None or request.is_finished():
+                continue
+            if request.num_computed_tokens == request.num_tokens - 1:  # all but the token just sampled
+                request.num_computed_tokens -= 1
+                self._depth[req_id][2] += 1
 
     def finish_requests(self, request_ids, finished_status):
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids or [])

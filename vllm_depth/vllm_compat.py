@@ -15,7 +15,7 @@ import functools
 
 import vllm
 
-from vllm_depth.config import check_parallel, depth_config_of
+from vllm_depth.config import DepthConfigError, check_parallel, depth_config_of
 from vllm_depth.models.families import SUPPORTED_ARCHITECTURES
 
 VLLM_VERSION = "0.32"
@@ -95,12 +95,14 @@ def install() -> None:
 # -- token-level exits: attention over the rows that are still running --------------------
 
 
-def subset_attention_metadata(meta, keep_reqs, keep_rows, layer, dtype):
-    """vLLM 0.32 ``CPUAttentionMetadataBuilder.build``, redone for a subset of requests.
+def subset_attention_metadata(meta, req_of_row, keep_rows, layer, dtype):
+    """vLLM 0.32 ``CPUAttentionMetadataBuilder.build``, redone for a subset of rows.
 
     Exited decode tokens leave the batch; the later positions' attention runs
-    over the kept requests only (their query/sequence lengths, block tables
-    and slots), so it does proportionally less work.  The scheduler metadata
+    over the kept rows only (``keep_rows``, of requests ``req_of_row``: their
+    query/sequence lengths, block tables and slots), so it does proportionally
+    less work.  The rows a request keeps are its first ones (only a request's
+    last row can exit).  The scheduler metadata
     is rebuilt for the smaller batch exactly as the builder builds it.
     """
     import dataclasses
@@ -118,10 +120,12 @@ def subset_attention_metadata(meta, keep_reqs, keep_rows, layer, dtype):
     if meta.dynamic_causal is not None or meta.encoder_cache is not None:
         raise NotImplementedError("token-level early exit supports causal decoder attention only")
     qsl = meta.query_start_loc
-    qlen = (qsl[1:] - qsl[:-1])[keep_reqs]
+    keep_reqs, qlen = torch.unique_consecutive(req_of_row, return_counts=True)
     new_qsl = torch.zeros(keep_reqs.numel() + 1, dtype=qsl.dtype)
     torch.cumsum(qlen, 0, out=new_qsl[1:])
-    seq_lens = meta.seq_lens[keep_reqs]
+    # a request that kept only its first rows (kv_fill 'recompute': the re-run token goes on, the new
+    # one exited) attends as a shorter one
+    seq_lens = meta.seq_lens[keep_reqs] - ((qsl[1:] - qsl[:-1])[keep_reqs] - qlen).to(meta.seq_lens.dtype)
     scheduler_metadata = ops.cpu_attn_get_scheduler_metadata(
         num_reqs=keep_reqs.numel(),
         num_heads=layer.num_heads,
@@ -171,14 +175,14 @@ class AttentionViews:
         """The original cache slots of ``rows`` at ``attn``'s layer (for the KV fill)."""
         return self.slot_mapping[attn.layer_name][rows]
 
-    def narrow(self, layers, keep_reqs, keep_rows, dtype) -> None:
-        """From now on, ``layers`` attend for the kept requests and rows only."""
+    def narrow(self, layers, req_of_row, keep_rows, dtype) -> None:
+        """From now on, ``layers`` attend for the kept rows only (``req_of_row``: their requests)."""
         subsets: dict[int, object] = {}
         metadata, slots = dict(self.attn_metadata), dict(self.slot_mapping)
         for attn in layers:
             meta = self.attn_metadata[attn.layer_name]
             if id(meta) not in subsets:
-                subsets[id(meta)] = subset_attention_metadata(meta, keep_reqs, keep_rows, attn, dtype)
+                subsets[id(meta)] = subset_attention_metadata(meta, req_of_row, keep_rows, attn, dtype)
             metadata[attn.layer_name] = subsets[id(meta)]
             slots[attn.layer_name] = self.slot_mapping[attn.layer_name][keep_rows]
         self.ctx.attn_metadata, self.ctx.slot_mapping = metadata, slots
@@ -219,11 +223,16 @@ def step_requests(runner) -> list:
     from vllm_depth.request_args import parse_request_args
 
     batch = runner.input_batch
+    qsl = current_query_start_loc()
+    qlen = (qsl[1:] - qsl[:-1]).tolist() if qsl is not None else [0] * len(batch.req_ids)
     out = []
     for i, req_id in enumerate(batch.req_ids):
         params = runner.requests[req_id].sampling_params
         extra = params.extra_args if params is not None else None
-        decode = int(batch.num_computed_tokens_cpu[i]) >= int(batch.num_prompt_tokens[i])
+        done = int(batch.num_computed_tokens_cpu[i])
+        # a decode token: after the prompt, and the last of the request's known tokens (it samples the
+        # next one); with kv_fill 'recompute' it may follow the exited token it re-runs
+        decode = done >= int(batch.num_prompt_tokens[i]) and done + qlen[i] >= int(batch.num_tokens_no_spec[i])
         out.append(StepRequest(req_id, parse_request_args(extra), decode))
     return out
 
@@ -318,6 +327,27 @@ class NativeKernels:
         return False
 
 
+def _sync_for_recompute(config, asked_async) -> None:
+    """kv_fill 'recompute' re-schedules an exited token in the step after its exit, which the
+    scheduler knows only once that step's output is in: no async scheduling (vLLM 0.32 schedules
+    step t+1 before step t's output), and the depth scheduler (``DepthScheduler._rerun_exited``)."""
+    depth = depth_config_of(config.model_config.hf_config)
+    if depth.exit_layers is None or depth.kv_fill != "recompute":
+        return
+    sc = config.scheduler_config
+    if asked_async:
+        raise DepthConfigError("depth.kv_fill 'recompute' needs the step's exits before the next step is "
+                               "scheduled; allowed: async_scheduling=False (or unset), or kv_fill 'propagate'")
+    if sc.scheduler_cls is not None:
+        raise DepthConfigError(f"depth.kv_fill 'recompute' is carried out by vllm-depth's scheduler; allowed: "
+                               f"scheduler_cls unset (got {sc.scheduler_cls!r}), or kv_fill 'propagate'")
+    if sc.async_scheduling:
+        from vllm.logger import init_logger
+
+        init_logger(__name__).info("vllm-depth: kv_fill 'recompute' runs with async scheduling off")
+        sc.async_scheduling = False
+
+
 def _patch_engine_args() -> None:
     """vLLM 0.32 ``EngineArgs.create_engine_config``: the depth scheduler for ``--model-impl depth``.
 
@@ -336,6 +366,8 @@ def _patch_engine_args() -> None:
                 depth = depth_config_of(hf)
                 check_parallel(depth, pc.tensor_parallel_size, pc.pipeline_parallel_size,
                                len(depth.schedule(hf.num_hidden_layers)))
+            if _is_depth(config.model_config):
+                _sync_for_recompute(config, self.async_scheduling)
             if _is_depth(config.model_config) and config.scheduler_config.scheduler_cls is None:
                 name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
                 config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"

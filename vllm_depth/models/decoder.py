@@ -465,7 +465,7 @@ class DepthDecoderModel(nn.Module):
                         out = None
                         break
                     q, k, v, residual = q[keep], k[keep], v[keep], residual[keep]
-                    views.narrow(self.position_attn[segment.start : local.stop], run.kept_requests(), run.rows,
+                    views.narrow(self.position_attn[segment.start : local.stop], run.req_of_row, run.rows,
                                  residual.dtype)
                 out = segment(None, run.positions, q, k, v, residual)
             final = out
@@ -494,7 +494,7 @@ class DepthDecoderModel(nn.Module):
             self.exit_counters.fill_tokens += rows.numel() * len(self.schedule.local)
             self.exit_counters.fill_seconds += time.perf_counter() - t0
         if run.num_active:
-            views.narrow(self.position_attn[start : self.schedule.local.stop], run.kept_requests(), run.rows,
+            views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows,
                          hidden.dtype)
         return hidden[run.rows], residual[run.rows]
 
