@@ -16,3 +16,11 @@ $B --prompts benchmarks/prompts/batch16_half_exit.jsonl --batch-size 16 --depth 
 # 5. speed / agreement curve of the softmax threshold
 $B --prompts benchmarks/prompts/mixed.jsonl --depth '{"exit_layers": [8, 12, 16, 20, 24]}' \
    --sweep exit_threshold=0.2,0.4,0.6,0.8,0.9,0.95 --json $OUT/sweep_b1.json --plot $OUT/sweep_b1.png
+# 6. kv_fill "recompute": the forced exit at 15, exited tokens re-run at full depth in the next step
+$B --prompts benchmarks/prompts/mixed.jsonl --depth '{"exit_layers": [15], "exit_threshold": 0.0, "kv_fill": "recompute"}' --json $OUT/exit15_recompute_b1.json
+# 7. the two fills at one checked threshold, in fp32 (bf16 segments round differently on their own):
+#    speed and token agreement with stock
+for fill in propagate recompute; do
+  $B --prompts benchmarks/prompts/mixed.jsonl --engine-args '{"dtype": "float32"}' \
+     --depth "{\"exit_layers\": [8, 12, 16, 20, 24], \"exit_threshold\": 0.8, \"kv_fill\": \"$fill\"}" --json $OUT/softmax08_${fill}_fp32_b1.json
+done

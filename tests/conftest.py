@@ -78,6 +78,23 @@ def make_llm(model: str, **kwargs):
     return LLM(model=model, **{**ENGINE_ARGS, **kwargs})
 
 
+@pytest.fixture(scope="session")
+def stock_llm():
+    """``stock_llm(path)``: stock vLLM (compiled, ``ENGINE_ARGS``) on a checkpoint, started once per
+    session and shared by the modules that compare against it (an idle engine costs no CPU here;
+    compiling one costs a minute or more)."""
+    engines = {}
+
+    def get(path: str):
+        if path not in engines:
+            engines[path] = make_llm(path)
+        return engines[path]
+
+    yield get
+    for llm in engines.values():
+        shutdown(llm)
+
+
 def greedy(llm, prompts, max_tokens=32, logprobs=None, ignore_eos=False):
     from vllm import SamplingParams
 

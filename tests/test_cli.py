@@ -54,7 +54,9 @@ def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
     out = tmp_path / "r.json"
     plot = tmp_path / "r.png"
     r = run_cli("bench", "--model", "tiny", "--prompts", str(prompts), "--max-tokens", "16",
-            "--depth", "{}", "--rounds", "1", "--json", str(out), "--plot", str(plot))
+            "--depth", "{}", "--rounds", "1", "--json", str(out), "--plot", str(plot),
+            # eager: what is checked is the command (compiled engines are the identity tests')
+            "--engine-args", '{"enforce_eager": true}')
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["n"] == 3

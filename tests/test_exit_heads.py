@@ -178,7 +178,7 @@ def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
     assert depth["exit_layers"] == [2, 4] and depth["exit_criterion"] == "head"
     assert depth["exit_threshold"] == [0.99999, 0.99999]
 
-    with vllm_server(str(ckpt), tmp_path / "serve.log", []) as base:
+    with vllm_server(str(ckpt), tmp_path / "serve.log", ["--enforce-eager"]) as base:
         def complete(xargs):
             r = requests.post(f"{base}/v1/completions", timeout=120, json={
                 "model": str(ckpt), "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0.0,

@@ -12,13 +12,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])
-def engines(request, tiny_dir, smollm2_dir):
+def engines(request, tiny_dir, smollm2_dir, stock_llm):
     path = tiny_dir if request.param == "tiny" else smollm2_dir
-    stock = make_llm(path)
     depth = make_llm(path, model_impl="depth")
-    yield stock, depth
+    yield stock_llm(path), depth
     shutdown(depth)
-    shutdown(stock)
 
 
 def test_depth_engine_runs_the_plugin_class(engines):

@@ -106,10 +106,8 @@ def test_bench_refuses_a_bad_self_spec_before_starting_an_engine():
 
 
 @pytest.fixture(scope="module")
-def stock(smollm2_dir):
-    llm = make_llm(smollm2_dir)
-    yield llm
-    shutdown(llm)
+def stock(smollm2_dir, stock_llm):
+    return stock_llm(smollm2_dir)
 
 
 @pytest.fixture(scope="module")
@@ -223,10 +221,8 @@ def test_no_extra_weights_and_no_extra_kv_per_token(stock, spec):
 # -- tiny: skip-set drafts, and serving -----------------------------------------------------
 
 
-def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir):
-    stock = make_llm(tiny_dir)
-    want = _ids(greedy(stock, PROMPTS, max_tokens=24))
-    shutdown(stock)
+def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir, stock_llm):
+    want = _ids(greedy(stock_llm(tiny_dir), PROMPTS, max_tokens=24))
     llm = make_llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=0))
     try:
         assert _ids(greedy(llm, PROMPTS, max_tokens=24)) == want
@@ -235,14 +231,13 @@ def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir):
         shutdown(llm)
 
 
-def test_served_with_vllm_speculative_config_and_spec_metrics(tiny_dir, tmp_path):
+def test_served_with_vllm_speculative_config_and_spec_metrics(tiny_dir, tmp_path, stock_llm):
     import requests
 
     args = ["--hf-overrides", json.dumps({"depth": {"draft_layers": 3, "draft_backoff": 0}}),
             "--speculative-config", json.dumps({"model": PROPOSER, "num_speculative_tokens": 2})]
-    stock = make_llm(tiny_dir)
+    stock = stock_llm(tiny_dir)
     want = [list(o.outputs[0].text for o in greedy(stock, [p], max_tokens=16))[0] for p in PROMPTS[:3]]
-    shutdown(stock)
     with vllm_server(tiny_dir, tmp_path / "server.log", args) as base:
         for prompt, text in zip(PROMPTS[:3], want):
             r = requests.post(f"{base}/v1/completions", json={"model": tiny_dir, "prompt": prompt,

@@ -19,8 +19,9 @@ def server(smollm2_dir, tmp_path_factory):
     # an exit point that no request uses unless it asks (threshold 1.0 never fires)
     depth = {"layer_schedule": schedule, "exit_layers": [15], "exit_threshold": 1.0}
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus"))}
+    # eager: serving is what is checked here (compiled depth engines are the identity and bench tests')
     with vllm_server(smollm2_dir, tmp_path_factory.mktemp("server") / "serve.log",
-                     ["--hf-overrides", json.dumps({"depth": depth})], env) as base:
+                     ["--hf-overrides", json.dumps({"depth": depth}), "--enforce-eager"], env) as base:
         yield base, smollm2_dir
 
 

@@ -1,9 +1,11 @@
 """Exit criteria and the bookkeeping of token-level early exit in one decode step.
 
 Exit layers are layer counts: exit layer ``L`` means "after the first ``L``
-schedule positions have run".  A decode token (the only token its request has
-in the step) may exit at an exit layer ``L >= min_layer`` when its confidence
-is strictly greater than its request's threshold:
+schedule positions have run".  A decode token (its request's last token in the
+step, which samples the next one; with ``kv_fill: "recompute"`` the token
+before it may be an exited one run again) may exit at an exit layer
+``L >= min_layer`` when its confidence is strictly greater than its request's
+threshold:
 
 - ``softmax``: max probability of the exit distribution (final norm + LM head);
 - ``margin``: top-1 minus top-2 probability of that distribution;
