@@ -103,12 +103,15 @@ def test_always_fires_at_first_exit_point_at_or_after_min_layer(case):
 
 
 @pytest.fixture(scope="module")
-def stock(case, tiny_dir, smollm2_dir):
+def stock(case, tiny_dir, smollm2_dir, stock_llm):
+    """Stock vLLM's tokens, run as the depth engine runs: compiled for tiny, eager for SmolLM2."""
     _, model, _ = case
-    path = tiny_dir if len(model.model.layers) == 6 else smollm2_dir
-    llm = make_llm(path, **EAGER)
-    outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
-    shutdown(llm)
+    if len(model.model.layers) == 6:
+        outs = stock_llm(tiny_dir).generate(PROMPTS, _params(), use_tqdm=False)
+    else:
+        llm = make_llm(smollm2_dir, **EAGER)
+        outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
+        shutdown(llm)
     return [list(o.outputs[0].token_ids) for o in outs]
 
 

@@ -132,15 +132,13 @@ def one_process(tiny_dir):
 
 
 @pytest.fixture(scope="module")
-def stock_tiny(tiny_dir):
-    """Stock vLLM's greedy tokens on PROMPTS (one process): what a lossless self-draft must give."""
+def stock_tiny(tiny_dir, stock_llm):
+    """Stock vLLM's greedy tokens on PROMPTS (one process, the session's engine): what a lossless
+    self-draft must give."""
     from vllm import SamplingParams
 
-    stock = make_llm(tiny_dir, enforce_eager=True)
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    out = [list(o.outputs[0].token_ids) for o in stock.generate(PROMPTS, sp, use_tqdm=False)]
-    shutdown(stock)
-    return out
+    return [list(o.outputs[0].token_ids) for o in stock_llm(tiny_dir).generate(PROMPTS, sp, use_tqdm=False)]
 
 
 @pytest.mark.slow

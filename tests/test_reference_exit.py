@@ -134,6 +134,26 @@ def test_skipped_layers_cache_the_propagated_state(tiny):
             assert same == (j >= L), f"token {i}, layer {j}"
 
 
+def test_recompute_caches_what_full_depth_caches(tiny):
+    """kv_fill="recompute": the exited tokens' K/V at every layer are HF's own full-depth cache
+    (attention included, as HF computes it), while their tokens come from the exit layer."""
+    N, L = len(tiny.model.layers), 2
+    trace = rx.early_exit_greedy(tiny, PROMPT, 6, exit_layers=[L], threshold=0.0, kv_fill="recompute")
+    assert trace.exit_layers[1:] == [L] * 5
+    fed = PROMPT + trace.tokens[:-1]  # the tokens the loop ran (the last one sampled is never fed)
+    with torch.no_grad():
+        out = tiny(torch.tensor([fed]), use_cache=True, output_hidden_states=True)
+    for j in range(N):
+        assert torch.allclose(trace.kv[j][0], out.past_key_values.layers[j].keys, atol=1e-5), j
+        assert torch.allclose(trace.kv[j][1], out.past_key_values.layers[j].values, atol=1e-5), j
+    # each decode token's exit state is HF's residual stream after L layers at its position
+    for i in range(1, 6):
+        torch.testing.assert_close(trace.hidden[i], out.hidden_states[L][0, len(PROMPT) + i - 1], atol=1e-5,
+                                   rtol=1e-5)
+    propagated = rx.early_exit_greedy(tiny, PROMPT, 6, exit_layers=[L], threshold=0.0)
+    assert not torch.allclose(propagated.kv[N - 1][0], trace.kv[N - 1][0], atol=1e-3)  # the fills differ
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.8])
 def test_mixed_exits_match_hf_replay(smollm2, threshold):
     trace = rx.early_exit_greedy(smollm2, PROMPT, N_TOKENS, exit_layers=[8, 16, 24], threshold=threshold)
