@@ -76,6 +76,10 @@ class DepthConfig:
             return tuple(range(self.draft_layers))
         return None
 
+    def recomputes(self) -> bool:
+        """Whether exited tokens run again at full depth in the next step (``kv_fill: "recompute"``)."""
+        return self.exit_layers is not None and self.kv_fill == "recompute"
+
     def thresholds(self) -> tuple[float, ...]:
         """The threshold of every exit layer."""
         t = self.exit_threshold
@@ -348,7 +352,7 @@ def check_parallel(depth: DepthConfig, tensor_parallel_size: int, pipeline_paral
             raise DepthConfigError("depth.exit_criterion 'saturation' compares with the embedding, which lives on "
                                    "the first pipeline stage; allowed with pipeline_parallel_size > 1: softmax, "
                                    "margin, head")
-        if depth.exit_layers is not None and depth.kv_fill == "recompute":
+        if depth.recomputes():
             raise DepthConfigError("depth.kv_fill 'recompute' re-runs an exited token in the next step, which "
                                    "vLLM 0.32's non-last pipeline ranks cannot follow (they rebuild token ids from "
                                    "the scheduler's count of computed tokens); allowed with "

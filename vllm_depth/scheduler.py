@@ -33,7 +33,7 @@ class _DepthStats:
         depth = depth_config_of(hf)
         self._full = len(depth.schedule(hf.num_hidden_layers))
         # kv_fill 'recompute': an exited token is scheduled again with the next one
-        self._recompute = depth.exit_layers is not None and depth.kv_fill == "recompute"
+        self._recompute = depth.recomputes()
         self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens, tokens re-run]
 
     def update_from_output(self, scheduler_output, model_runner_output):

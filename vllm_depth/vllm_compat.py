@@ -327,12 +327,11 @@ class NativeKernels:
         return False
 
 
-def _sync_for_recompute(config, asked_async) -> None:
+def _sync_for_recompute(config, depth, asked_async) -> None:
     """kv_fill 'recompute' re-schedules an exited token in the step after its exit, which the
     scheduler knows only once that step's output is in: no async scheduling (vLLM 0.32 schedules
     step t+1 before step t's output), and the depth scheduler (``DepthScheduler._rerun_exited``)."""
-    depth = depth_config_of(config.model_config.hf_config)
-    if depth.exit_layers is None or depth.kv_fill != "recompute":
+    if not depth.recomputes():
         return
     sc = config.scheduler_config
     if asked_async:
@@ -366,11 +365,10 @@ def _patch_engine_args() -> None:
                 depth = depth_config_of(hf)
                 check_parallel(depth, pc.tensor_parallel_size, pc.pipeline_parallel_size,
                                len(depth.schedule(hf.num_hidden_layers)))
-            if _is_depth(config.model_config):
-                _sync_for_recompute(config, self.async_scheduling)
-            if _is_depth(config.model_config) and config.scheduler_config.scheduler_cls is None:
-                name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
-                config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"
+                _sync_for_recompute(config, depth, self.async_scheduling)
+                if config.scheduler_config.scheduler_cls is None:
+                    name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
+                    config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"
             return config
 
         return method

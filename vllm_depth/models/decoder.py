@@ -488,11 +488,7 @@ class DepthDecoderModel(nn.Module):
             idx = torch.isin(run.rows, (exited == layer).nonzero()[:, 0]).nonzero()[:, 0]  # active-row indices
             states = hidden[run.rows[idx]]
             run.leave(idx, layer, states, self.exit_norm(layer)(states), None)
-            t0 = time.perf_counter()
-            rows = run.exit_rows[-1]
-            self.kv_propagator.fill(self, start, states, run.exit_positions[-1], lambda a: views.slots(a, rows))
-            self.exit_counters.fill_tokens += rows.numel() * len(self.schedule.local)
-            self.exit_counters.fill_seconds += time.perf_counter() - t0
+            self._propagate(start, run, views)
         if run.num_active:
             views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows,
                          hidden.dtype)
@@ -504,12 +500,18 @@ class DepthDecoderModel(nn.Module):
 
     def _fill(self, layer: int, run: ExitRun, k, v, views) -> None:
         """KV of the tokens that just exited after ``layer`` positions: exact at ``layer``, propagated after."""
-        t0 = time.perf_counter()
-        rows, states, positions = run.exit_rows[-1], run.exit_states[-1], run.exit_positions[-1]
         attn = self.position_attn[layer]
-        write_kv(attn, k, v, views.slots(attn, rows))
-        self.kv_propagator.fill(self, layer + 1, states, positions, lambda a: views.slots(a, rows))
-        self.exit_counters.fill_tokens += rows.numel() * (self.schedule.local.stop - layer - 1)
+        write_kv(attn, k, v, views.slots(attn, run.exit_rows[-1]))
+        self._propagate(layer + 1, run, views)
+
+    def _propagate(self, start: int, run: ExitRun, views) -> None:
+        """State propagation of the run's last exited tokens into positions ``start`` .. the stage's end
+        (timed and counted for /metrics and the bench)."""
+        t0 = time.perf_counter()
+        rows = run.exit_rows[-1]
+        self.kv_propagator.fill(self, start, run.exit_states[-1], run.exit_positions[-1],
+                                lambda a: views.slots(a, rows))
+        self.exit_counters.fill_tokens += rows.numel() * (self.schedule.local.stop - start)
         self.exit_counters.fill_seconds += time.perf_counter() - t0
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
