@@ -8,8 +8,9 @@ and vLLM's own OpenAI app, in process (``vllm_depth.vllm_compat.openai_app``):
 what a request gets is what ``vllm serve`` gives it, per-request depth settings
 in ``vllm_xargs`` and HTTP 400 for bad ones included.  Ray Serve's proxy spreads
 the requests over the replicas; each response names the replica that served it
-in the ``x-vllm-depth-replica`` header.  Streaming requests are answered whole
-(the replica buffers the event stream).
+in the ``x-vllm-depth-replica`` header.  Streaming requests (``"stream": true``)
+stream: the replica hands vLLM's event stream on chunk by chunk, and a client
+that goes away aborts its request in the engine.
 
 On the CPU (vLLM's CPU platform refuses the Ray executor) every replica runs its
 engine with vLLM's multiprocessing executor.  On GPU machines give each replica
@@ -26,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -33,30 +35,81 @@ import time
 
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 
 REPLICA_HEADER = "x-vllm-depth-replica"
+
+
+async def asgi_stream(app, scope: dict, body: bytes):
+    """One HTTP request through an ASGI app, in this process, without buffering its answer.
+
+    Returns ``(status, headers, chunks)`` once the app has started its response;
+    ``chunks`` yields the body as the app sends it.  When the consumer stops early
+    (the client went away) the app sees ``http.disconnect`` and its task is
+    cancelled, so vLLM aborts the request.
+    """
+    messages: asyncio.Queue = asyncio.Queue()
+    done = asyncio.Event()  # the consumer is finished: the app's next receive() is a disconnect
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def run():
+        try:
+            await app(scope, receive, messages.put)
+        finally:
+            await messages.put(None)
+
+    task = asyncio.create_task(run())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an error is the app's 500, not a log line
+    start = await messages.get()
+    if start is None:
+        await task  # re-raises the app's error
+        raise RuntimeError("the app returned without a response")
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+
+    async def chunks():
+        complete = False
+        try:
+            while (m := await messages.get()) is not None:
+                if m["type"] == "http.response.body":
+                    if m.get("body"):
+                        yield m["body"]
+                    if not m.get("more_body", False):
+                        complete = True
+                        break
+        finally:
+            done.set()
+            if not complete:  # the client went away: stop the app (vLLM aborts the request)
+                task.cancel()
+
+    return start["status"], headers, chunks()
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=60)
 class DepthReplica:
     async def __init__(self, vllm_args: list[str]):
-        import httpx
-
         from vllm_depth.vllm_compat import openai_app
 
         self.app, self.engine = await openai_app(vllm_args)
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica",
-                                        timeout=None)
         self.name = serve.get_replica_context().replica_id.unique_id
 
-    async def __call__(self, request: Request) -> Response:
-        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "authorization", "accept")}
-        r = await self.client.request(request.method, request.url.path, params=request.query_params,
-                                      content=await request.body(), headers=headers)
-        out = {k: v for k, v in r.headers.items() if k in ("content-type",)}
-        out[REPLICA_HEADER] = self.name
-        return Response(r.content, status_code=r.status_code, headers=out)
+    async def __call__(self, request: Request) -> StreamingResponse:
+        body = await request.body()
+        scope = {k: request.scope[k] for k in ("type", "http_version", "method", "scheme", "path", "raw_path",
+                                               "query_string", "headers", "client", "server")
+                 if k in request.scope}
+        scope.update(asgi={"version": "3.0"}, root_path="")
+        status, headers, chunks = await asgi_stream(self.app, scope, body)
+        headers = {k: v for k, v in headers.items() if k in ("content-type", "cache-control")}
+        headers[REPLICA_HEADER] = self.name
+        return StreamingResponse(chunks, status_code=status, headers=headers)
 
     async def check_health(self) -> None:
         await self.engine.check_health()

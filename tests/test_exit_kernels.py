@@ -85,3 +85,26 @@ def test_saturation_matches_cosine(t, h):
 
 def test_dispatch_uses_triton_under_the_interpreter():
     assert K.use_triton(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_rest", [False, True])
+def test_probs_of_full_logits_equal_the_softmax_and_leave_the_logits_alone(dtype, with_rest):
+    """The engine's check on logits the LM head already made (one process on the CPU): max
+    probability and margin equal the plain softmax's; a reduced head's "other" logit counts in
+    the mass but is never a top token; the logits (reused as the step's) are not modified."""
+    g = torch.Generator().manual_seed(1)
+    for t in (1, 7, 16, 3):  # the scratch buffer grows and shrinks with the row count
+        logits = (torch.randn(t, 4097, generator=g) * 4).to(dtype)
+        logits[0, 5] = logits[0, 9] = logits[0].max() + 1  # a tie: margin 0
+        logits[-1, 100:] = float("-inf")  # a reduced vocabulary (-inf outside it)
+        rest = (torch.randn(t, generator=g) * 4 + 6).to(dtype) if with_rest else None
+        before = logits.clone()
+        full = logits.float() if rest is None else torch.cat([logits.float(), rest.float()[:, None]], -1)
+        p = torch.softmax(full, -1)
+        top = (p if rest is None else p[:, :-1]).topk(2, -1).values
+        torch.testing.assert_close(K.probs_of_logits(logits, rest), top[:, 0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(K.probs_of_logits(logits, rest, margin=True), top[:, 0] - top[:, 1],
+                                   atol=1e-6, rtol=1e-5)
+        assert float(K.probs_of_logits(logits, rest, margin=True)[0]) == 0.0
+        assert torch.equal(logits, before)

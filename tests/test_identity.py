@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import PROMPTS, greedy, make_llm, shutdown
+from conftest import EAGER, PROMPTS, greedy, make_llm, shutdown
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])
 def engines(request, tiny_dir, smollm2_dir, stock_llm):
     path = tiny_dir if request.param == "tiny" else smollm2_dir
-    depth = make_llm(path, model_impl="depth")
+    # tiny: the depth model compiled, as served by default; SmolLM2 (its real weights, against
+    # the compiled stock engine): eager, as compiling its 30 layers again costs CI two minutes
+    depth = make_llm(path, model_impl="depth", **({} if request.param == "tiny" else EAGER))
     yield stock_llm(path), depth
     shutdown(depth)
 

@@ -3,7 +3,8 @@
 ``examples/ray_serve.py`` is started as a user starts it (a real Ray cluster on
 this machine, real vLLM engines, HTTP on 127.0.0.1); concurrent requests with
 per-request depth settings must all complete, on more than one replica, and a
-bad setting gets HTTP 400 without losing any other request.
+bad setting gets HTTP 400 without losing any other request; a streamed request
+streams (its events arrive as the tokens are made, not all at the end).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,7 +52,11 @@ def ray_app(tmp_path_factory):
 
 
 def _complete(base, prompt, xargs):
-    body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0.0, "ignore_eos": True,
+    return _complete_n(base, prompt, xargs, 12)
+
+
+def _complete_n(base, prompt, xargs, max_tokens):
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
             "vllm_xargs": xargs}
     r = requests.post(f"{base}/v1/completions", json=body, timeout=600)
     return r.status_code, r.headers.get(HEADER), r.json()
@@ -82,3 +88,32 @@ def test_concurrent_requests_spread_over_two_replicas_none_lost(ray_app):
     assert all(len(t) == 1 for t in texts.values()), texts
     # the per-request settings reach the engines: a forced exit changes the text of some prompt
     assert any(texts[("forced", p)] != texts[("full", p)] for p in PROMPTS[:4])
+
+
+@pytest.mark.slow
+def test_streamed_request_streams_through_the_replica(ray_app):
+    xargs = SETTINGS["forced"][0]
+    body = {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 48, "temperature": 0.0, "ignore_eos": True,
+            "vllm_xargs": xargs}
+    t0 = time.perf_counter()
+    events, times = [], []
+    with requests.post(f"{ray_app}/v1/completions", json={**body, "stream": True}, stream=True, timeout=600) as r:
+        assert r.status_code == 200 and r.headers.get(HEADER), r.headers
+        assert r.headers["content-type"].startswith("text/event-stream")
+        buf = b""
+        for chunk in r.iter_content(chunk_size=None):
+            buf += chunk
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                events.append(event.decode().removeprefix("data: "))
+                times.append(time.perf_counter())
+    total = times[-1] - t0
+    assert events[-1] == "[DONE]", events[-3:]
+    pieces = [json.loads(e)["choices"][0]["text"] for e in events[:-1] if json.loads(e)["choices"]]
+    assert len(pieces) >= 24, len(pieces)  # many events, not one answer
+    # the same text as the whole answer, with the request's depth settings applied
+    status, _, whole = _complete_n(ray_app, PROMPTS[1], xargs, 48)
+    assert status == 200 and "".join(pieces) == whole["choices"][0]["text"]
+    # streamed, not buffered: the events are spread over the generation (a buffered answer
+    # delivers them all at once at the end, a spread near 0)
+    assert times[-1] - times[0] > 0.2 * total, (times[0] - t0, times[-1] - t0)

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from conftest import PROMPTS, greedy, make_llm, run_cli, shutdown, vllm_server
+from conftest import EAGER, PROMPTS, greedy, make_llm, run_cli, shutdown, vllm_server
 from vllm_depth.drafting import (
     PROPOSER,
     DraftPolicy,
@@ -112,8 +112,10 @@ def stock(smollm2_dir, stock_llm):
 
 @pytest.fixture(scope="module")
 def spec(smollm2_dir):
-    # draft_backoff 0: always draft the full length, so every step speculates
-    llm = make_llm(smollm2_dir, **self_spec(3, draft_layers=24, draft_backoff=0))
+    # draft_backoff 0: always draft the full length, so every step speculates; eager (the
+    # compiled self-draft engine is the tiny skip-set test's, the compiled draft graph
+    # test_compiled_draft_equals_the_eager_layers_for_every_row's)
+    llm = make_llm(smollm2_dir, **self_spec(3, draft_layers=24, draft_backoff=0), **EAGER)
     yield llm
     shutdown(llm)
 

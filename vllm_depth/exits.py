@@ -28,21 +28,18 @@ import torch
 from vllm_depth.request_args import RequestDepth
 
 
-def _with_rest(logits, rest):
-    """A reduced-vocabulary head's logits with its "other" logit as one more column."""
-    x = logits.float()
-    return x if rest is None else torch.cat([x, rest.float()[:, None]], dim=-1)
-
-
 def _softmax(logits, state, prev, rest=None):
-    x = logits.float()  # max probability = 1 / sum(exp(l - max l)), the mass outside a reduced vocabulary counted
-    return torch.exp(x.max(dim=-1).values - torch.logsumexp(_with_rest(x, rest), dim=-1))
+    """Max probability of the exit distribution (the mass outside a reduced vocabulary counted)."""
+    from vllm_depth.kernels.exit_check import probs_of_logits
+
+    return probs_of_logits(logits, rest)
 
 
 def _margin(logits, state, prev, rest=None):
-    p = torch.softmax(_with_rest(logits, rest), dim=-1)
-    top = (p if rest is None else p[:, :-1]).topk(2, dim=-1).values
-    return top[:, 0] - top[:, 1]
+    """Top-1 minus top-2 probability ("other" never a top token, its mass counted)."""
+    from vllm_depth.kernels.exit_check import probs_of_logits
+
+    return probs_of_logits(logits, rest, margin=True)
 
 
 def _saturation(logits, state, prev, rest=None):

@@ -114,6 +114,41 @@ def exit_stats_torch(hidden, norm_weight, eps, lm_head, tile: int = 8192) -> Exi
     return finish(merge(exit_partials_torch(hidden, lm_head, norm_weight, eps, tile=tile)))
 
 
+_scratch: dict[torch.device, torch.Tensor] = {}
+
+
+def _fp32_scratch(like: torch.Tensor) -> torch.Tensor:
+    """A reused fp32 buffer shaped like ``like``: the reductions below write no fresh
+    multi-megabyte temporaries, which glibc's allocator hands back to the OS and faults in
+    again on every step (at batch 16 over SmolLM2's vocabulary, 3 MB each: in bf16 the
+    temporaries cost as much as the LM head itself)."""
+    buf = _scratch.get(like.device)
+    if buf is None or buf.numel() < like.numel():
+        buf = _scratch[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
+    return buf[: like.numel()].view(like.shape)
+
+
+def probs_of_logits(logits: torch.Tensor, rest: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
+    """Per row, the max probability of ``softmax(logits)`` (``margin``: top-1 minus top-2
+    probability), in fp32.
+
+    The exit check's torch path when the full logits exist (one process on the CPU: the LM
+    head's own GEMM made them, and they are reused as the step's logits, so they are not
+    modified).  ``rest``: a reduced-vocabulary head's "other" logit, in the softmax's mass but
+    never a top token.
+    """
+    top = logits.topk(2, dim=-1).values.float() if margin else logits.amax(-1, keepdim=True).float()
+    t1 = top[:, 0]  # exact in the logits' dtype
+    m = t1 if rest is None else torch.maximum(t1, rest.float())
+    e = _fp32_scratch(logits)
+    torch.sub(logits, m[:, None], out=e)
+    total = e.exp_().sum(-1)
+    if rest is not None:
+        total = total + torch.exp(rest.float() - m)
+    p1 = torch.exp(t1 - m) / total
+    return p1 - torch.exp(top[:, 1] - m) / total if margin else p1
+
+
 def saturation_torch(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(prev.float(), cur.float(), dim=-1)
 
