@@ -115,6 +115,7 @@ def exit_stats_torch(hidden, norm_weight, eps, lm_head, tile: int = 8192) -> Exi
 
 
 _scratch: dict[torch.device, torch.Tensor] = {}
+_SCRATCH_KEEP = 16 << 20  # elements (64 MB of fp32): 341 rows of SmolLM2's vocabulary, 106 of a 152k one
 
 
 def _fp32_scratch(like: torch.Tensor) -> torch.Tensor:
@@ -122,10 +123,13 @@ def _fp32_scratch(like: torch.Tensor) -> torch.Tensor:
     multi-megabyte temporaries, which glibc's allocator hands back to the OS and faults in
     again on every step (at batch 16 over SmolLM2's vocabulary, 3 MB each: in bf16 the
     temporaries cost as much as the LM head itself)."""
+    n = like.numel()
+    if n > _SCRATCH_KEEP:  # a rare large batch: a temporary, not kept for the process's lifetime
+        return torch.empty(like.shape, dtype=torch.float32, device=like.device)
     buf = _scratch.get(like.device)
-    if buf is None or buf.numel() < like.numel():
-        buf = _scratch[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
-    return buf[: like.numel()].view(like.shape)
+    if buf is None or buf.numel() < n:
+        buf = _scratch[like.device] = torch.empty(n, dtype=torch.float32, device=like.device)
+    return buf[:n].view(like.shape)
 
 
 def probs_of_logits(logits: torch.Tensor, rest: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
