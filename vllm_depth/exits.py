@@ -25,26 +25,21 @@ from typing import Callable
 
 import torch
 
+from vllm_depth.kernels.exit_check import probs_of_logits, saturation
 from vllm_depth.request_args import RequestDepth
 
 
 def _softmax(logits, state, prev, rest=None):
     """Max probability of the exit distribution (the mass outside a reduced vocabulary counted)."""
-    from vllm_depth.kernels.exit_check import probs_of_logits
-
     return probs_of_logits(logits, rest)
 
 
 def _margin(logits, state, prev, rest=None):
     """Top-1 minus top-2 probability ("other" never a top token, its mass counted)."""
-    from vllm_depth.kernels.exit_check import probs_of_logits
-
     return probs_of_logits(logits, rest, margin=True)
 
 
 def _saturation(logits, state, prev, rest=None):
-    from vllm_depth.kernels.exit_check import saturation
-
     return saturation(prev, state)
 
 
