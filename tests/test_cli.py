@@ -68,3 +68,28 @@ def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
     assert res["speedup"] > 0 and res["peak_rss_mb"]["baseline"] > 0
     assert res["param_bytes"]["baseline"] == res["param_bytes"]["depth"] > 0
     assert "speedup" in r.stdout and plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--model", "tiny", "--prompts", "benchmarks/prompts/code.jsonl", "--depth",
+          '{"exit_layers": [9]}'], "depth.exit_layers"),
+        (["train-exits", "tiny", "--exit-layers", "2,6"], "--exit-layers: [6] out of range"),
+        (["calibrate", "tiny", "--prompts", "benchmarks/prompts/code.jsonl", "--delta", "1"], "--delta: 1.0"),
+        (["compress", "tiny", "--prune", "9", "--out", "/nonexistent/out"], "--prune: 9 is out of range"),
+    ],
+)
+def test_bad_arguments_are_refused_before_torch_is_imported(tiny_dir, argv, message):
+    """The commands check their arguments against config.json first: a bad one costs no torch,
+    transformers or vLLM import (and no work)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vllm_depth.cli.main import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    print('REFUSED', e)\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "REFUSED" in r.stdout, r.stdout + r.stderr[-1500:]
+    assert message in r.stdout, r.stdout
+    assert "HEAVY []" in r.stdout, r.stdout

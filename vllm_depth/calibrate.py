@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 THRESHOLDS = (0.999, 0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 
-class CalibrateError(ValueError):
-    pass
+from vllm_depth.arguments import CalibrateError, check_calibrate
 
 
 def _binom_cdf(k: int, n: int, p: float) -> float:
@@ -78,25 +76,6 @@ class Calibration:
     written: dict | None = None
 
 
-def check_args(num_positions: int, exit_layers: list[int] | None, target: float, delta: float,
-               prompts_path: str, min_layers: list[int] | None, thresholds: list[float]) -> None:
-    if not 0.0 < target <= 1.0:
-        raise CalibrateError(f"--target-agreement: {target}; allowed: a number in (0, 1]")
-    if not 0.0 < delta < 1.0:
-        raise CalibrateError(f"--delta: {delta}; allowed: a number in (0, 1)")
-    if not Path(prompts_path).is_file():
-        raise CalibrateError(f"--prompts: no such file {prompts_path!r}")
-    if exit_layers is not None:
-        bad = [n for n in exit_layers if not 1 <= n < num_positions]
-        if bad or not exit_layers or exit_layers != sorted(set(exit_layers)):
-            raise CalibrateError(f"--exit-layers: {exit_layers}; allowed: increasing layer counts in "
-                                 f"1..{num_positions - 1}")
-    if min_layers is not None and not all(isinstance(m, int) and m >= 0 for m in min_layers):
-        raise CalibrateError(f"--min-layers: {min_layers}; allowed: ints >= 0")
-    if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds):
-        raise CalibrateError(f"--thresholds: {thresholds}; allowed: numbers in [0, 1)")
-
-
 def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: float = 0.1,
               exit_layers: list[int] | None = None, min_layers: list[int] | None = None,
               thresholds: list[float] | None = None, max_tokens: int = 64, engine_args: dict | None = None,
@@ -109,11 +88,9 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
     from vllm_depth import bench
     from vllm_depth.config import depth_config_of
 
-    cfg = AutoConfig.from_pretrained(model_dir)
-    depth = depth_config_of(cfg)
-    positions = len(depth.schedule(cfg.num_hidden_layers))
     thresholds = sorted(thresholds or THRESHOLDS, reverse=True)
-    check_args(positions, exit_layers, target, delta, prompts_path, min_layers, thresholds)
+    positions = check_calibrate(model_dir, exit_layers, target, delta, prompts_path, min_layers, thresholds)
+    depth = depth_config_of(AutoConfig.from_pretrained(model_dir))
     heads = depth.exit_heads.layers if depth.exit_heads else ()
     layers = exit_layers or list(heads) or list(depth.exit_layers or ())
     if not layers:

@@ -37,11 +37,7 @@ DELTA_NAMES = {  # delta parameter prefix -> HF projection
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
     "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
 }
-MERGES = ("auto", "copy", "average")
-
-
-class CompressError(ValueError):
-    pass
+from vllm_depth.arguments import CompressError, check_compress
 
 
 @dataclass
@@ -60,33 +56,6 @@ class Plan:
     def changed_positions(self) -> list[int]:
         """Positions whose weights differ from their original layer's."""
         return [p for p, s in enumerate(self.schedule) if self.stored[s] != [p]]
-
-
-def check_args(model_dir: str, out: str, num_layers: int, hidden: int,
-               prune: int | None, share: int | None, relax_rank: int | None, merge: str,
-               relax_steps: int = 1) -> None:
-    """Every argument error, before any work."""
-    if (prune is None) == (share is None):
-        raise CompressError("give exactly one of --prune K or --share K")
-    k = prune if prune is not None else share
-    flag = "--prune" if prune is not None else "--share"
-    if k < 1 or k >= num_layers:
-        raise CompressError(f"{flag}: {k} is out of range; the model has {num_layers} layers, so 1..{num_layers - 1}")
-    if share is not None and 2 * share > num_layers:
-        raise CompressError(f"--share: {share} is too large; each shared position needs its own donor, so at most {num_layers // 2}")
-    if relax_rank is not None:
-        if share is None:
-            raise CompressError("--relax-rank: only with --share")
-        if relax_rank < 1 or relax_rank > hidden:
-            raise CompressError(f"--relax-rank: {relax_rank} is out of range; allowed 1..{hidden} (the hidden size)")
-        if relax_steps < 1:
-            raise CompressError(f"--relax-steps: {relax_steps}; allowed: an int >= 1")
-    if merge not in MERGES:
-        raise CompressError(f"--merge: {merge!r}; allowed: {', '.join(MERGES)}")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise CompressError(f"--out: {out!r} exists and is not an empty directory")
-    if os.path.abspath(out) == os.path.abspath(model_dir):
-        raise CompressError("--out: must differ from the model directory")
 
 
 # -- choosing -------------------------------------------------------------------------------
@@ -342,15 +311,10 @@ def checkpoint_bytes(path: str) -> int:
 def compress(model_dir: str, out: str, prune: int | None = None, share: int | None = None,
              relax_rank: int | None = None, merge: str = "auto", texts: list[str] | None = None,
              samples: int = 16, seq_len: int = 256, relax_steps: int = 150, progress: bool = True) -> tuple[Plan, dict]:
-    from transformers import AutoConfig
-
     from vllm_depth.analysis import analyze, load_hf
     from vllm_depth.data import stdlib_texts, token_chunks
 
-    cfg = AutoConfig.from_pretrained(model_dir)
-    if getattr(cfg, "depth", None):
-        raise CompressError(f"{model_dir}: already has a depth config; compress the original checkpoint")
-    check_args(model_dir, out, cfg.num_hidden_layers, cfg.hidden_size, prune, share, relax_rank, merge, relax_steps)
+    check_compress(model_dir, out, prune, share, relax_rank, merge, relax_steps)
     model, tok = load_hf(model_dir)
     texts = texts if texts is not None else stdlib_texts("calib")
     chunks = token_chunks(tok, texts, seq_len, samples)

@@ -36,8 +36,7 @@ from torch import nn
 HEADS_FILE = "exit_heads.safetensors"
 
 
-class TrainExitsError(ValueError):
-    pass
+from vllm_depth.arguments import TrainExitsError, check_train_exits
 
 
 class TorchExitHead(nn.Module):
@@ -81,21 +80,6 @@ class TrainReport:
     head_params: int = 0
     model_params: int = 0
     seconds: float = 0.0
-
-
-def check_args(num_layers: int, exit_layers: list[int], steps: int, mlp_width: int) -> None:
-    if not exit_layers:
-        raise TrainExitsError("--exit-layers: give at least one layer count, e.g. 8,12,16,20,24")
-    bad = [n for n in exit_layers if not 1 <= n < num_layers]
-    if bad:
-        raise TrainExitsError(f"--exit-layers: {bad} out of range; the model has {num_layers} layers, "
-                              f"so layer counts 1..{num_layers - 1}")
-    if exit_layers != sorted(set(exit_layers)):
-        raise TrainExitsError(f"--exit-layers: {exit_layers} is not strictly increasing")
-    if steps < 1:
-        raise TrainExitsError(f"--steps: {steps}; allowed: an int >= 1")
-    if mlp_width < 0:
-        raise TrainExitsError(f"--mlp-width: {mlp_width}; allowed: an int >= 0 (0: linear heads)")
 
 
 def frequent_tokens(tokenizer, texts: list[str], n: int) -> torch.Tensor:
@@ -252,19 +236,10 @@ def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor |
     return heads, state.get("model.exit_vocab.ids")
 
 
-def check_out(model_dir: str, out: str) -> None:
-    o = Path(out)
-    if o.exists() and (not o.is_dir() or any(o.iterdir())):
-        raise TrainExitsError(f"--out: {out!r} exists and is not an empty directory")
-    if o.resolve() == Path(model_dir).resolve():
-        raise TrainExitsError("--out: must differ from the model directory (leave it out to write into the model)")
-
-
 def prepare_out(model_dir: str, out: str | None) -> str:
     """Where the heads go: the checkpoint itself, or a fresh copy of it at ``out``."""
     if out is None:
         return model_dir
-    check_out(model_dir, out)
     shutil.copytree(model_dir, out, dirs_exist_ok=True)
     return out
 
@@ -280,14 +255,8 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
     from vllm_depth.analysis import load_hf
     from vllm_depth.data import stdlib_texts, token_chunks
 
+    check_train_exits(model_dir, exit_layers, steps, mlp_width, vocab, texts, out)
     cfg = AutoConfig.from_pretrained(model_dir)
-    check_args(cfg.num_hidden_layers, exit_layers, steps, mlp_width)
-    if not 0 <= vocab < cfg.vocab_size:
-        raise TrainExitsError(f"--vocab: {vocab}; allowed: 0 (the full vocabulary) or 1..{cfg.vocab_size - 1}")
-    if texts is not None and not any(t.strip() for t in texts):
-        raise TrainExitsError("--data: the files hold no text")
-    if out is not None:
-        check_out(model_dir, out)
     t0 = time.perf_counter()
     model, tok = load_hf(model_dir)
     texts = texts if texts is not None else stdlib_texts("calib")

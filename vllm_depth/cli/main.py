@@ -55,23 +55,21 @@ def cmd_model(args) -> int:
 
 
 def _check_depth_early(model_dir: str, depth: dict | None):
-    """Validate --depth (or the checkpoint's own) against the checkpoint before any engine starts."""
-    from transformers import AutoConfig
+    """Validate --depth (or the checkpoint's own) against the checkpoint before any engine starts:
+    as the engine will, with the layers and hidden size of its config.json."""
+    from vllm_depth.arguments import checkpoint_config
+    from vllm_depth.config import parse_depth_config
 
-    from vllm_depth.config import depth_config_of
-
-    cfg = AutoConfig.from_pretrained(model_dir)
-    if depth is not None:
-        cfg.depth = depth  # validated as the engine will: layers and hidden size of this checkpoint
-    return depth_config_of(cfg)
+    cfg = checkpoint_config(model_dir)
+    raw = depth if depth is not None else cfg.get("depth")
+    return parse_depth_config(raw, cfg["num_hidden_layers"], cfg.get("hidden_size"))
 
 
 def _checkpoint_depth(model_dir: str) -> dict | None:
     """The raw ``depth`` object of a checkpoint's config.json (None: it has none)."""
-    import os
+    from vllm_depth.arguments import checkpoint_config
 
-    with open(os.path.join(model_dir, "config.json")) as f:
-        return json.load(f).get("depth")
+    return checkpoint_config(model_dir).get("depth")
 
 
 def cmd_bench(args) -> int:
@@ -172,13 +170,16 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from vllm_depth import compress as C
+    from vllm_depth.arguments import check_compress
     from vllm_depth.checkpoints import resolve_model
     from vllm_depth.data import read_files
 
     try:
         model_dir = resolve_model(args.model)
         texts = read_files(args.data) if args.data else None  # None: compress() reads the stdlib
+        check_compress(model_dir, args.out, args.prune, args.share, args.relax_rank, args.merge, args.relax_steps)
+        from vllm_depth import compress as C  # torch: only once the arguments are good
+
         plan, report = C.compress(model_dir, args.out, prune=args.prune, share=args.share,
                                   relax_rank=args.relax_rank, merge=args.merge, texts=texts,
                                   samples=args.samples, seq_len=args.seq_len, relax_steps=args.relax_steps)
@@ -214,13 +215,16 @@ _float_list = _list_of(float, "numbers")
 
 
 def cmd_train_exits(args) -> int:
-    from vllm_depth import exit_heads as H
+    from vllm_depth.arguments import check_train_exits
     from vllm_depth.checkpoints import resolve_model
     from vllm_depth.data import read_files
 
     try:
         model_dir = resolve_model(args.model)
         texts = read_files(args.data) if args.data else None  # None: the standard library's sources
+        check_train_exits(model_dir, args.exit_layers, args.steps, args.mlp_width, args.vocab, texts, args.out)
+        from vllm_depth import exit_heads as H  # torch: only once the arguments are good
+
         target, r = H.train_exits(model_dir, args.exit_layers, texts=texts, out=args.out, steps=args.steps,
                                   seq_len=args.seq_len, mlp_width=args.mlp_width, vocab=args.vocab)
     except ValueError as e:
@@ -238,12 +242,15 @@ def cmd_train_exits(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from vllm_depth import calibrate as C
+    from vllm_depth.arguments import check_calibrate
     from vllm_depth.checkpoints import resolve_model
 
     if args.max_tokens < 1:
         raise SystemExit("vllm-depth calibrate: --max-tokens: must be >= 1")
     try:
         model_dir = resolve_model(args.model)
+        check_calibrate(model_dir, args.exit_layers, args.target_agreement, args.delta, args.prompts,
+                        args.min_layers, args.thresholds or C.THRESHOLDS)
         result = C.calibrate(model_dir, args.prompts, target=args.target_agreement, delta=args.delta,
                              exit_layers=args.exit_layers, min_layers=args.min_layers, thresholds=args.thresholds,
                              max_tokens=args.max_tokens, engine_args=args.engine_args, write=not args.dry_run,

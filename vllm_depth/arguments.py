@@ -1,0 +1,128 @@
+"""Argument checks of the commands that train, calibrate or compress, against a checkpoint's config.json.
+
+Torch-free and transformers-free: the CLI runs them before importing anything
+heavy, so a bad argument is refused in a fraction of a second and before any
+work; the library functions (``train_exits``, ``calibrate``, ``compress``) run
+them again for Python callers.  Each error names the argument and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class TrainExitsError(ValueError):
+    pass
+
+
+class CalibrateError(ValueError):
+    pass
+
+
+class CompressError(ValueError):
+    pass
+
+
+MERGES = ("auto", "copy", "average")
+
+
+def checkpoint_config(model_dir: str) -> dict:
+    """The checkpoint's ``config.json`` as a dict."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)
+
+
+def _check_out(model_dir: str, out: str, error: type[ValueError]) -> None:
+    o = Path(out)
+    if o.exists() and (not o.is_dir() or any(o.iterdir())):
+        raise error(f"--out: {out!r} exists and is not an empty directory")
+    if o.resolve() == Path(model_dir).resolve():
+        raise error("--out: must differ from the model directory (leave it out to write into the model)")
+
+
+def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_width: int, vocab: int,
+                      texts: list[str] | None, out: str | None) -> None:
+    """``train-exits``: layer counts within the model, positive steps, a vocabulary size below the
+    model's, some text, and an ``--out`` that is new or empty."""
+    cfg = checkpoint_config(model_dir)
+    num_layers, vocab_size = cfg["num_hidden_layers"], cfg["vocab_size"]
+    if not exit_layers:
+        raise TrainExitsError("--exit-layers: give at least one layer count, e.g. 8,12,16,20,24")
+    bad = [n for n in exit_layers if not 1 <= n < num_layers]
+    if bad:
+        raise TrainExitsError(f"--exit-layers: {bad} out of range; the model has {num_layers} layers, "
+                              f"so layer counts 1..{num_layers - 1}")
+    if exit_layers != sorted(set(exit_layers)):
+        raise TrainExitsError(f"--exit-layers: {exit_layers} is not strictly increasing")
+    if steps < 1:
+        raise TrainExitsError(f"--steps: {steps}; allowed: an int >= 1")
+    if mlp_width < 0:
+        raise TrainExitsError(f"--mlp-width: {mlp_width}; allowed: an int >= 0 (0: linear heads)")
+    if not 0 <= vocab < vocab_size:
+        raise TrainExitsError(f"--vocab: {vocab}; allowed: 0 (the full vocabulary) or 1..{vocab_size - 1}")
+    if texts is not None and not any(t.strip() for t in texts):
+        raise TrainExitsError("--data: the files hold no text")
+    if out is not None:
+        _check_out(model_dir, out, TrainExitsError)
+
+
+def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float, delta: float,
+                    prompts_path: str, min_layers: list[int] | None, thresholds: list[float]) -> int:
+    """``calibrate``: the guarantee's target and delta, the prompts file, exit layers within the
+    checkpoint's schedule; returns the schedule's number of positions."""
+    from vllm_depth.config import parse_depth_config
+
+    cfg = checkpoint_config(model_dir)
+    num_positions = len(parse_depth_config(cfg.get("depth"), cfg["num_hidden_layers"], cfg.get("hidden_size"))
+                        .schedule(cfg["num_hidden_layers"]))
+    if not 0.0 < target <= 1.0:
+        raise CalibrateError(f"--target-agreement: {target}; allowed: a number in (0, 1]")
+    if not 0.0 < delta < 1.0:
+        raise CalibrateError(f"--delta: {delta}; allowed: a number in (0, 1)")
+    if not Path(prompts_path).is_file():
+        raise CalibrateError(f"--prompts: no such file {prompts_path!r}")
+    if exit_layers is not None:
+        bad = [n for n in exit_layers if not 1 <= n < num_positions]
+        if bad or not exit_layers or exit_layers != sorted(set(exit_layers)):
+            raise CalibrateError(f"--exit-layers: {exit_layers}; allowed: increasing layer counts in "
+                                 f"1..{num_positions - 1}")
+    if min_layers is not None and not all(isinstance(m, int) and m >= 0 for m in min_layers):
+        raise CalibrateError(f"--min-layers: {min_layers}; allowed: ints >= 0")
+    if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds):
+        raise CalibrateError(f"--thresholds: {thresholds}; allowed: numbers in [0, 1)")
+    return num_positions
+
+
+def check_compress(model_dir: str, out: str, prune: int | None, share: int | None, relax_rank: int | None,
+                   merge: str, relax_steps: int = 1) -> None:
+    """``compress``: exactly one of prune / share within the model, a rank within the hidden size,
+    a known merge, and an ``--out`` that is new or empty."""
+    cfg = checkpoint_config(model_dir)
+    num_layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
+    if cfg.get("depth"):
+        raise CompressError(f"{model_dir}: already has a depth config; compress the original checkpoint")
+    if (prune is None) == (share is None):
+        raise CompressError("give exactly one of --prune K or --share K")
+    k = prune if prune is not None else share
+    flag = "--prune" if prune is not None else "--share"
+    if k < 1 or k >= num_layers:
+        raise CompressError(f"{flag}: {k} is out of range; the model has {num_layers} layers, so 1..{num_layers - 1}")
+    if share is not None and 2 * share > num_layers:
+        raise CompressError(f"--share: {share} is too large; each shared position needs its own donor, "
+                            f"so at most {num_layers // 2}")
+    if relax_rank is not None:
+        if share is None:
+            raise CompressError("--relax-rank: only with --share")
+        if relax_rank < 1 or relax_rank > hidden:
+            raise CompressError(f"--relax-rank: {relax_rank} is out of range; allowed 1..{hidden} (the hidden size)")
+        if relax_steps < 1:
+            raise CompressError(f"--relax-steps: {relax_steps}; allowed: an int >= 1")
+    if merge not in MERGES:
+        raise CompressError(f"--merge: {merge!r}; allowed: {', '.join(MERGES)}")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise CompressError(f"--out: {out!r} exists and is not an empty directory")
+    if os.path.abspath(out) == os.path.abspath(model_dir):
+        raise CompressError("--out: must differ from the model directory")
