@@ -70,14 +70,14 @@ def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_wi
 
 
 def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float, delta: float,
-                    prompts_path: str, min_layers: list[int] | None, thresholds: list[float]) -> int:
+                    prompts_path: str, min_layers: list[int] | None, thresholds: list[float]):
     """``calibrate``: the guarantee's target and delta, the prompts file, exit layers within the
-    checkpoint's schedule; returns the schedule's number of positions."""
+    checkpoint's schedule; returns the checkpoint's depth config and its number of positions."""
     from vllm_depth.config import parse_depth_config
 
     cfg = checkpoint_config(model_dir)
-    num_positions = len(parse_depth_config(cfg.get("depth"), cfg["num_hidden_layers"], cfg.get("hidden_size"))
-                        .schedule(cfg["num_hidden_layers"]))
+    depth = parse_depth_config(cfg.get("depth"), cfg["num_hidden_layers"], cfg.get("hidden_size"))
+    num_positions = len(depth.schedule(cfg["num_hidden_layers"]))
     if not 0.0 < target <= 1.0:
         raise CalibrateError(f"--target-agreement: {target}; allowed: a number in (0, 1]")
     if not 0.0 < delta < 1.0:
@@ -93,7 +93,7 @@ def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float
         raise CalibrateError(f"--min-layers: {min_layers}; allowed: ints >= 0")
     if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds):
         raise CalibrateError(f"--thresholds: {thresholds}; allowed: numbers in [0, 1)")
-    return num_positions
+    return depth, num_positions
 
 
 def check_compress(model_dir: str, out: str, prune: int | None, share: int | None, relax_rank: int | None,

@@ -26,10 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-THRESHOLDS = (0.999, 0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
-
-
 from vllm_depth.arguments import CalibrateError, check_calibrate
+
+THRESHOLDS = (0.999, 0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 
 def _binom_cdf(k: int, n: int, p: float) -> float:
@@ -82,15 +81,12 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
               write: bool = True, full_curve: bool = False, progress: bool = True) -> Calibration:
     """``full_curve``: measure every threshold, also past a sequence's first failure (for the plot;
     such points are never valid)."""
-    from transformers import AutoConfig
     from tqdm import tqdm
 
     from vllm_depth import bench
-    from vllm_depth.config import depth_config_of
 
     thresholds = sorted(thresholds or THRESHOLDS, reverse=True)
-    positions = check_calibrate(model_dir, exit_layers, target, delta, prompts_path, min_layers, thresholds)
-    depth = depth_config_of(AutoConfig.from_pretrained(model_dir))
+    depth, positions = check_calibrate(model_dir, exit_layers, target, delta, prompts_path, min_layers, thresholds)
     heads = depth.exit_heads.layers if depth.exit_heads else ()
     layers = exit_layers or list(heads) or list(depth.exit_layers or ())
     if not layers:
