@@ -64,6 +64,20 @@ def test_policy_learns_acceptance_from_accepted_counts():
     assert policy.observe("r", 1) == (0, 3)  # all rejected
 
 
+def test_policy_counts_what_verifying_a_draft_token_adds_to_a_step():
+    policy = DraftPolicy(k_max=3, probe=4, cost=0.5)
+    policy.states["r"] = _RequestState(hits=6.0, trials=10.0)  # acceptance about 0.6
+    assert policy.length("r") == 1  # a draft at half a step pays if verifying it is free
+    for _ in range(20):
+        policy.stepped(0.010, 0)  # plain steps: 10 ms
+        policy.stepped(0.012, 1)  # a step verifying one draft token: 12 ms
+    assert policy.verify == pytest.approx(0.2, abs=0.01)
+    # with that cost counted it does not: only a one-token probe every 4 steps
+    assert [policy.length("r") for _ in range(8)] == [1, 0, 0, 0, 1, 0, 0, 0]
+    policy.stepped(0.0, 1)  # no time measured (the first step): nothing changes
+    assert policy.verify == pytest.approx(0.2, abs=0.01)
+
+
 def test_self_spec_arguments_merge_into_the_depth_config():
     depth, spec = self_spec_engine_args({"exit_heads": {"layers": [8], "vocab": 16}, "draft_schedule": [0, 2]},
                                         {"draft_layers": 8, "num_speculative_tokens": 2})

@@ -20,7 +20,9 @@ vLLM's.
 
 Adaptive length (SWIFT / DEL style, ``DraftPolicy``): each request drafts the
 length that maximises expected tokens per unit of time, from its measured
-acceptance and the measured cost of a draft forward; when no length pays, it
+acceptance, the measured cost of a draft forward and the measured cost of
+verifying a draft token (decode steps that verified drafts against those that
+verified none); when no length pays, it
 only probes once every ``draft_backoff`` steps, so a poor draft costs little.
 A draft also stops at the first token whose draft confidence is not above
 ``draft_threshold``.
@@ -84,11 +86,12 @@ class DraftPolicy:
     """Per-request adaptive draft length (SWIFT / DEL style), from measurements only.
 
     Each request keeps a decayed estimate of its per-token acceptance; the
-    proposer measures what a draft forward costs against a verifier step.  A
-    request drafts the length that maximises expected tokens per unit of time;
-    when that is 0 (drafting does not pay) it drafts a one-token probe only
-    once every ``probe`` steps, to keep measuring.  ``probe=0``: always draft
-    the full length.
+    proposer measures what a draft forward costs against a verifier step, and
+    what each draft token adds to the step that verifies it (steps that verify
+    drafts against steps that verify none).  A request drafts the length that
+    maximises expected tokens per unit of time; when that is 0 (drafting does
+    not pay) it drafts a one-token probe only once every ``probe`` steps, to
+    keep measuring.  ``probe=0``: always draft the full length.
     """
 
     k_max: int
@@ -96,6 +99,8 @@ class DraftPolicy:
     decay: float = 0.8
     prior: float = 0.5
     cost: float = 0.0  # draft forward time / verifier step time (EMA)
+    verify: float = 0.0  # extra step time per verified draft token / plain step time (EMA)
+    plain: float = 0.0  # seconds of a step that verified no draft (EMA)
     states: dict[str, _RequestState] = field(default_factory=dict)
 
     def observe(self, req_id: str, num_sampled: int) -> tuple[int, int]:
@@ -115,7 +120,7 @@ class DraftPolicy:
         st = self.states.setdefault(req_id, _RequestState())
         if self.probe == 0:
             return self.k_max
-        k = best_length(st.alpha(self.prior), self.cost, self.k_max)
+        k = best_length(st.alpha(self.prior), self.cost + self.verify, self.k_max)
         if k:
             return k
         if st.wait > 0:
@@ -128,6 +133,16 @@ class DraftPolicy:
         if step_seconds > 0:
             c = forward_seconds / step_seconds
             self.cost = c if self.cost == 0.0 else 0.9 * self.cost + 0.1 * c
+
+    def stepped(self, seconds: float, verified: int) -> None:
+        """A verifier step took ``seconds`` and checked ``verified`` draft tokens in all."""
+        if seconds <= 0:
+            return
+        if verified == 0:
+            self.plain = seconds if self.plain == 0.0 else 0.9 * self.plain + 0.1 * seconds
+        elif self.plain > 0:
+            v = min(1.0, max(0.0, (seconds / self.plain - 1.0) / verified))
+            self.verify = v if self.verify == 0.0 else 0.9 * self.verify + 0.1 * v
 
     def proposed(self, req_id: str, n: int) -> None:
         self.states[req_id].proposed = n
@@ -188,11 +203,16 @@ class SelfDraft:
         drafts: list[list[int]] = [[] for _ in sampled_token_ids]
         step_seconds = t0 - self._last_end if self._last_end is not None else 0.0
         rows, tokens, positions, lengths = [], [], [], []
+        verified = 0  # draft tokens the step just run checked
+        decode_only = True  # the step ran no prefill (its time says what verification costs)
         for i, sampled in enumerate(sampled_token_ids):
             if not sampled:  # a prefill chunk: no token sampled yet
+                decode_only = False
                 continue
             req_id = req_ids[i]
+            decode_only &= req_id in self.policy.states  # a request's first token: its prefill ran
             accepted, proposed = self.policy.observe(req_id, len(sampled))
+            verified += proposed
             self.counters.accepted += accepted
             if proposed == self.policy.k_max:
                 full = self.counters.accepted_of_full
@@ -206,6 +226,8 @@ class SelfDraft:
             positions.append(position)
             lengths.append(k)
         self.policy.forget_except(set(req_ids))
+        if decode_only:
+            self.policy.stepped(step_seconds, verified)
         if rows:
             forwards = self._draft(rows, tokens, positions, lengths, drafts)
             for i in rows:
