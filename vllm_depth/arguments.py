@@ -9,9 +9,9 @@ allowed.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from vllm_depth.checkpoints import checkpoint_config
 
 
 class TrainExitsError(ValueError):
@@ -29,18 +29,12 @@ class CompressError(ValueError):
 MERGES = ("auto", "copy", "average")
 
 
-def checkpoint_config(model_dir: str) -> dict:
-    """The checkpoint's ``config.json`` as a dict."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        return json.load(f)
-
-
-def _check_out(model_dir: str, out: str, error: type[ValueError]) -> None:
+def _check_out(model_dir: str, out: str, error: type[ValueError], hint: str = "") -> None:
     o = Path(out)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise error(f"--out: {out!r} exists and is not an empty directory")
     if o.resolve() == Path(model_dir).resolve():
-        raise error("--out: must differ from the model directory (leave it out to write into the model)")
+        raise error(f"--out: must differ from the model directory{hint}")
 
 
 def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_width: int, vocab: int,
@@ -66,7 +60,7 @@ def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_wi
     if texts is not None and not any(t.strip() for t in texts):
         raise TrainExitsError("--data: the files hold no text")
     if out is not None:
-        _check_out(model_dir, out, TrainExitsError)
+        _check_out(model_dir, out, TrainExitsError, " (leave it out to write into the model)")
 
 
 def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float, delta: float,
@@ -122,7 +116,4 @@ def check_compress(model_dir: str, out: str, prune: int | None, share: int | Non
             raise CompressError(f"--relax-steps: {relax_steps}; allowed: an int >= 1")
     if merge not in MERGES:
         raise CompressError(f"--merge: {merge!r}; allowed: {', '.join(MERGES)}")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise CompressError(f"--out: {out!r} exists and is not an empty directory")
-    if os.path.abspath(out) == os.path.abspath(model_dir):
-        raise CompressError("--out: must differ from the model directory")
+    _check_out(model_dir, out, CompressError)

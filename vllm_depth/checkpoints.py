@@ -161,6 +161,11 @@ def build_tiny(path: Path) -> None:
 BUILDERS = {"smollm2-135m": build_smollm2, "tiny": build_tiny}
 
 
+def checkpoint_config(model_dir: str) -> dict:
+    """The checkpoint's ``config.json`` as a dict."""
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
 def update_depth_config(model_dir: str, settings: dict, drop: tuple[str, ...] = ()) -> None:
     """Merge ``settings`` into the ``depth`` object of a checkpoint's ``config.json`` (removing ``drop``)."""
     path = Path(model_dir) / "config.json"

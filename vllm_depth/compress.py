@@ -33,11 +33,13 @@ from pathlib import Path
 
 import torch
 
+from vllm_depth.arguments import CompressError, check_compress
+from vllm_depth.checkpoints import checkpoint_config
+
 DELTA_NAMES = {  # delta parameter prefix -> HF projection
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
     "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
 }
-from vllm_depth.arguments import CompressError, check_compress
 
 
 @dataclass
@@ -279,7 +281,7 @@ def write_checkpoint(model_dir: str, out: str, plan: Plan) -> dict:
         if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
             shutil.copy2(f, Path(out) / f.name)
     save_file(new, str(Path(out) / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = checkpoint_config(model_dir)
     depth = {"layer_schedule": plan.schedule}
     if relax_positions:
         depth.update(relax_rank=plan.relax_rank, relax_positions=relax_positions)

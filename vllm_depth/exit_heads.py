@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS_FILE = "exit_heads.safetensors"
-
-
 from vllm_depth.arguments import TrainExitsError, check_train_exits
+from vllm_depth.checkpoints import checkpoint_config
+
+HEADS_FILE = "exit_heads.safetensors"
 
 
 class TorchExitHead(nn.Module):
@@ -219,7 +219,7 @@ def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor |
     from safetensors.torch import load_file
 
     root = Path(model_dir)
-    cfg = json.loads((root / "config.json").read_text())
+    cfg = checkpoint_config(model_dir)
     spec = (cfg.get("depth") or {}).get("exit_heads")
     if not spec:
         raise TrainExitsError(f"{model_dir}: config.json has no depth.exit_heads (train them with vllm-depth train-exits)")

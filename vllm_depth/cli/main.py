@@ -57,7 +57,7 @@ def cmd_model(args) -> int:
 def _check_depth_early(model_dir: str, depth: dict | None):
     """Validate --depth (or the checkpoint's own) against the checkpoint before any engine starts:
     as the engine will, with the layers and hidden size of its config.json."""
-    from vllm_depth.arguments import checkpoint_config
+    from vllm_depth.checkpoints import checkpoint_config
     from vllm_depth.config import parse_depth_config
 
     cfg = checkpoint_config(model_dir)
@@ -67,7 +67,7 @@ def _check_depth_early(model_dir: str, depth: dict | None):
 
 def _checkpoint_depth(model_dir: str) -> dict | None:
     """The raw ``depth`` object of a checkpoint's config.json (None: it has none)."""
-    from vllm_depth.arguments import checkpoint_config
+    from vllm_depth.checkpoints import checkpoint_config
 
     return checkpoint_config(model_dir).get("depth")
 
@@ -139,11 +139,10 @@ def cmd_analyze(args) -> int:
     from vllm_depth.data import token_chunks
 
     if args.eval:
-        from pathlib import Path
-
+        from vllm_depth.checkpoints import checkpoint_config
         from vllm_depth.evaluate import evaluate
 
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        cfg = checkpoint_config(model_dir)
         baseline = args.baseline_model or cfg.get("vllm_depth_compress", {}).get("from")
         if baseline is None:
             raise SystemExit("--baseline-model: needed (the checkpoint does not name its original)")
