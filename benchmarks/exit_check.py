@@ -1,6 +1,13 @@
 """Cost of the exit check, measured side by side in one run.
 
     python benchmarks/exit_check.py [--model smollm2-135m] [--tokens 1 16] [--dtype float32 bfloat16]
+    python benchmarks/exit_check.py --shape benchmarks/shapes/llama3-8b.json [--sweep]   # on a GPU
+
+``--shape CONFIG.json``: random weights with that config's shapes (one decoder
+layer), for a machine without the checkpoint.  On a GPU every function is timed
+as a CUDA graph (as vLLM replays decode steps), replays alternating, and the
+table compares the Triton check with cuBLAS's LM-head product; ``--sweep`` also
+times the kernel's tile configurations and reports the best.
 
 For each token count, two exit-check paths against the LM-head product alone
 (the unavoidable part), each with the GEMM it runs on:
@@ -19,6 +26,7 @@ layer, those tokens, no KV cache).  Calls alternate, medians of repeated runs.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -39,6 +47,104 @@ def timed(fns: dict, repeat: int = 100, warmup: int = 3) -> dict:
             sync()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def graph_timed(fns: dict, repeat: int = 30, replays: int = 20) -> dict:
+    """Median seconds of one call of each function on the GPU: ``replays`` calls captured in one CUDA
+    graph, the graphs replayed in turn ``repeat`` times, timed with CUDA events."""
+    graphs = {}
+    for k, fn in fns.items():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # compile and warm up outside the capture
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graphs[k] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[k]):
+            for _ in range(replays):
+                fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, g in graphs.items():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            times[k].append(a.elapsed_time(b) / 1e3 / replays)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+SWEEP = [dict(block_v=v, block_k=k, splits=n, num_warps=w)
+         for v in (64, 128, 256) for k in (64, 128) for n in (132, 264, 528) for w in (4, 8)]
+
+
+def load_model(args, dtype: torch.dtype, dev: torch.device):
+    """The checkpoint, or random weights with ``--shape``'s config (one decoder layer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if args.shape is None:
+        from vllm_depth.checkpoints import resolve_model
+
+        return AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=dtype).to(dev).eval()
+    with open(args.shape) as f:
+        fields = json.load(f)
+    config = AutoConfig.for_model(fields.pop("model_type"), **{**fields, "num_hidden_layers": 1})
+    torch.manual_seed(0)
+    with dev:
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def main_gpu(args) -> int:
+    from vllm_depth.kernels import exit_check as K
+
+    dev = torch.device("cuda")
+    print(f"device {torch.cuda.get_device_name()}, exit-check path: Triton, shapes: {args.shape or args.model}")
+    print("| dtype | tokens | LM head (cuBLAS) | fused check | ratio | best tiles | ratio | head + probs_of_logits "
+          "| ratio | decoder layer | saturation | of a layer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        m = load_model(args, dtype, dev)
+        head, norm_w = m.lm_head.weight.detach(), m.model.norm.weight.detach()
+        eps, layer = m.config.rms_norm_eps, m.model.layers[0]
+        for t in args.tokens:
+            x = torch.randn(t, m.config.hidden_size, dtype=dtype, device=dev)
+            rope = m.model.rotary_emb(x[None], torch.arange(t, device=dev)[None])
+            fns = {"head": lambda: x @ head.t(), "fused": lambda: K.exit_stats(x, norm_w, eps, head),
+                   "logits": lambda: K.probs_of_logits(K.rms_norm(x, norm_w, eps).to(dtype) @ head.t()),
+                   "layer": lambda: layer(x[None], position_embeddings=rope, attention_mask=None),
+                   "sat": lambda: K.saturation(x, x)}
+            print(f"  default tiles (block_v/block_k/splits/warps): "
+                  f"{'/'.join(str(v) for v in K.default_config(t, x.shape[1], dev))}", flush=True)
+            with torch.no_grad():
+                r = graph_timed(fns)
+                best, best_s = "-", None
+                if args.sweep:
+                    tiles = {}
+                    for i, c in enumerate(SWEEP):
+                        fn = lambda c=K.TritonConfig(**c): K.exit_stats_triton(x, norm_w, eps, head, c)  # noqa: E731
+                        try:
+                            fn()  # compiles; a tile too large for the chip's shared memory fails here
+                        except Exception as e:  # noqa: BLE001
+                            print(f"  sweep {dtype_name} T={t}: {c} failed: {type(e).__name__}", flush=True)
+                            continue
+                        tiles[i] = fn
+                    swept = graph_timed(tiles, repeat=10)
+                    i = min(swept, key=swept.get)
+                    best, best_s = "/".join(str(v) for v in SWEEP[i].values()), swept[i]
+                    print(f"  sweep {dtype_name} T={t}: " + ", ".join(
+                        f"{'/'.join(str(v) for v in SWEEP[j].values())} {swept[j] / r['head']:.2f}x"
+                        for j in sorted(swept, key=swept.get)[:6]), flush=True)
+            us = lambda v: f"{v * 1e6:.1f} us"  # noqa: E731
+            best_ratio = f"{best_s / r['head']:.2f}x" if best_s else "-"
+            print(f"| {dtype_name} | {t} | {us(r['head'])} | {us(r['fused'])} | {r['fused'] / r['head']:.2f}x "
+                  f"| {best} | {best_ratio} | {us(r['logits'])} "
+                  f"| {r['logits'] / r['head']:.2f}x | {us(r['layer'])} | {us(r['sat'])} "
+                  f"| {100 * r['sat'] / r['layer']:.2f}% |", flush=True)
+        del m
+    return 0
 
 
 def vllm_gemm(weight: torch.Tensor):
@@ -65,15 +171,15 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--shape", help="a config.json: random weights of its shapes instead of the checkpoint")
+    ap.add_argument("--sweep", action="store_true", help="on a GPU: also time the Triton kernel's tile sizes")
     args = ap.parse_args()
+    if torch.cuda.is_available():
+        return main_gpu(args)
 
-    from transformers import AutoModelForCausalLM
-
-    from vllm_depth.checkpoints import resolve_model
     from vllm_depth.kernels import exit_check as K
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=torch.float32).eval()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device("cpu")
     path = "triton" if K.use_triton(dev) else "torch"
     print(f"device {dev}, exit-check path: {path}, threads {torch.get_num_threads()}")
     print("| dtype | tokens | LM head (vLLM GEMM) | engine check | ratio | before (logsumexp) | LM head (torch matmul) "
@@ -82,11 +188,11 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
-        m = model.to(dtype=dtype, device=dev)
+        m = load_model(args, dtype, dev)
         head = m.lm_head.weight.detach()
         norm_w = m.model.norm.weight.detach()
         eps = m.config.rms_norm_eps
-        layer = m.model.layers[m.config.num_hidden_layers // 2]
+        layer = m.model.layers[len(m.model.layers) // 2]
         gemm = vllm_gemm(head)
         for t in args.tokens:
             x = torch.randn(t, m.config.hidden_size, dtype=dtype, device=dev)

@@ -1,4 +1,10 @@
-"""The exit-check kernels: Triton (under TRITON_INTERPRET=1 on the CPU) and torch, against full logits."""
+"""The exit-check kernels: Triton and torch, against full logits.
+
+On the CPU the Triton kernels run under TRITON_INTERPRET=1; on a machine with a
+GPU, ``TRITON_INTERPRET=0 pytest --noconftest tests/test_exit_kernels.py`` runs
+the same tests compiled, on the GPU (the conftest needs vLLM, which such a
+machine may not have).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,17 @@ import os
 import pytest
 import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are first built (lazily)
+os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are first built (lazily)
 
 from vllm_depth.kernels import exit_check as K  # noqa: E402
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] != "1" else "cpu")
+
 
 def full_reference(hidden, norm_w, eps, head):
-    """The plain computation the kernels avoid: materialise all logits."""
-    logits = K.rms_norm(hidden, norm_w, eps) @ head.float().t()
+    """The plain computation the kernels avoid: materialise all logits (fp32, on the CPU)."""
+    hidden, norm_w, head = hidden.cpu(), norm_w.cpu(), head.cpu()
+    logits = K.rms_norm(hidden, norm_w, eps).to(head.dtype).float() @ head.float().t()
     p = torch.softmax(logits, -1)
     top = p.topk(2, dim=-1).values
     return logits.argmax(-1), top[:, 0], top[:, 0] - top[:, 1]
@@ -22,29 +31,51 @@ def full_reference(hidden, norm_w, eps, head):
 
 def check(stats, ref, atol=1e-5):
     idx, p1, margin = ref
-    assert torch.equal(stats.argmax, idx)
-    torch.testing.assert_close(stats.max_prob, p1, atol=atol, rtol=1e-4)
-    torch.testing.assert_close(stats.margin, margin, atol=atol, rtol=1e-4)
+    assert stats.argmax.device.type == DEVICE.type
+    assert torch.equal(stats.argmax.cpu(), idx)
+    torch.testing.assert_close(stats.max_prob.cpu(), p1, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(stats.margin.cpu(), margin, atol=atol, rtol=1e-4)
 
 
 def random_case(t, h, v, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(t, h, generator=g) * scale, 1 + 0.1 * torch.randn(h, generator=g),
+    case = (torch.randn(t, h, generator=g) * scale, 1 + 0.1 * torch.randn(h, generator=g),
             torch.randn(v, h, generator=g) / h**0.5 * 4)
+    return tuple(x.to(DEVICE) for x in case)
 
 
+# hidden sizes that are not a multiple of the kernel's K chunk (96, 100), token counts over one
+# token block (33, 70: 16-row blocks up to 64), SmolLM2's shape (576 x 49152)
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-@pytest.mark.parametrize("t, h, v", [(1, 64, 1000), (5, 96, 333), (3, 64, 128), (2, 128, 4097)])
+@pytest.mark.parametrize("t, h, v", [(1, 64, 1000), (5, 96, 333), (3, 64, 128), (2, 128, 4097), (33, 100, 515),
+                                     (70, 64, 300), (16, 576, 49152)])
 def test_random_shapes_vocab_not_a_multiple_of_the_tile(impl, t, h, v):
     hidden, w, head = random_case(t, h, v)
     fn = K.exit_stats_triton if impl == "triton" else (lambda *a: K.exit_stats_torch(*a, tile=100))
     check(fn(hidden, w, 1e-5, head), full_reference(hidden, w, 1e-5, head))
 
 
-def test_triton_with_several_splits_and_one_tile_per_split():
-    hidden, w, head = random_case(4, 64, 1500, seed=3)
-    check(K.exit_stats_triton(hidden, w, 1e-5, head, block_v=64, n_splits=24),
-          full_reference(hidden, w, 1e-5, head))
+@pytest.mark.parametrize("block_v, block_k", [(64, 32), (128, 64), (256, 64), (128, 128)])
+def test_triton_tile_configs_with_several_splits(block_v, block_k):
+    hidden, w, head = random_case(4, 200, 1500, seed=3)
+    config = K.TritonConfig(block_v=block_v, block_k=block_k)
+    check(K.exit_stats_triton(hidden, w, 1e-5, head, config, n_splits=24), full_reference(hidden, w, 1e-5, head))
+
+
+def test_triton_in_bfloat16_matches_the_fp32_product_of_the_rounded_inputs():
+    """bf16 weights: the kernel multiplies the normed states rounded to bf16 and sums in fp32."""
+    hidden, w, head = random_case(16, 576, 4099, seed=5)
+    head = head.bfloat16()
+    stats = K.exit_stats_triton(hidden.bfloat16(), w.bfloat16(), 1e-5, head)
+    idx, p1, margin = full_reference(hidden.bfloat16().float(), w.bfloat16().float(), 1e-5, head)
+    # Triton's interpreter truncates fp32 to bf16 (a GPU rounds to nearest): the states' rounding
+    # differs from the reference's by up to one bf16 ulp there
+    atol = 2e-2 if DEVICE.type == "cpu" else 2e-3
+    torch.testing.assert_close(stats.max_prob.cpu(), p1, atol=atol, rtol=1e-2)
+    torch.testing.assert_close(stats.margin.cpu(), margin, atol=atol, rtol=1e-2)
+    clear = margin > 1e-2  # where the top two are not within rounding of each other
+    assert clear.sum() >= 8
+    assert torch.equal(stats.argmax.cpu()[clear], idx[clear])
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
@@ -56,7 +87,7 @@ def test_ties_go_to_the_lower_id_with_zero_margin(impl):
         head[650 + i] = head[j]
     fn = K.exit_stats_triton if impl == "triton" else (lambda *a: K.exit_stats_torch(*a, tile=128))
     stats = fn(hidden, w, 1e-5, head)
-    assert torch.equal(stats.argmax, ref_idx)
+    assert torch.equal(stats.argmax.cpu(), ref_idx)
     assert torch.all(stats.margin.abs() < 1e-6)
 
 
@@ -67,7 +98,8 @@ def test_real_smollm2_shapes_and_weights(smollm2_dir):
         head = f.get_tensor("model.embed_tokens.weight")  # tied LM head: 49152 x 576
         norm_w = f.get_tensor("model.norm.weight")
         emb = head[torch.tensor([504, 2021, 9])]  # a few real token embeddings as states
-    hidden = torch.cat([emb * 20, torch.randn(1, 576)])
+    hidden = torch.cat([emb * 20, torch.randn(1, 576)]).to(DEVICE)
+    norm_w, head = norm_w.to(DEVICE), head.to(DEVICE)
     ref = full_reference(hidden, norm_w, 1e-5, head)
     check(K.exit_stats_triton(hidden, norm_w, 1e-5, head), ref)
     check(K.exit_stats_torch(hidden, norm_w, 1e-5, head), ref)
@@ -75,7 +107,7 @@ def test_real_smollm2_shapes_and_weights(smollm2_dir):
 
 @pytest.mark.parametrize("t, h", [(1, 576), (7, 100)])
 def test_saturation_matches_cosine(t, h):
-    a, b = torch.randn(t, h), torch.randn(t, h)
+    a, b = torch.randn(t, h, device=DEVICE), torch.randn(t, h, device=DEVICE)
     b[0] = a[0] * 3  # parallel: cosine 1
     want = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     torch.testing.assert_close(K.saturation_triton(a, b), want, atol=1e-5, rtol=1e-5)
@@ -83,8 +115,10 @@ def test_saturation_matches_cosine(t, h):
     assert abs(K.saturation_triton(a, b)[0].item() - 1.0) < 1e-5
 
 
-def test_dispatch_uses_triton_under_the_interpreter():
-    assert K.use_triton(torch.device("cpu"))
+def test_dispatch_uses_triton_under_the_interpreter_or_on_a_gpu():
+    assert K.use_triton(DEVICE)
+    hidden, w, head = random_case(3, 64, 500, seed=2)
+    check(K.exit_stats(hidden, w, 1e-5, head), full_reference(hidden, w, 1e-5, head))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -75,10 +75,12 @@ def gather_merge(p: Partials, gather) -> Partials:
     return merge(Partials(f(0), f(1), f(2), f(3).view(torch.int32).long(), f(4)))
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def use_triton(device: torch.device) -> bool:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return device.type == "cuda"
+    return _interpreting() or device.type == "cuda"
 
 
 # -- torch path ----------------------------------------------------------------------------
@@ -169,52 +171,97 @@ def _build():
     @triton.jit
     def exit_partials_kernel(
         h_ptr, w_norm_ptr, head_ptr, m_out, s_out, t1_out, i1_out, t2_out,
-        H, V, eps, n_splits, tiles_per_split, offset,
+        T, H, V, eps, n_splits, tiles_per_split, offset,
         stride_h, stride_head,
-        BLOCK_H: tl.constexpr, BLOCK_V: tl.constexpr, APPLY_NORM: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+        APPLY_NORM: tl.constexpr, IEEE: tl.constexpr,
     ):
-        tok = tl.program_id(0)
+        """Program (token block, split): the tiles of one run of the vocabulary for BLOCK_T tokens,
+        each tile one ``[BLOCK_T, H] x [H, BLOCK_V]`` product on the tensor cores (the LM head is
+        read once per token block, not once per token)."""
+        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         split = tl.program_id(1)
-        offs_h = tl.arange(0, BLOCK_H)
-        hmask = offs_h < H
-        x = tl.load(h_ptr + tok * stride_h + offs_h, mask=hmask, other=0.0).to(tl.float32)
-        if APPLY_NORM:
-            var = tl.sum(x * x, axis=0) / H
-            w = tl.load(w_norm_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)
-            x = x * tl.rsqrt(var + eps) * w
+        rmask = rows < T
+        offs_k = tl.arange(0, BLOCK_K)
+        scale = tl.full([BLOCK_T], 1.0, tl.float32)
+        if APPLY_NORM:  # the RMSNorm's per-token scale; the gain is applied chunk by chunk below
+            sq = tl.zeros([BLOCK_T], tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                kk = k0 + offs_k
+                x = tl.load(h_ptr + rows[:, None] * stride_h + kk[None, :],
+                            mask=rmask[:, None] & (kk < H)[None, :], other=0.0).to(tl.float32)
+                sq += tl.sum(x * x, axis=1)
+            scale = tl.rsqrt(sq / H + eps)
 
-        m = float("-inf")
-        s = 0.0
-        t1 = float("-inf")
-        t2 = float("-inf")
-        i1 = 0
+        m = tl.full([BLOCK_T], float("-inf"), tl.float32)  # running max logit
+        s = tl.zeros([BLOCK_T], tl.float32)  # running sum of exp(logit - m)
+        t1 = tl.full([BLOCK_T], float("-inf"), tl.float32)  # best logit
+        t2 = tl.full([BLOCK_T], float("-inf"), tl.float32)  # second best
+        i1 = tl.zeros([BLOCK_T], tl.int32)  # id of the best
         for j in range(0, tiles_per_split):
             v0 = (split * tiles_per_split + j) * BLOCK_V
             offs_v = v0 + tl.arange(0, BLOCK_V)
             vmask = offs_v < V
-            wt = tl.load(
-                head_ptr + offs_v[:, None] * stride_head + offs_h[None, :],
-                mask=vmask[:, None] & hmask[None, :], other=0.0,
-            ).to(tl.float32)
-            logits = tl.sum(wt * x[None, :], axis=1)
-            logits = tl.where(vmask, logits, float("-inf"))
-            tmax = tl.max(logits, axis=0)
-            targ = tl.argmax(logits, axis=0) + v0
+            acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                kk = k0 + offs_k
+                kmask = kk < H
+                x = tl.load(h_ptr + rows[:, None] * stride_h + kk[None, :],
+                            mask=rmask[:, None] & kmask[None, :], other=0.0)
+                if APPLY_NORM:
+                    g = tl.load(w_norm_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
+                    x = x.to(tl.float32) * scale[:, None] * g[None, :]
+                x = x.to(head_ptr.dtype.element_ty)  # the product in the weights' dtype, as the torch path
+                w = tl.load(head_ptr + offs_v[None, :] * stride_head + kk[:, None],
+                            mask=kmask[:, None] & vmask[None, :], other=0.0)  # [BLOCK_K, BLOCK_V]
+                if IEEE:  # fp32 weights: a full-precision product (not TF32); the interpreter: any dtype
+                    acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(x, w, acc)
+            logits = tl.where(vmask[None, :], acc, float("-inf"))
+            tmax = tl.max(logits, axis=1)
+            targ = tl.argmax(logits, axis=1, tie_break_left=True) + v0  # ties: the lower vocab id
             # second best of the tile: the max with the argmax masked out
-            tsec = tl.max(tl.where(offs_v == targ, float("-inf"), logits), axis=0)
+            tsec = tl.max(tl.where(offs_v[None, :] == targ[:, None], float("-inf"), logits), axis=1)
             new_m = tl.maximum(m, tmax)
-            s = s * tl.exp(m - new_m) + tl.sum(tl.where(vmask, tl.exp(logits - new_m), 0.0), axis=0)
+            e = tl.where(vmask[None, :], tl.exp(logits - new_m[:, None]), 0.0)
+            s = s * tl.exp(m - new_m) + tl.sum(e, axis=1)
             m = new_m
             better = tmax > t1
             t2 = tl.where(better, tl.maximum(t1, tsec), tl.maximum(t2, tmax))
             i1 = tl.where(better, targ, i1)
             t1 = tl.where(better, tmax, t1)
-        out = tok * n_splits + split
-        tl.store(m_out + out, m)
-        tl.store(s_out + out, s)
-        tl.store(t1_out + out, t1)
-        tl.store(i1_out + out, i1 + offset)
-        tl.store(t2_out + out, t2)
+        out = rows * n_splits + split
+        tl.store(m_out + out, m, mask=rmask)
+        tl.store(s_out + out, s, mask=rmask)
+        tl.store(t1_out + out, t1, mask=rmask)
+        tl.store(i1_out + out, i1.to(tl.int64) + offset, mask=rmask)
+        tl.store(t2_out + out, t2, mask=rmask)
+
+    @triton.jit
+    def finish_kernel(m_ptr, s_ptr, t1_ptr, i1_ptr, t2_ptr, idx_out, p1_out, margin_out, n_splits,
+                      BLOCK_S: tl.constexpr):
+        """Program per token: ``merge`` and ``finish`` of its splits in one kernel (no torch ops
+        between the product and the statistics)."""
+        tok = tl.program_id(0)
+        offs = tl.arange(0, BLOCK_S)
+        smask = offs < n_splits
+        base = tok * n_splits
+        m = tl.load(m_ptr + base + offs, mask=smask, other=float("-inf"))
+        s = tl.load(s_ptr + base + offs, mask=smask, other=0.0)
+        t1 = tl.load(t1_ptr + base + offs, mask=smask, other=float("-inf"))
+        t2 = tl.load(t2_ptr + base + offs, mask=smask, other=float("-inf"))
+        gm = tl.max(m, axis=0)
+        total = tl.sum(tl.where(smask, s * tl.exp(m - gm), 0.0), axis=0)
+        best = tl.argmax(t1, axis=0, tie_break_left=True)  # first split with the max: the lower id
+        top1 = tl.max(t1, axis=0)
+        top2 = tl.maximum(tl.max(tl.where(offs == best, float("-inf"), t1), axis=0),
+                          tl.max(tl.where(offs == best, t2, float("-inf")), axis=0))
+        p1 = tl.exp(top1 - gm) / total
+        p2 = tl.exp(top2 - gm) / total
+        tl.store(idx_out + tok, tl.load(i1_ptr + base + best))
+        tl.store(p1_out + tok, p1)
+        tl.store(margin_out + tok, p1 - p2)
 
     @triton.jit
     def saturation_kernel(a_ptr, b_ptr, out_ptr, H, stride_a, stride_b, BLOCK_H: tl.constexpr):
@@ -228,7 +275,7 @@ def _build():
         nb = tl.sqrt(tl.sum(b * b, axis=0))
         tl.store(out_ptr + tok, dot / tl.maximum(na * nb, 1e-8))
 
-    return exit_partials_kernel, saturation_kernel
+    return exit_partials_kernel, finish_kernel, saturation_kernel
 
 
 def _get_kernels():
@@ -238,19 +285,41 @@ def _get_kernels():
     return _kernels
 
 
-def exit_partials_triton(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, offset=0, block_v: int = 128,
-                         n_splits: int | None = None) -> Partials:
+class TritonConfig(NamedTuple):
+    """Tile sizes of the exit-check kernel."""
+
+    block_v: int = 128
+    block_k: int = 64
+    splits: int = 528  # at most this many runs of tiles per token block
+    num_warps: int = 4
+
+
+def default_config(tokens: int, hidden_size: int, device: torch.device) -> TritonConfig:
+    """Tiles chosen by ``benchmarks/exit_check.py --sweep`` on an H200 (bf16, 1-64 tokens): 128
+    vocabulary rows per tile and about four runs of tiles per multiprocessor; K chunks of 128 with
+    8 warps for large hidden sizes up to 16 tokens (64 and 4 where the size is not a multiple of
+    128, e.g. SmolLM2's 576); over 16 tokens of a large hidden size, 256 rows per tile in chunks of
+    64, two runs per multiprocessor."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    wide = hidden_size >= 1024 and hidden_size % 128 == 0
+    if wide and tokens > 16:
+        return TritonConfig(block_v=256, block_k=64, splits=2 * sms, num_warps=4)
+    return TritonConfig(block_v=128, block_k=128 if wide else 64, splits=4 * sms, num_warps=8 if wide else 4)
+
+
+def exit_partials_triton(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, offset=0,
+                         config: TritonConfig | None = None, n_splits: int | None = None) -> Partials:
     """``exit_partials_torch`` as one Triton kernel: ``[T, splits]`` partials, each split a run of tiles."""
     import triton
 
-    kernel, _ = _get_kernels()
+    kernel = _get_kernels()[0]
     t, h = x.shape
+    config = config or default_config(t, h, x.device)
     v = lm_head.shape[0] if valid is None else valid
-    n_tiles = triton.cdiv(v, block_v)
-    if n_splits is None:
-        n_splits = min(n_tiles, 64)
-    tiles_per_split = triton.cdiv(n_tiles, n_splits)
+    n_tiles = triton.cdiv(v, config.block_v)
+    tiles_per_split = triton.cdiv(n_tiles, n_splits or min(n_tiles, config.splits))
     n_splits = triton.cdiv(n_tiles, tiles_per_split)
+    block_t = min(64, max(16, triton.next_power_of_2(t)))  # tl.dot's smallest tile is 16
     dev = x.device
     m = torch.empty(t, n_splits, device=dev, dtype=torch.float32)
     s, t1, t2 = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
@@ -258,22 +327,38 @@ def exit_partials_triton(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, o
     x = x.contiguous()
     lm_head = lm_head.contiguous()
     norm = norm_weight is not None
-    kernel[(t, n_splits)](
+    kernel[(triton.cdiv(t, block_t), n_splits)](
         x, norm_weight if norm else x, lm_head, m, s, t1, i1, t2,
-        h, v, eps, n_splits, tiles_per_split, offset, x.stride(0), lm_head.stride(0),
-        BLOCK_H=triton.next_power_of_2(h), BLOCK_V=block_v, APPLY_NORM=norm,
+        t, h, v, eps, n_splits, tiles_per_split, offset, x.stride(0), lm_head.stride(0),
+        BLOCK_T=block_t, BLOCK_K=config.block_k, BLOCK_V=config.block_v, APPLY_NORM=norm,
+        # the interpreter's product of bf16 tiles is wrong (Triton 3.9): it multiplies them in fp32,
+        # which is exact for bf16 and fp16 inputs summed in fp32
+        IEEE=lm_head.dtype == torch.float32 or _interpreting(), num_warps=config.num_warps,
     )
     return Partials(m, s, t1, i1, t2)
 
 
-def exit_stats_triton(hidden, norm_weight, eps, lm_head, block_v: int = 128, n_splits: int | None = None) -> ExitStats:
-    return finish(merge(exit_partials_triton(hidden, lm_head, norm_weight, eps, block_v=block_v, n_splits=n_splits)))
+def finish_triton(p: Partials) -> ExitStats:
+    """``finish(merge(p))`` as one Triton kernel."""
+    import triton
+
+    kernel = _get_kernels()[1]
+    t, n = p.m.shape
+    idx = torch.empty(t, device=p.m.device, dtype=torch.int64)
+    p1, margin = torch.empty(t, device=p.m.device), torch.empty(t, device=p.m.device)
+    kernel[(t,)](p.m, p.s, p.t1, p.i1, p.t2, idx, p1, margin, n, BLOCK_S=triton.next_power_of_2(n))
+    return ExitStats(idx, p1, margin)
+
+
+def exit_stats_triton(hidden, norm_weight, eps, lm_head, config: TritonConfig | None = None,
+                      n_splits: int | None = None) -> ExitStats:
+    return finish_triton(exit_partials_triton(hidden, lm_head, norm_weight, eps, config=config, n_splits=n_splits))
 
 
 def saturation_triton(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     import triton
 
-    _, kernel = _get_kernels()
+    kernel = _get_kernels()[2]
     t, h = cur.shape
     out = torch.empty(t, device=cur.device, dtype=torch.float32)
     prev, cur = prev.contiguous(), cur.contiguous()
@@ -292,9 +377,12 @@ def exit_stats(hidden, norm_weight, eps, lm_head, *, valid=None, offset=0, gathe
     ``valid`` rows are real, from vocab id ``offset``) and ``gather`` the
     all-gather across the shards' ranks (``gather_merge``).
     """
-    partials = exit_partials_triton if use_triton(hidden.device) else exit_partials_torch
+    triton = use_triton(hidden.device)
+    partials = exit_partials_triton if triton else exit_partials_torch
     p = partials(hidden, lm_head, norm_weight, eps, valid=valid, offset=offset)
-    return finish(gather_merge(p, gather) if gather is not None else merge(p))
+    if gather is not None:
+        return finish(gather_merge(p, gather))
+    return finish_triton(p) if triton else finish(merge(p))
 
 
 def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
