@@ -56,7 +56,7 @@ def test_valid_schedules(schedule):
 @pytest.mark.parametrize(
     "raw, pattern",
     [
-        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['draft_backoff', 'draft_layers', 'draft_schedule', 'draft_threshold', 'draft_tokens', 'exit_criterion', 'exit_heads', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
+        ({"layer_schedul": [0]}, r"unknown field\(s\) \['layer_schedul'\]; allowed fields: \['draft_backoff', 'draft_layers', 'draft_schedule', 'draft_threshold', 'draft_tokens', 'exit_check', 'exit_criterion', 'exit_heads', 'exit_layers', 'exit_threshold', 'kv_fill', 'layer_schedule', 'min_layer', 'relax_positions', 'relax_rank'\]"),
         ({"exit_layers": [4]}, r"depth.exit_layers: entry 0 is 4; the schedule has 4 positions, so 1..3"),
         ({"exit_layers": [0]}, r"depth.exit_layers: entry 0 is 0"),
         ({"exit_layers": [2, 1]}, r"depth.exit_layers: \[2, 1\] is not strictly increasing"),
@@ -77,6 +77,7 @@ def test_valid_schedules(schedule):
         ({"exit_layers": [1], "exit_threshold": True}, r"depth.exit_threshold: True is out of range"),
         ({"exit_layers": [1], "min_layer": -1}, r"depth.min_layer: -1 is not an int >= 0"),
         ({"exit_layers": [1], "kv_fill": "exact"}, r"depth.kv_fill: 'exact' is not supported; allowed: 'propagate' \(state propagation\) or 'recompute'"),
+        ({"exit_layers": [1], "exit_check": "gpu"}, r"depth.exit_check: 'gpu' is not supported; allowed: 'auto' \(fused on GPUs"),
         ({"relax_rank": 4}, r"depth.relax_positions: relax_rank and relax_positions go together"),
         ({"relax_rank": 0, "relax_positions": [0]}, r"depth.relax_rank: 0 is not an int in 1..64"),
         ({"relax_rank": 65, "relax_positions": [0]}, r"depth.relax_rank: 65 is not an int in 1..64"),

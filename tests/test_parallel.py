@@ -163,6 +163,33 @@ def test_tp2_schedule_exits_and_kv_fill_equal_one_process(tiny_dir, one_process)
 
 
 @pytest.mark.slow
+def test_fused_exit_check_in_one_process_equals_the_logits_check(tiny_dir, one_process):
+    """``exit_check: "fused"`` (the default on GPUs) in one process: the check's statistics come from
+    the fused kernel and exited tokens' logits from the step's LM head; the same exits and tokens as
+    the check over the LM head's logits (the CPU's default, the ``one_process`` reference)."""
+    ref_tokens, ref_layers = one_process
+    depth = {**EXITS, "layer_schedule": SCHEDULE, "exit_check": "fused"}
+    os.environ["TRITON_INTERPRET"] = "0"  # the torch path, as on the CPU (the Triton path: minutes here)
+    try:
+        llm = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": depth}, enforce_eager=True)
+    finally:
+        os.environ["TRITON_INTERPRET"] = "1"
+    tokens, layers = _mixed_run(llm)
+    fused, checks = llm.collective_rpc(_exit_checks)[0]
+    shutdown(llm)
+    n = len(PROMPTS[:4])
+    assert 2.0 < sum(layers[2 * n:]) / n < 7.0, layers  # some checked tokens exit, some do not
+    assert fused and checks > 0  # the fused check ran
+    assert layers == ref_layers
+    assert tokens == ref_tokens
+
+
+def _exit_checks(worker) -> tuple[bool, int]:
+    model = worker.model_runner.model
+    return model._fused_check(), model.model.exit_counters.checked
+
+
+@pytest.mark.slow
 def test_tp2_identity_with_self_drafting_equals_stock_one_process(tiny_dir, stock_tiny):
     """The identity schedule at TP=2 verifying drafts from its first 3 layers: stock vLLM's output."""
     from vllm import SamplingParams
@@ -240,6 +267,8 @@ def _stage_exit_counts(worker):
     ({"exit_layers": [4], "exit_criterion": "saturation"}, dict(pipeline_parallel_size=2), r"'saturation' .* softmax"),
     ({"draft_layers": 2}, dict(pipeline_parallel_size=2), r"depth\.draft_layers .* allowed: pipeline_parallel_size=1"),
     ({"layer_schedule": [0]}, dict(pipeline_parallel_size=2), r"1 position\(s\) cannot fill 2 pipeline stages"),
+    ({"exit_layers": [2], "exit_check": "logits"}, TP2, r"depth\.exit_check 'logits' .* allowed with "
+                                                        r"tensor_parallel_size > 1: 'auto', 'fused'"),
     ({"exit_layers": [2], "kv_fill": "recompute"}, dict(pipeline_parallel_size=2),
      r"depth\.kv_fill 'recompute' .* allowed with pipeline_parallel_size > 1: 'propagate'"),
 ])

@@ -48,6 +48,10 @@ class DepthConfig:
     exit_threshold: float | tuple[float, ...] = 0.9
     min_layer: int = 0
     kv_fill: str = "propagate"
+    # How the softmax / margin check is computed: "logits" (the LM head's logits, reused as the
+    # step's for exited tokens), "fused" (the fused kernel: no logits), "auto" (fused on GPUs and
+    # under tensor parallelism, logits otherwise)
+    exit_check: str = "auto"
     # Trained exit heads (``vllm-depth train-exits``): the exit distribution at
     # these layer counts is the head's (its own norm, a residual linear map and
     # MLP of width ``mlp_width``) through the shared LM head.
@@ -119,6 +123,8 @@ FIELDS = {
     "exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit), or a list of them, one per exit layer",
     "min_layer": "an int >= 0: no exit before this many layers",
     "kv_fill": "'propagate' (state propagation) or 'recompute' (the skipped layers run for real in the next step)",
+    "exit_check": "'auto' (fused on GPUs and under tensor parallelism, else logits), 'fused' (the fused "
+                  "kernel: no logits) or 'logits' (the LM head's logits, reused for exited tokens)",
     "exit_heads": "an object {\"layers\": [layer counts with a head], \"mlp_width\": int >= 0, "
                   "\"vocab\": int >= 0 (0: the full vocabulary)}, "
                   "written by vllm-depth train-exits",
@@ -133,7 +139,9 @@ FIELDS = {
 
 EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")
 KV_FILLS = ("propagate", "recompute")
-EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate"}
+EXIT_CHECKS = ("auto", "fused", "logits")
+EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate",
+                 "exit_check": "auto"}
 DRAFT_DEFAULTS = {"draft_threshold": 0.0, "draft_backoff": 16, "draft_tokens": 3}
 
 
@@ -249,6 +257,10 @@ def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
     if kv_fill not in KV_FILLS:
         raise _fail("kv_fill", f"{kv_fill!r} is not supported")
     out["kv_fill"] = kv_fill
+    exit_check = raw.get("exit_check", EXIT_DEFAULTS["exit_check"])
+    if exit_check not in EXIT_CHECKS:
+        raise _fail("exit_check", f"{exit_check!r} is not supported")
+    out["exit_check"] = exit_check
     if criterion == "head":
         missing = [n for n in layers if heads is None or n not in heads.layers]
         if missing:
@@ -338,6 +350,10 @@ def check_parallel(depth: DepthConfig, tensor_parallel_size: int, pipeline_paral
         if depth.relax_rank is not None:
             raise DepthConfigError("depth.relax_rank: low-rank deltas run with tensor_parallel_size 1 only; "
                                    "allowed: tensor_parallel_size=1, or a checkpoint without relax_rank")
+        if depth.exit_layers is not None and depth.exit_check == "logits":
+            raise DepthConfigError("depth.exit_check 'logits' needs the full logits on every rank, which tensor "
+                                   "parallelism does not gather; allowed with tensor_parallel_size > 1: 'auto', "
+                                   "'fused'")
         if depth.exit_heads is not None and depth.exit_heads.vocab:
             raise DepthConfigError(
                 f"depth.exit_heads: reduced-vocabulary heads (vocab {depth.exit_heads.vocab}) run with "

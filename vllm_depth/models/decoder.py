@@ -434,7 +434,8 @@ class DepthDecoderModel(nn.Module):
         position it is filled by state propagation.  Returns the normed final
         hidden states of all rows (exit states for exited tokens) and the run;
         on an earlier pipeline stage, the state to send on instead.
-        ``stats_of``: the check's statistics without full logits (tensor parallel).
+        ``stats_of``: the check's statistics without full logits (``depth.exit_check``; not for a
+        reduced-vocabulary exit head, whose logits are a sixth of the full ones).
 
         Under pipeline parallelism a token that exited on an earlier stage
         arrives with its exit layer in ``depth_exit`` and its exit state as its
@@ -458,7 +459,7 @@ class DepthDecoderModel(nn.Module):
                 layer = segment.start
                 reduced = self.exit_vocab is not None and str(layer) in self.exit_heads
                 keep = run.check(layer, residual, self.exit_norm(layer), lambda x: logits_of(layer, x),
-                                 self.exit_counters, shortcut=not reduced, stats_of=stats_of)
+                                 self.exit_counters, shortcut=not reduced, stats_of=None if reduced else stats_of)
                 if keep is not None:
                     self._fill(segment.start, run, k[run.last_exited], v[run.last_exited], views)
                     if not run.num_active:
@@ -595,7 +596,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             self._kernels = NativeKernels(self)
         counters = self.model.exit_counters
         checks, fill = counters.checked, counters.fill_seconds
-        stats_of = self._exit_stats if get_tensor_model_parallel_world_size() > 1 else None
+        stats_of = self._exit_stats if self._fused_check() else None
         with self._kernels:
             hidden, run = self.model.forward_with_exits(input_ids, positions, step, self._exit_logits, stats_of,
                                                         intermediate_tensors)
@@ -604,6 +605,17 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             self._cached_logits = (step.num_reqs, *cached)
         self._record(requests, run, counters.checked - checks, counters.fill_seconds - fill)
         return hidden
+
+    def _fused_check(self) -> bool:
+        """``depth.exit_check``: the fused check (no logits) or the LM head's logits.  "auto" fuses
+        on GPUs, where the fused kernel costs about the LM-head product and a softmax over
+        materialised logits 1.3-4x it (benchmarks/exit_check.py), and under tensor parallelism,
+        where the logits are not gathered; on the CPU vLLM's LM-head GEMM is faster than any fused
+        product here, and its logits are reused as the step's for exited tokens."""
+        mode = self.model.depth.exit_check
+        if mode == "auto":
+            return get_tensor_model_parallel_world_size() > 1 or self.lm_head.weight.is_cuda
+        return mode == "fused"
 
     def _stage_exits(self, intermediate_tensors) -> bool:
         """Whether this pipeline stage checks exits or receives tokens that exited before it."""
