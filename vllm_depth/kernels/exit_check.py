@@ -16,11 +16,15 @@ all-gather of ``[T, 5]`` per rank, never the logits.
 two successive exit points (no LM head).
 
 Each has a Triton kernel and a torch path; ``use_triton()`` picks (Triton on
-CUDA, or anywhere under ``TRITON_INTERPRET=1``; torch otherwise).
+CUDA, or anywhere under ``TRITON_INTERPRET=1``; torch otherwise).  The Triton
+check is two kernels: per (block of tokens, run of vocabulary tiles) the partials,
+each tile one product on the tensor cores; then per token the merge into
+``ExitStats`` (``finish_triton``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -294,13 +298,18 @@ class TritonConfig(NamedTuple):
     num_warps: int = 4
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def default_config(tokens: int, hidden_size: int, device: torch.device) -> TritonConfig:
     """Tiles chosen by ``benchmarks/exit_check.py --sweep`` on an H200 (bf16, 1-64 tokens): 128
     vocabulary rows per tile and about four runs of tiles per multiprocessor; K chunks of 128 with
     8 warps for large hidden sizes up to 16 tokens (64 and 4 where the size is not a multiple of
     128, e.g. SmolLM2's 576); over 16 tokens of a large hidden size, 256 rows per tile in chunks of
     64, two runs per multiprocessor."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    sms = _multiprocessors(device) if device.type == "cuda" else 132
     wide = hidden_size >= 1024 and hidden_size % 128 == 0
     if wide and tokens > 16:
         return TritonConfig(block_v=256, block_k=64, splits=2 * sms, num_warps=4)
