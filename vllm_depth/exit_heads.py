@@ -273,6 +273,6 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
                           + (0 if space.ids is None else space.weight.numel()))
     report.model_params = sum(p.numel() for p in model.parameters())
     target = prepare_out(model_dir, out)
-    save_heads(target, heads, mlp_width, space.ids, getattr(cfg, "torch_dtype", None) or torch.float32)
+    save_heads(target, heads, mlp_width, space.ids, getattr(cfg, "dtype", None) or torch.float32)
     report.seconds = time.perf_counter() - t0
     return target, report
