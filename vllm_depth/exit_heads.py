@@ -159,6 +159,13 @@ def agreement(model, heads: dict[int, nn.Module] | None, chunks, exit_layers: li
     return {layer: hits[layer] / n for layer in exit_layers}
 
 
+def distill_loss(student_logits: torch.Tensor, teacher: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """train-exits' loss: the KL divergence from the teacher's log-probabilities plus the
+    cross-entropy of its top-1 class (both in the heads' output space, ``Vocab.target``)."""
+    student = torch.log_softmax(student_logits, -1)
+    return (teacher.exp() * (teacher - student)).sum(-1).mean() + F.nll_loss(student, top)
+
+
 def train_heads(model, chunks, exit_layers: list[int], steps: int, mlp_width: int, vocab: Vocab,
                 lr: float = 3e-3, seed: int = 0, progress: bool = True) -> tuple[dict[int, TorchExitHead], list[float]]:
     """Train one head per exit layer, all on the same chunks (one chunk per step)."""
@@ -176,8 +183,7 @@ def train_heads(model, chunks, exit_layers: list[int], steps: int, mlp_width: in
         teacher, top = vocab.target(logits)
         loss = 0.0
         for n, s in zip(exit_layers, states):
-            student = torch.log_softmax(vocab.logits(heads[n], s), -1)
-            loss = loss + (teacher.exp() * (teacher - student)).sum(-1).mean() + F.nll_loss(student, top)
+            loss = loss + distill_loss(vocab.logits(heads[n], s), teacher, top)
         return loss / len(exit_layers)
 
     params = [p for h in heads.values() for p in h.parameters()]

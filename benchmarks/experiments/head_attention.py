@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from vllm_depth.analysis import load_hf
 from vllm_depth.data import stdlib_texts, token_chunks
-from vllm_depth.exit_heads import frequent_tokens, Vocab
+from vllm_depth.exit_heads import Vocab, distill_loss, frequent_tokens
 torch.manual_seed(0); torch.set_num_threads(2)
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 NTRAIN = int(sys.argv[2]) if len(sys.argv) > 2 else 200
@@ -95,8 +95,7 @@ def agree(head):
     hit = n = 0
     with torch.no_grad():
         for f in H:
-            pred = space.ids[logits(head, f)[:, :-1].argmax(-1)]
-            hit += int((pred == f[5]).sum()); n += f[5].numel()
+            hit += int((space.predict(logits(head, f)) == f[5]).sum()); n += f[5].numel()
     return hit / n
 for name, head in [("linear", Head(False)), ("attn3", Head(True, nkv)), ("attn9", Head(True))]:
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
@@ -104,8 +103,7 @@ for name, head in [("linear", Head(False)), ("attn3", Head(True, nkv)), ("attn9"
     t0 = time.time()
     for i in range(STEPS):
         f = T[i % len(T)]
-        s = torch.log_softmax(logits(head, f), -1); te = f[3].float()
-        loss = (te.exp() * (te - s)).sum(-1).mean() + F.nll_loss(s, f[4])
+        loss = distill_loss(logits(head, f), f[3].float(), f[4])
         opt.zero_grad(); loss.backward(); opt.step(); sch.step()
         if i % 100 == 99: print(name, i + 1, round(loss.item(), 3), round(agree(head), 4), round(time.time() - t0), flush=True)
     print("RESULT", name, L, round(agree(head), 4), "params", sum(p.numel() for p in head.parameters()), flush=True)

@@ -6,8 +6,8 @@ Caches SmolLM2's residual stream after EXIT_LAYER layers and the teacher's
 reduced-vocabulary distribution (train-exits' 8192 tokens + "other") for
 TRAIN_CHUNKS chunks of 256 standard-library tokens, then trains, with train-exits'
 loss (KL from the teacher + cross-entropy of its top-1), on the same data:
-- ``linear``: the train-exits head (own norm gain, residual linear map);
-- ``mlp1536`` / ``mlp4608``: the same plus a residual SiLU MLP of that width;
+- ``linear``: the train-exits head (``TorchExitHead``: own norm gain, residual linear map);
+- ``mlp1536`` / ``mlp4608``: the same plus a residual SiLU MLP of that width (``--mlp-width``);
 - ``layer``: a Kangaroo-style adapter, a copy of the model's next decoder layer
   (attention over the chunk, so an adapter with its own KV cache) trained, then the
   linear head.
@@ -18,13 +18,12 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vllm_depth.analysis import load_hf
 from vllm_depth.checkpoints import resolve_model
 from vllm_depth.data import stdlib_texts, token_chunks
-from vllm_depth.exit_heads import Vocab, frequent_tokens
+from vllm_depth.exit_heads import TorchExitHead, Vocab, distill_loss, frequent_tokens
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -56,67 +55,52 @@ H, T = feats(held), feats(train)
 print(f"features {time.time() - t0:.0f} s, {len(T)} x 256 train tokens", flush=True)
 
 
-class Head(nn.Module):
-    def __init__(self, mlp=0, layer=False):
+class Adapted(nn.Module):
+    """A Kangaroo-style adapter: a trained copy of the model's next decoder layer, then the head."""
+
+    def __init__(self, head: TorchExitHead):
         super().__init__()
-        self.eps = cfg.rms_norm_eps
-        self.norm = nn.Parameter(model.model.norm.weight.detach().float().clone())
-        self.proj = nn.Linear(576, 576, bias=False)
-        nn.init.zeros_(self.proj.weight)
-        self.other = nn.Parameter(torch.zeros(1, 576))
-        self.mlp = mlp
-        if mlp:
-            self.up = nn.Linear(576, mlp, bias=False)
-            self.down = nn.Linear(mlp, 576, bias=False)
-            nn.init.zeros_(self.down.weight)
-        self.layer = copy.deepcopy(model.model.layers[L]).float().requires_grad_(True) if layer else None
+        self.layer = copy.deepcopy(model.model.layers[L]).float().requires_grad_(True)
+        self.head = head
+        self.other = head.other
 
     def forward(self, x):
-        x = x.float()
-        if self.layer is not None:
-            x = self.layer(x[None], position_embeddings=rope, attention_mask=None)
-            x = (x[0] if isinstance(x, tuple) else x)[0]
-        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm
-        h = h + self.proj(h)
-        if self.mlp:
-            h = h + self.down(F.silu(self.up(h)))
-        return h
+        y = self.layer(x.float()[None], position_embeddings=rope, attention_mask=None)
+        return self.head((y[0] if isinstance(y, tuple) else y)[0])
 
 
-def logits(head, f):
-    h = head(f[0])
-    return torch.cat([h @ space.weight.t(), h @ head.other.t()], -1)
+def head(mlp_width=0):
+    """train-exits' head (``TorchExitHead``: own norm gain, residual linear map, residual MLP)."""
+    return TorchExitHead(model.model.norm.weight, cfg.rms_norm_eps, mlp_width, torch.Generator().manual_seed(0),
+                         reduced=True)
 
 
-def agree(head):
+def agree(h):
     hit = n = 0
     with torch.no_grad():
         for f in H:
-            pred = space.ids[logits(head, f)[:, :-1].argmax(-1)]
-            hit += int((pred == f[3]).sum())
+            hit += int((space.predict(space.logits(h, f[0])) == f[3]).sum())
             n += f[3].numel()
     return hit / n
 
 
-variants = [("linear", Head()), ("mlp1536", Head(1536)), ("mlp4608", Head(4608)), ("layer", Head(layer=True))]
+variants = [("linear", head()), ("mlp1536", head(1536)), ("mlp4608", head(4608)), ("layer", Adapted(head()))]
 only = set(sys.argv[4].split(",")) if len(sys.argv) > 4 else None
-for name, head in variants:
+for name, h in variants:
     if only and name not in only:
         continue
     lr = 1e-3 if name == "layer" else 3e-3
-    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.Adam(h.parameters(), lr=lr)
     sch = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=STEPS, pct_start=0.05)
     t0 = time.time()
     for i in range(STEPS):
         f = T[i % len(T)]
-        s = torch.log_softmax(logits(head, f), -1)
-        te = f[1].float()
-        loss = (te.exp() * (te - s)).sum(-1).mean() + F.nll_loss(s, f[2])
+        loss = distill_loss(space.logits(h, f[0]), f[1].float(), f[2])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sch.step()
         if i % 250 == 249:
-            print(name, i + 1, round(loss.item(), 3), round(agree(head), 4), f"{time.time() - t0:.0f} s", flush=True)
-    params = sum(p.numel() for p in head.parameters())
-    print("RESULT", name, L, round(agree(head), 4), "params", params, f"{time.time() - t0:.0f} s", flush=True)
+            print(name, i + 1, round(loss.item(), 3), round(agree(h), 4), f"{time.time() - t0:.0f} s", flush=True)
+    params = sum(p.numel() for p in h.parameters())
+    print("RESULT", name, L, round(agree(h), 4), "params", params, f"{time.time() - t0:.0f} s", flush=True)
