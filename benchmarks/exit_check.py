@@ -80,6 +80,11 @@ SWEEP = [dict(block_v=v, block_k=k, splits=n, num_warps=w)
          for v in (64, 128, 256) for k in (64, 128) for n in (132, 264, 528) for w in (4, 8)]
 
 
+def tiles(values) -> str:
+    """A tile configuration as block_v/block_k/splits/warps."""
+    return "/".join(str(v) for v in values)
+
+
 def load_model(args, dtype: torch.dtype, dev: torch.device):
     """The checkpoint, or random weights with ``--shape``'s config (one decoder layer)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -117,12 +122,12 @@ def main_gpu(args) -> int:
                    "layer": lambda: layer(x[None], position_embeddings=rope, attention_mask=None),
                    "sat": lambda: K.saturation(x, x)}
             print(f"  default tiles (block_v/block_k/splits/warps): "
-                  f"{'/'.join(str(v) for v in K.default_config(t, x.shape[1], dev))}", flush=True)
+                  f"{tiles(K.default_config(t, x.shape[1], dev))}", flush=True)
             with torch.no_grad():
                 r = graph_timed(fns)
                 best, best_s = "-", None
                 if args.sweep:
-                    tiles = {}
+                    configs = {}
                     for i, c in enumerate(SWEEP):
                         fn = lambda c=K.TritonConfig(**c): K.exit_stats_triton(x, norm_w, eps, head, c)  # noqa: E731
                         try:
@@ -130,12 +135,12 @@ def main_gpu(args) -> int:
                         except Exception as e:  # noqa: BLE001
                             print(f"  sweep {dtype_name} T={t}: {c} failed: {type(e).__name__}", flush=True)
                             continue
-                        tiles[i] = fn
-                    swept = graph_timed(tiles, repeat=10)
+                        configs[i] = fn
+                    swept = graph_timed(configs, repeat=10)
                     i = min(swept, key=swept.get)
-                    best, best_s = "/".join(str(v) for v in SWEEP[i].values()), swept[i]
+                    best, best_s = tiles(SWEEP[i].values()), swept[i]
                     print(f"  sweep {dtype_name} T={t}: " + ", ".join(
-                        f"{'/'.join(str(v) for v in SWEEP[j].values())} {swept[j] / r['head']:.2f}x"
+                        f"{tiles(SWEEP[j].values())} {swept[j] / r['head']:.2f}x"
                         for j in sorted(swept, key=swept.get)[:6]), flush=True)
             us = lambda v: f"{v * 1e6:.1f} us"  # noqa: E731
             best_ratio = f"{best_s / r['head']:.2f}x" if best_s else "-"

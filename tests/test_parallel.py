@@ -118,6 +118,17 @@ def _mixed_run(llm, cases=CASES):
             [o.kv_transfer_params["depth"]["mean_exit_layer"] for o in outs])
 
 
+def torch_path_llm(path, depth, **kwargs):
+    """A depth engine whose fused exit check takes the CPU's torch path, as it does for users (the
+    Triton path under the interpreter is checked above, and costs minutes per engine): its processes
+    start without TRITON_INTERPRET."""
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        return make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **kwargs)
+    finally:
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
 SCHEDULE = [0, 1, 2, 2, 3, 4, 5]  # layer 2 repeated: one weight set, its own KV cache per position
 
 
@@ -145,13 +156,7 @@ def stock_tiny(tiny_dir, stock_llm):
 def test_tp2_schedule_exits_and_kv_fill_equal_one_process(tiny_dir, one_process):
     ref_tokens, ref_layers = one_process
     depth = {**EXITS, "layer_schedule": SCHEDULE}
-    # the ranks' check takes the CPU's torch path, as it does for users (the Triton path under the
-    # interpreter is checked above, and costs minutes per engine)
-    os.environ["TRITON_INTERPRET"] = "0"
-    try:
-        two = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": depth}, **TP2)
-    finally:
-        os.environ["TRITON_INTERPRET"] = "1"
+    two = torch_path_llm(tiny_dir, depth, **TP2)
     tokens, layers = _mixed_run(two)
     shutdown(two)
     n = len(PROMPTS[:4])
@@ -169,11 +174,7 @@ def test_fused_exit_check_in_one_process_equals_the_logits_check(tiny_dir, one_p
     the check over the LM head's logits (the CPU's default, the ``one_process`` reference)."""
     ref_tokens, ref_layers = one_process
     depth = {**EXITS, "layer_schedule": SCHEDULE, "exit_check": "fused"}
-    os.environ["TRITON_INTERPRET"] = "0"  # the torch path, as on the CPU (the Triton path: minutes here)
-    try:
-        llm = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": depth}, enforce_eager=True)
-    finally:
-        os.environ["TRITON_INTERPRET"] = "1"
+    llm = torch_path_llm(tiny_dir, depth, enforce_eager=True)
     tokens, layers = _mixed_run(llm)
     fused, checks = llm.collective_rpc(_exit_checks)[0]
     shutdown(llm)
