@@ -14,7 +14,9 @@ For each token count, two exit-check paths against the LM-head product alone
 
 - the engine's path in one process on the CPU: vLLM's own LM-head GEMM (oneDNN,
   prepacked weights, as ``ParallelLMHead`` runs it) makes the full logits, which
-  the step reuses, then ``probs_of_logits`` (the softmax criterion);
+  the step reuses, after vLLM's RMSNorm kernel, then ``probs_of_logits`` (the softmax
+  criterion, one native call on the CPU; the margin criterion beside it; and the same
+  check as torch ops, which is what runs where the native call cannot be built);
 - the fused check (final RMSNorm + LM head tile by tile + online softmax top-2,
   ``exit_stats``), which tensor-parallel ranks run on the CPU (torch path, plain
   torch matmul) and GPUs run as a Triton kernel;
@@ -164,11 +166,16 @@ def vllm_gemm(weight: torch.Tensor):
     return lambda x: ops.onednn_mm(handler, x, None)
 
 
-def logsumexp_check(logits: torch.Tensor) -> torch.Tensor:
-    """The max probability as the engine computed it before ``probs_of_logits`` (for comparison):
-    the logsumexp of a fresh fp32 copy."""
-    x = logits.float()
-    return torch.exp(x.max(dim=-1).values - torch.logsumexp(x, dim=-1))
+def vllm_rms_norm(weight: torch.Tensor, eps: float):
+    """The final RMSNorm as the engine's eager exit step runs it on the CPU (vLLM's own kernel)."""
+    from vllm import _custom_ops as ops
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        ops.rms_norm(out, x, weight, eps)
+        return out
+
+    return norm
 
 
 def main() -> int:
@@ -187,10 +194,10 @@ def main() -> int:
     dev = torch.device("cpu")
     path = "triton" if K.use_triton(dev) else "torch"
     print(f"device {dev}, exit-check path: {path}, threads {torch.get_num_threads()}")
-    print("| dtype | tokens | LM head (vLLM GEMM) | engine check | ratio | before (logsumexp) | LM head (torch matmul) "
-          "| fused check "
+    print("| dtype | tokens | LM head (vLLM GEMM) | engine check (softmax) | ratio | margin: ratio "
+          "| as torch ops: ratio | LM head (torch matmul) | fused check "
           "| ratio | decoder layer | saturation after a layer | of a layer | saturation back to back | of a layer |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
         m = load_model(args, dtype, dev)
@@ -208,18 +215,19 @@ def main() -> int:
                      {"layer": lambda: layer(x[None], position_embeddings=rope, attention_mask=None),
                       "sat": lambda: K.saturation(x, x)}]
             if gemm is not None:
-                normed = lambda: K.rms_norm(x, norm_w, eps).to(dtype)  # noqa: E731
-                pairs.append({"gemm": lambda: gemm(x), "engine": lambda: K.probs_of_logits(gemm(normed())),
-                              "logsumexp": lambda: logsumexp_check(gemm(normed()))})
+                norm = vllm_rms_norm(norm_w, eps)
+                pairs.append({"gemm": lambda: gemm(x), "engine": lambda: K.probs_of_logits(gemm(norm(x))),
+                              "margin": lambda: K.probs_of_logits(gemm(norm(x)), margin=True),
+                              "eager": lambda: K.probs_torch(gemm(norm(x)))})
             r = {}
             with torch.no_grad():
                 for fns in pairs:
                     r.update(timed(fns))
                 r["sat_warm"] = timed({"s": pairs[1]["sat"]}, repeat=300)["s"]  # back to back, caches warm
             ms = lambda k: f"{r[k] * 1e3:.3f} ms" if k in r else "-"  # noqa: E731
-            eng = f"{r['engine'] / r['gemm']:.2f}x" if "gemm" in r else "-"
-            old = f"{r['logsumexp'] / r['gemm']:.2f}x" if "gemm" in r else "-"
-            print(f"| {dtype_name} | {t} | {ms('gemm')} | {ms('engine')} | {eng} | {old} | {ms('head')} | {ms('fused')} "
+            ratio = lambda k: f"{r[k] / r['gemm']:.2f}x" if "gemm" in r else "-"  # noqa: E731
+            print(f"| {dtype_name} | {t} | {ms('gemm')} | {ms('engine')} | {ratio('engine')} | {ratio('margin')} "
+                  f"| {ratio('eager')} | {ms('head')} | {ms('fused')} "
                   f"| {r['fused'] / r['head']:.2f}x | {ms('layer')} | {r['sat'] * 1e6:.1f} us "
                   f"| {100 * r['sat'] / r['layer']:.2f}% | {r['sat_warm'] * 1e6:.1f} us "
                   f"| {100 * r['sat_warm'] / r['layer']:.2f}% |", flush=True)

@@ -16,6 +16,7 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are first built (lazily)
 
 from vllm_depth.kernels import exit_check as K  # noqa: E402
+from vllm_depth.kernels import cpu_reduce  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] != "1" else "cpu")
 
@@ -113,6 +114,14 @@ def test_saturation_matches_cosine(t, h):
     torch.testing.assert_close(K.saturation_triton(a, b), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(K.saturation_torch(a, b), want)
     assert abs(K.saturation_triton(a, b)[0].item() - 1.0) < 1e-5
+    if DEVICE.type == "cpu":  # the engine's CPU path: one native call, here on rows of wider matrices, bf16 too
+        wa, wb = torch.randn(t, h + 3), torch.randn(t, h + 5)
+        wa[:, :h], wb[:, :h] = a, b
+        torch.testing.assert_close(cpu_reduce.saturation(wa[:, :h], wb[:, :h]), want, atol=1e-6, rtol=1e-5)
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        torch.testing.assert_close(cpu_reduce.saturation(a16, b16), K.saturation_torch(a16, b16), atol=1e-6,
+                                   rtol=1e-5)
+        torch.testing.assert_close(cpu_reduce.saturation(a16, b), K.saturation_torch(a16, b), atol=1e-6, rtol=1e-5)
 
 
 def test_dispatch_uses_triton_under_the_interpreter_or_on_a_gpu():
@@ -128,7 +137,7 @@ def test_probs_of_full_logits_equal_the_softmax_and_leave_the_logits_alone(dtype
     probability and margin equal the plain softmax's; a reduced head's "other" logit counts in
     the mass but is never a top token; the logits (reused as the step's) are not modified."""
     g = torch.Generator().manual_seed(1)
-    for t in (1, 7, 16, 3):  # the scratch buffer grows and shrinks with the row count
+    for t in (1, 7, 16, 3):
         logits = (torch.randn(t, 4097, generator=g) * 4).to(dtype)
         logits[0, 5] = logits[0, 9] = logits[0].max() + 1  # a tie: margin 0
         logits[-1, 100:] = float("-inf")  # a reduced vocabulary (-inf outside it)
@@ -142,3 +151,30 @@ def test_probs_of_full_logits_equal_the_softmax_and_leave_the_logits_alone(dtype
                                    atol=1e-6, rtol=1e-5)
         assert float(K.probs_of_logits(logits, rest, margin=True)[0]) == 0.0
         assert torch.equal(logits, before)
+    assert cpu_reduce.load() is not None  # the CPU ran the native reduction, not the torch-ops fallback
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_cpu_confidence_equals_the_torch_ops(dtype):
+    """kernels.cpu_reduce against the same check as torch ops: vocabularies shorter than one vector,
+    off the vector width and over several chunks, rows of a wider matrix (row stride !=
+    vocabulary), logits far below the max (exp underflows), -inf entries, ties for the top and
+    below it, a reduced head's "other" logit above and below the best."""
+    g = torch.Generator().manual_seed(3)
+    for t, v in ((1, 5), (3, 16), (2, 33), (16, 49152), (5, 20000)):
+        wide = (torch.randn(t, v + 7, generator=g) * 30).to(dtype)
+        logits = wide[:, :v]
+        if v > 3:
+            logits[-1, 1] = -1e4  # exp underflows
+            logits[-1, 2] = float("-inf")
+            top = logits[-1].max()
+            logits[-1, 0] = top + 1
+            logits[-1, 3] = top  # the second place, tied with another entry
+        logits[0, -1] = logits[0].max()  # a tie for the top
+        rest = logits.float().amax(-1) + torch.randn(t, generator=g) * 3
+        for r in (None, rest.to(dtype)):
+            for margin in (False, True):
+                got = cpu_reduce.confidence(logits, r, margin)
+                assert got is not None
+                torch.testing.assert_close(got, K.probs_torch(logits, r, margin), rtol=2e-6, atol=1e-7)
+        assert float(cpu_reduce.confidence(logits, None, True)[0]) == 0.0

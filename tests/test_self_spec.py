@@ -44,12 +44,21 @@ def test_best_length_drafts_only_when_it_pays():
     assert 0 < best_length(0.6, 0.3, 4) < 4
 
 
-def test_policy_probes_once_every_backoff_steps_when_drafting_does_not_pay():
-    policy = DraftPolicy(k_max=3, probe=4)
+def test_policy_probes_ever_more_rarely_while_drafting_does_not_pay():
+    policy = DraftPolicy(k_max=3, probe=4, max_backoff=4)
     policy.cost = 0.9  # measured: a draft forward costs most of a step
     policy.states["r"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
-    lengths = [policy.length("r") for _ in range(8)]
-    assert lengths == [1, 0, 0, 0, 1, 0, 0, 0]
+    lengths = [policy.length("r") for _ in range(60)]
+    probes = [i for i, k in enumerate(lengths) if k]
+    assert set(lengths) == {0, 1}
+    assert probes == [0, 4, 12, 28, 44]  # waits of 4, 8, 16, then at most 4 x 4
+    # drafting pays again (acceptance measured high): full drafts, and the backoff starts over
+    policy.states["r"].hits, policy.states["r"].trials = 40.0, 40.0
+    policy.cost = 0.1
+    assert policy.length("r") == 3
+    policy.states["r"].hits, policy.states["r"].trials = 0.0, 40.0
+    policy.cost = 0.9
+    assert [policy.length("r") for _ in range(6)] == [1, 0, 0, 0, 1, 0]
 
 
 def test_policy_learns_acceptance_from_accepted_counts():
@@ -72,8 +81,8 @@ def test_policy_counts_what_verifying_a_draft_token_adds_to_a_step():
         policy.stepped(0.010, 0)  # plain steps: 10 ms
         policy.stepped(0.012, 1)  # a step verifying one draft token: 12 ms
     assert policy.verify == pytest.approx(0.2, abs=0.01)
-    # with that cost counted it does not: only a one-token probe every 4 steps
-    assert [policy.length("r") for _ in range(8)] == [1, 0, 0, 0, 1, 0, 0, 0]
+    # with that cost counted it does not: only one-token probes, 4 then 8 steps apart
+    assert [policy.length("r") for _ in range(14)] == [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0]
     policy.stepped(0.0, 1)  # no time measured (the first step): nothing changes
     assert policy.verify == pytest.approx(0.2, abs=0.01)
 

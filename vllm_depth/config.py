@@ -62,7 +62,8 @@ class DepthConfig:
     # norm and LM head (or the exit head at ``draft_layers``).  A request's draft
     # stops at the first token whose draft confidence is not above
     # ``draft_threshold``; each request drafts the length that pays by measured
-    # acceptance and cost, and when none does, probes once every ``draft_backoff`` steps.
+    # acceptance and cost, and when none does, probes ``draft_backoff`` steps later, then after
+    # ever longer waits (doubling, up to 16x) while drafting still does not pay.
     draft_layers: int | None = None
     draft_schedule: tuple[int, ...] | None = None
     draft_threshold: float = 0.0
@@ -134,7 +135,8 @@ FIELDS = {
     "draft_threshold": "a number from 0.0 to 1.0: a draft stops at a token whose confidence is not above it",
     "draft_tokens": "an int >= 1: the speculation length (num_speculative_tokens) of vllm-depth bench --self-spec",
     "draft_backoff": "an int >= 0: when no draft length pays (measured acceptance against the measured "
-                     "draft cost), a request drafts only once every this many steps (0: always the full length)",
+                     "draft cost), a request probes this many steps later, then after doubling waits "
+                     "(0: always the full length)",
 }
 
 EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")

@@ -23,7 +23,8 @@ length that maximises expected tokens per unit of time, from its measured
 acceptance, the measured cost of a draft forward and the measured cost of
 verifying a draft token (decode steps that verified drafts against those that
 verified none); when no length pays, it
-only probes once every ``draft_backoff`` steps, so a poor draft costs little.
+only probes, first ``draft_backoff`` steps later, each time after twice the
+wait before (up to 16x), so a poor draft costs little.
 A draft also stops at the first token whose draft confidence is not above
 ``draft_threshold``.
 """
@@ -76,6 +77,7 @@ class _RequestState:
     hits: float = 0.0  # decayed counts of accepted draft tokens ...
     trials: float = 0.0  # ... and of draft tokens judged (accepted, or the first rejected)
     wait: int = 0  # steps left before the next probe
+    backoff: int = 0  # the wait after the next probe (0: the policy's ``probe``)
 
     def alpha(self, prior: float) -> float:
         return (self.hits + prior) / (self.trials + 1.0)
@@ -90,12 +92,16 @@ class DraftPolicy:
     what each draft token adds to the step that verifies it (steps that verify
     drafts against steps that verify none).  A request drafts the length that
     maximises expected tokens per unit of time; when that is 0 (drafting does
-    not pay) it drafts a one-token probe only once every ``probe`` steps, to
-    keep measuring.  ``probe=0``: always draft the full length.
+    not pay) it drafts a one-token probe ``probe`` steps later, to keep
+    measuring, and each probe after which drafting still does not pay doubles
+    the wait, up to ``max_backoff`` times ``probe`` (a draft that never pays
+    then costs a probe every 256 steps by default, not every 16); a length
+    that pays again resets it.  ``probe=0``: always draft the full length.
     """
 
     k_max: int
     probe: int
+    max_backoff: int = 16  # the wait between probes doubles up to this many times ``probe``
     decay: float = 0.8
     prior: float = 0.5
     cost: float = 0.0  # draft forward time / verifier step time (EMA)
@@ -122,11 +128,14 @@ class DraftPolicy:
             return self.k_max
         k = best_length(st.alpha(self.prior), self.cost + self.verify, self.k_max)
         if k:
+            st.wait = st.backoff = 0
             return k
         if st.wait > 0:
             st.wait -= 1
             return 0
-        st.wait = self.probe - 1
+        backoff = st.backoff or self.probe
+        st.wait = backoff - 1
+        st.backoff = min(2 * backoff, self.probe * self.max_backoff)
         return 1
 
     def measured(self, forward_seconds: float, step_seconds: float) -> None:

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import torch
 
+from vllm_depth.kernels import cpu_reduce
+
 
 class ExitStats(NamedTuple):
     argmax: torch.Tensor  # [T] int64
@@ -120,43 +122,48 @@ def exit_stats_torch(hidden, norm_weight, eps, lm_head, tile: int = 8192) -> Exi
     return finish(merge(exit_partials_torch(hidden, lm_head, norm_weight, eps, tile=tile)))
 
 
-_scratch: dict[torch.device, torch.Tensor] = {}
-_SCRATCH_KEEP = 16 << 20  # elements (64 MB of fp32): 341 rows of SmolLM2's vocabulary, 106 of a 152k one
-
-
-def _fp32_scratch(like: torch.Tensor) -> torch.Tensor:
-    """A reused fp32 buffer shaped like ``like``: the reductions below write no fresh
-    multi-megabyte temporaries, which glibc's allocator hands back to the OS and faults in
-    again on every step (at batch 16 over SmolLM2's vocabulary, 3 MB each: in bf16 the
-    temporaries cost as much as the LM head itself)."""
-    n = like.numel()
-    if n > _SCRATCH_KEEP:  # a rare large batch: a temporary, not kept for the process's lifetime
-        return torch.empty(like.shape, dtype=torch.float32, device=like.device)
-    buf = _scratch.get(like.device)
-    if buf is None or buf.numel() < n:
-        buf = _scratch[like.device] = torch.empty(n, dtype=torch.float32, device=like.device)
-    return buf[:n].view(like.shape)
+def _top_stats(logits: torch.Tensor, margin: bool):
+    """Per row of ``logits``: the best logit ``t1``, ``sum(exp(logit - t1))`` in fp32, and the
+    second-best logit (``t1`` again on a tie for the top; without ``margin``, ``t1``), as torch ops."""
+    x = logits.float()
+    t1 = x.amax(-1, keepdim=True)
+    s = torch.exp(x - t1).sum(-1)
+    if not margin:
+        return t1[:, 0], s, t1[:, 0]
+    ties = (x == t1).sum(-1)
+    below = torch.where(x < t1, x, float("-inf")).amax(-1)
+    return t1[:, 0], s, torch.where(ties > 1, t1[:, 0], below)
 
 
 def probs_of_logits(logits: torch.Tensor, rest: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
     """Per row, the max probability of ``softmax(logits)`` (``margin``: top-1 minus top-2
     probability), in fp32.
 
-    The exit check's torch path when the full logits exist (one process on the CPU: the LM
-    head's own GEMM made them, and they are reused as the step's logits, so they are not
-    modified).  ``rest``: a reduced-vocabulary head's "other" logit, in the softmax's mass but
-    never a top token.
+    The exit check's path when the full logits exist (one process on the CPU: the LM head's own
+    GEMM made them, and they are reused as the step's logits, so they are not modified).
+    ``rest``: a reduced-vocabulary head's "other" logit, in the softmax's mass but never a top
+    token.  On the CPU one native call (``kernels.cpu_reduce``: no fp32 copy of the logits, and
+    no torch op, each of which costs tens of microseconds when the caches are cold after decoder
+    layers; benchmarks/exit_check.py); torch ops elsewhere, and where it cannot be built.
     """
-    top = logits.topk(2, dim=-1).values.float() if margin else logits.amax(-1, keepdim=True).float()
-    t1 = top[:, 0]  # exact in the logits' dtype
-    m = t1 if rest is None else torch.maximum(t1, rest.float())
-    e = _fp32_scratch(logits)
-    torch.sub(logits, m[:, None], out=e)
-    total = e.exp_().sum(-1)
-    if rest is not None:
-        total = total + torch.exp(rest.float() - m)
+    if logits.device.type == "cpu":
+        p = cpu_reduce.confidence(logits, rest, margin)
+        if p is not None:
+            return p
+    return probs_torch(logits, rest, margin)
+
+
+def probs_torch(logits: torch.Tensor, rest: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
+    """``probs_of_logits`` as torch ops."""
+    t1, s, t2 = _top_stats(logits, margin)
+    if rest is None:
+        p1 = 1.0 / s
+        return p1 - torch.exp(t2 - t1) / s if margin else p1
+    r = rest.float().reshape(-1)
+    m = torch.maximum(t1, r)
+    total = s * torch.exp(t1 - m) + torch.exp(r - m)
     p1 = torch.exp(t1 - m) / total
-    return p1 - torch.exp(top[:, 1] - m) / total if margin else p1
+    return p1 - torch.exp(t2 - m) / total if margin else p1
 
 
 def saturation_torch(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -395,6 +402,12 @@ def exit_stats(hidden, norm_weight, eps, lm_head, *, valid=None, offset=0, gathe
 
 
 def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of successive exit states: Triton on GPUs (and under the interpreter);
+    on the CPU one native call (``kernels.cpu_reduce``: the torch ops cost tens of microseconds
+    each right after a decoder layer), torch ops where it cannot be built."""
+    if cur.device.type == "cpu" and not _interpreting():
+        out = cpu_reduce.saturation(prev, cur)
+        return saturation_torch(prev, cur) if out is None else out
     if use_triton(cur.device):
         return saturation_triton(prev, cur)
     return saturation_torch(prev, cur)

@@ -585,6 +585,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             if requests is None and not self.model.warmed_up and input_ids is not None:
                 # the warm-up run (no step requests) compiles the segments and the draft too
                 self.model.warm_up(input_ids, positions, intermediate_tensors)
+                self._warm_up_check(positions.device)
             if isinstance(hidden, IntermediateTensors):  # to the next stage: no token exited here or before
                 residual = hidden["residual"]
                 hidden = IntermediateTensors({**hidden.tensors, "depth_exit": residual.new_zeros(
@@ -605,6 +606,14 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             self._cached_logits = (step.num_reqs, *cached)
         self._record(requests, run, counters.checked - checks, counters.fill_seconds - fill)
         return hidden
+
+    def _warm_up_check(self, device) -> None:
+        """Build the CPU exit check's native reductions (``kernels.cpu_reduce``) in vLLM's warm-up,
+        rather than in the first step that checks."""
+        if device.type == "cpu" and self.model.local_exits:
+            from vllm_depth.kernels import cpu_reduce
+
+            cpu_reduce.load()
 
     def _fused_check(self) -> bool:
         """``depth.exit_check``: the fused check (no logits) or the LM head's logits.  "auto" fuses
