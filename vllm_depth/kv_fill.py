@@ -77,9 +77,11 @@ class KVPropagator(nn.Module):
         keys, values = kv[:, :, 0].reshape(t, n * self.kv_size), kv[:, :, 1]
         if self.shared_rope:  # every position's k heads side by side: RoPE is per head
             keys, _ = decoder.layers[decoder.schedule.physical[start]].self_attn.rotary_emb(positions, keys, None)
-        keys = keys.view(t, n, self.kv_size)
+        # position-major, so that each position's rows are contiguous: two copies, not two per position
+        keys = keys.view(t, n, self.kv_size).transpose(0, 1).contiguous()
+        values = values.transpose(0, 1).contiguous()
         for j, i in enumerate(range(start, stop)):
-            k, v = keys[:, j].contiguous(), values[:, j].contiguous()
+            k, v = keys[j], values[j]
             if not self.shared_rope:
                 sa = decoder.layers[decoder.schedule.physical[i]].self_attn
                 if hasattr(sa, "k_norm"):  # Qwen3: per-head norm of k before rotary

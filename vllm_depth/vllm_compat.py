@@ -175,6 +175,20 @@ class AttentionViews:
         """The original cache slots of ``rows`` at ``attn``'s layer (for the KV fill)."""
         return self.slot_mapping[attn.layer_name][rows]
 
+    def slots_of(self, rows):
+        """``attn -> slots(attn, rows)``, indexing each distinct slot mapping once (the layers of one
+        KV cache group share theirs)."""
+        memo = {}
+
+        def slots(attn):
+            mapping = self.slot_mapping[attn.layer_name]
+            out = memo.get(id(mapping))
+            if out is None:
+                out = memo[id(mapping)] = mapping[rows]
+            return out
+
+        return slots
+
     def narrow(self, layers, req_of_row, keep_rows, dtype) -> None:
         """From now on, ``layers`` attend for the kept rows only (``req_of_row``: their requests)."""
         subsets: dict[int, object] = {}

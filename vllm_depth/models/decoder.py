@@ -511,7 +511,7 @@ class DepthDecoderModel(nn.Module):
         t0 = time.perf_counter()
         rows = run.exit_rows[-1]
         self.kv_propagator.fill(self, start, run.exit_states[-1], run.exit_positions[-1],
-                                lambda a: views.slots(a, rows))
+                                views.slots_of(rows))
         self.exit_counters.fill_tokens += rows.numel() * (self.schedule.local.stop - start)
         self.exit_counters.fill_seconds += time.perf_counter() - t0
 
