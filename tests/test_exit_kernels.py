@@ -178,3 +178,23 @@ def test_native_cpu_confidence_equals_the_torch_ops(dtype):
                 assert got is not None
                 torch.testing.assert_close(got, K.probs_torch(logits, r, margin), rtol=2e-6, atol=1e-7)
         assert float(cpu_reduce.confidence(logits, None, True)[0]) == 0.0
+
+
+def test_without_a_compiler_the_cpu_check_runs_as_torch_ops(monkeypatch, tmp_path, caplog):
+    """Where the native functions cannot be built (here: a compiler that fails), the check says so once
+    and gives the torch ops' values."""
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setenv("VDEPTH_CACHE", str(tmp_path))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the CPU dispatch of saturation, not the interpreted kernel
+    cpu_reduce.load.cache_clear()
+    try:
+        logits = torch.randn(3, 1000)
+        with caplog.at_level("WARNING"):
+            assert cpu_reduce.load() is None
+            torch.testing.assert_close(K.probs_of_logits(logits), K.probs_torch(logits))
+            torch.testing.assert_close(K.saturation(logits, logits.flip(0)), K.saturation_torch(logits, logits.flip(0)))
+        assert sum("building the CPU reduction failed" in r.message for r in caplog.records) == 1
+    finally:
+        monkeypatch.undo()
+        cpu_reduce.load.cache_clear()
+    assert cpu_reduce.load() is not None

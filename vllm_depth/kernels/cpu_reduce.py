@@ -12,7 +12,7 @@ layers.  This is those passes in C (GCC vector extensions), reading the logits i
 
 The C source below is compiled with the system's C compiler (``CC``, else
 ``cc``) at first use, for this machine's CPU, and cached under
-``~/.cache/vllm-depth/kernels`` (``VLLM_DEPTH_CACHE``) by a hash of the source,
+``kernels/`` of the plugin's cache (``$VDEPTH_CACHE``, else ``~/.cache/vllm-depth``) by a hash of the source,
 the flags and the CPU's feature flags.  Where it cannot be built, ``load()``
 returns None and says why once; the caller then runs torch ops.
 """
@@ -252,7 +252,9 @@ def _cpu_flags() -> str:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("VLLM_DEPTH_CACHE", Path.home() / ".cache" / "vllm-depth")) / "kernels"
+    from vllm_depth.checkpoints import cache_dir
+
+    return cache_dir() / "kernels"
 
 
 def _build(path: Path, compiler: str) -> None:
