@@ -20,6 +20,10 @@ CUDA, or anywhere under ``TRITON_INTERPRET=1``; torch otherwise).  The Triton
 check is two kernels: per (block of tokens, run of vocabulary tiles) the partials,
 each tile one product on the tensor cores; then per token the merge into
 ``ExitStats`` (``finish_triton``).
+
+Where the full logits already exist (one process on the CPU), ``probs_of_logits``
+reduces them; on the CPU it and ``saturation`` are native functions
+(``kernels.cpu_reduce``), with torch ops as the fallback.
 """
 
 from __future__ import annotations
