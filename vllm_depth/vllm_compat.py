@@ -171,13 +171,9 @@ class AttentionViews:
         if not isinstance(self.attn_metadata, dict) or not isinstance(self.slot_mapping, dict):
             raise NotImplementedError("token-level early exit needs one attention metadata per layer")
 
-    def slots(self, attn, rows):
-        """The original cache slots of ``rows`` at ``attn``'s layer (for the KV fill)."""
-        return self.slot_mapping[attn.layer_name][rows]
-
     def slots_of(self, rows):
-        """``attn -> slots(attn, rows)``, indexing each distinct slot mapping once (the layers of one
-        KV cache group share theirs)."""
+        """``attn ->`` the original cache slots of ``rows`` at ``attn``'s layer (for the KV fill),
+        indexing each distinct slot mapping once (the layers of one KV cache group share theirs)."""
         memo = {}
 
         def slots(attn):

@@ -34,6 +34,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+CHUNK_LEN = 8192  # logits per chunk: they stay in L2 between its passes; one row's chunks run in parallel
+MAX_PARTS = 4096  # chunks per call (a stack array in C): the caller splits larger batches
+
 SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -144,8 +147,8 @@ static part NAME(const void *x, long V, int margin) {                           
 CHUNK(chunk_f32, load_f32, one_f32)
 CHUNK(chunk_bf16, load_bf16, one_bf16)
 
-#define CHUNK_LEN 8192 /* a chunk's logits stay in L2 between its passes; one row's chunks run in parallel */
-#define MAX_PARTS 4096
+#define CHUNK_LEN @CHUNK_LEN@
+#define MAX_PARTS @MAX_PARTS@
 
 /* The exit confidence of each row r < T of a [T, V] matrix of logits (row stride ``stride``
    elements, fp32 or bf16 bits): out[r] = the softmax's max probability, or with ``margin`` the
@@ -236,7 +239,7 @@ void exit_saturation(const void *a, int a_bf16, long sa, const void *b, int b_bf
 }
 """
 
-CHUNK_LEN, MAX_PARTS = 8192, 4096  # as in SOURCE
+SOURCE = SOURCE.replace("@CHUNK_LEN@", str(CHUNK_LEN)).replace("@MAX_PARTS@", str(MAX_PARTS))
 _DTYPES = (torch.float32, torch.bfloat16)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 

@@ -111,32 +111,27 @@ def exit_partials_torch(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, of
         x = rms_norm(x, norm_weight, eps)
     xw = x.to(lm_head.dtype)  # the product in the weights' dtype, the softmax in fp32
     v = lm_head.shape[0] if valid is None else valid
-    parts = []
-    for v0 in range(0, v, tile):
-        logits = (xw @ lm_head[v0 : min(v0 + tile, v)].t()).float()
-        targ = logits.argmax(-1)  # first maximal index: ties go to the lower vocab id
-        tmax = logits.gather(1, targ[:, None])[:, 0]
-        tsec = logits.scatter(1, targ[:, None], float("-inf")).max(-1).values
-        s = torch.exp(logits - tmax[:, None]).sum(-1)
-        parts.append((tmax, s, tmax, targ + v0 + offset, tsec))
+    parts = [logit_partials((xw @ lm_head[v0 : min(v0 + tile, v)].t()).float(), v0 + offset)
+             for v0 in range(0, v, tile)]
+    return _stacked(parts)
+
+
+def logit_partials(logits: torch.Tensor, first_id: int = 0) -> tuple:
+    """The partials of one part of the vocabulary from its fp32 logits (vocab ids from ``first_id``),
+    one value per token: max, sum of exp(logit - max), best logit, its id, second best."""
+    targ = logits.argmax(-1)  # first maximal index: ties go to the lower vocab id
+    tmax = logits.gather(1, targ[:, None])[:, 0]
+    tsec = logits.scatter(1, targ[:, None], float("-inf")).max(-1).values
+    s = torch.exp(logits - tmax[:, None]).sum(-1)
+    return tmax, s, tmax, targ + first_id, tsec
+
+
+def _stacked(parts: list[tuple]) -> Partials:
     return Partials(*(torch.stack(col, dim=1) for col in zip(*parts)))
 
 
 def exit_stats_torch(hidden, norm_weight, eps, lm_head, tile: int = 8192) -> ExitStats:
     return finish(merge(exit_partials_torch(hidden, lm_head, norm_weight, eps, tile=tile)))
-
-
-def _top_stats(logits: torch.Tensor, margin: bool):
-    """Per row of ``logits``: the best logit ``t1``, ``sum(exp(logit - t1))`` in fp32, and the
-    second-best logit (``t1`` again on a tie for the top; without ``margin``, ``t1``), as torch ops."""
-    x = logits.float()
-    t1 = x.amax(-1, keepdim=True)
-    s = torch.exp(x - t1).sum(-1)
-    if not margin:
-        return t1[:, 0], s, t1[:, 0]
-    ties = (x == t1).sum(-1)
-    below = torch.where(x < t1, x, float("-inf")).amax(-1)
-    return t1[:, 0], s, torch.where(ties > 1, t1[:, 0], below)
 
 
 def probs_of_logits(logits: torch.Tensor, rest: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
@@ -158,16 +153,15 @@ def probs_of_logits(logits: torch.Tensor, rest: torch.Tensor | None = None, marg
 
 
 def probs_torch(logits: torch.Tensor, rest: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
-    """``probs_of_logits`` as torch ops."""
-    t1, s, t2 = _top_stats(logits, margin)
-    if rest is None:
-        p1 = 1.0 / s
-        return p1 - torch.exp(t2 - t1) / s if margin else p1
-    r = rest.float().reshape(-1)
-    m = torch.maximum(t1, r)
-    total = s * torch.exp(t1 - m) + torch.exp(r - m)
-    p1 = torch.exp(t1 - m) / total
-    return p1 - torch.exp(t2 - m) / total if margin else p1
+    """``probs_of_logits`` as torch ops: the logits are one part of the fused check's online softmax,
+    and a reduced head's "other" logit another that adds to the mass but holds no top token."""
+    parts = [logit_partials(logits.float())]
+    if rest is not None:
+        r = rest.float().reshape(-1)
+        none = torch.full_like(r, float("-inf"))
+        parts.append((r, torch.ones_like(r), none, torch.full_like(r, -1, dtype=torch.long), none))
+    stats = finish(merge(_stacked(parts)))
+    return stats.margin if margin else stats.max_prob
 
 
 def saturation_torch(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -409,9 +403,7 @@ def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of successive exit states: Triton on GPUs (and under the interpreter);
     on the CPU one native call (``kernels.cpu_reduce``: the torch ops cost tens of microseconds
     each right after a decoder layer), torch ops where it cannot be built."""
-    if cur.device.type == "cpu" and not _interpreting():
-        out = cpu_reduce.saturation(prev, cur)
-        return saturation_torch(prev, cur) if out is None else out
     if use_triton(cur.device):
         return saturation_triton(prev, cur)
-    return saturation_torch(prev, cur)
+    out = cpu_reduce.saturation(prev, cur) if cur.device.type == "cpu" else None
+    return saturation_torch(prev, cur) if out is None else out

@@ -489,7 +489,7 @@ class DepthDecoderModel(nn.Module):
             idx = torch.isin(run.rows, (exited == layer).nonzero()[:, 0]).nonzero()[:, 0]  # active-row indices
             states = hidden[run.rows[idx]]
             run.leave(idx, layer, states, self.exit_norm(layer)(states), None)
-            self._propagate(start, run, views)
+            self._propagate(start, run, views.slots_of(run.exit_rows[-1]))
         if run.num_active:
             views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows,
                          hidden.dtype)
@@ -502,16 +502,16 @@ class DepthDecoderModel(nn.Module):
     def _fill(self, layer: int, run: ExitRun, k, v, views) -> None:
         """KV of the tokens that just exited after ``layer`` positions: exact at ``layer``, propagated after."""
         attn = self.position_attn[layer]
-        write_kv(attn, k, v, views.slots(attn, run.exit_rows[-1]))
-        self._propagate(layer + 1, run, views)
+        slots = views.slots_of(run.exit_rows[-1])
+        write_kv(attn, k, v, slots(attn))
+        self._propagate(layer + 1, run, slots)
 
-    def _propagate(self, start: int, run: ExitRun, views) -> None:
+    def _propagate(self, start: int, run: ExitRun, slots) -> None:
         """State propagation of the run's last exited tokens into positions ``start`` .. the stage's end
-        (timed and counted for /metrics and the bench)."""
+        (``slots``: ``AttentionViews.slots_of`` those tokens; timed and counted for /metrics and the bench)."""
         t0 = time.perf_counter()
         rows = run.exit_rows[-1]
-        self.kv_propagator.fill(self, start, run.exit_states[-1], run.exit_positions[-1],
-                                views.slots_of(rows))
+        self.kv_propagator.fill(self, start, run.exit_states[-1], run.exit_positions[-1], slots)
         self.exit_counters.fill_tokens += rows.numel() * (self.schedule.local.stop - start)
         self.exit_counters.fill_seconds += time.perf_counter() - t0
 
