@@ -309,3 +309,27 @@ def test_speculative_decoding_still_needs_a_drafter_on_every_pipeline_rank():
     assert "if self.speculative_config and get_pp_group().is_last_rank:" in init
     tensors = inspect.getsource(GPUModelRunner.initialize_kv_cache_tensors)
     assert 'getattr(self.drafter, "draft_attn_groups"' in tensors
+
+
+def test_native_kernels_swap_the_platform_kernel_in_and_restore_the_default():
+    # vLLM 0.32 CustomOp.forward calls self._forward_method: the eager exit step sets it to forward_cpu
+    import torch
+    from torch import nn
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    from vllm_depth.vllm_compat import NativeKernels
+
+    with set_current_vllm_config(VllmConfig()):
+        model = nn.Sequential(RMSNorm(8), nn.Linear(8, 8), RMSNorm(8))
+    norms = [model[0], model[2]]
+    default = [n._forward_method for n in norms]
+    assert default == [n.forward_native for n in norms]  # what vLLM picks when inductor compiles
+    kernels = NativeKernels(model)
+    assert len(kernels.ops) == 2
+    with kernels:
+        assert all(n._forward_method == n.forward_cpu for n in norms)
+        x = torch.randn(3, 8)
+        assert torch.allclose(norms[0](x), norms[0].forward_native(x), atol=1e-5)
+    assert [n._forward_method for n in norms] == default
+    assert "_forward_method" not in model[0]._modules and "_forward_method" not in model[0]._parameters

@@ -326,14 +326,15 @@ class NativeKernels:
             if isinstance(m, CustomOp) and hasattr(m, "_forward_method")
         ]
 
+    # a plain attribute: ``object.__setattr__`` skips nn.Module's (about 4 us each, ~100 ops a step)
     def __enter__(self):
         for m, _, fast in self.ops:
-            m._forward_method = fast
+            object.__setattr__(m, "_forward_method", fast)
         return self
 
     def __exit__(self, *exc):
         for m, default, _ in self.ops:
-            m._forward_method = default
+            object.__setattr__(m, "_forward_method", default)
         return False
 
 
