@@ -20,6 +20,7 @@ threshold:
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,11 +44,11 @@ def _saturation(logits, state, prev, rest=None):
     return saturation(prev, state)
 
 
-def _never(threshold):
-    return torch.zeros_like(threshold, dtype=torch.bool)
+def _never(threshold: float) -> bool:
+    return False
 
 
-def _at_zero(threshold):
+def _at_zero(threshold: float) -> bool:
     """A probability is > 0: threshold 0.0 always exits (its logits come with the step's, at the end)."""
     return threshold <= 0.0
 
@@ -56,7 +57,7 @@ def _at_zero(threshold):
 class Criterion:
     confidence: Callable  # (logits | None, state, previous state, rest=None) -> [T] float32
     needs_logits: bool
-    # thresholds the confidence always exceeds: the token exits with no check computed
+    # (threshold) -> whether the confidence always exceeds it: the token exits with no check computed
     certain: Callable = _never
     # the confidence from the exit check's ExitStats (a vocabulary-parallel LM head: no full logits)
     from_stats: Callable | None = None
@@ -97,6 +98,9 @@ class ExitStep:
     min_layer: torch.Tensor  # [C] int64
     query_start_loc: torch.Tensor  # [R + 1]
     num_reqs: int
+    # the same as Python values: the step's bookkeeping runs on them (a torch op costs tens of us)
+    candidates: list[tuple[int, tuple[float, ...], int]] = field(default_factory=list)  # (row, thresholds, min)
+    qsl: list[int] = field(default_factory=list)
 
 
 def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thresholds: tuple[float, ...],
@@ -123,7 +127,7 @@ def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thr
         return None
     return ExitStep(
         torch.tensor(rows), torch.tensor(thr, dtype=torch.float32), torch.tensor(mins),
-        query_start_loc, len(requests),
+        query_start_loc, len(requests), list(zip(rows, (tuple(t) for t in thr), mins)), qsl,
     )
 
 
@@ -142,26 +146,31 @@ class ExitCounters:
 
 
 class ExitRun:
-    """The active rows of one step and the tokens that left, with their exit states."""
+    """The active rows of one step and the tokens that left, with their exit states.
+
+    The bookkeeping (who is active, who may exit where) is kept in Python lists:
+    at decode batch sizes each torch op here would cost more than the work it does.
+    """
 
     def __init__(self, step: ExitStep, input_ids: torch.Tensor, positions: torch.Tensor, criterion: str, embed,
                  exit_layers: tuple[int, ...]):
         t = input_ids.shape[0]
         self.criterion = CRITERIA[criterion]
         self.checkpoints = exit_layers  # the model's exit layers (threshold columns)
-        self.rows = torch.arange(t)
-        qsl = step.query_start_loc.to(torch.long)
-        self.req_of_row = torch.repeat_interleave(torch.arange(step.num_reqs), qsl[1:] - qsl[:-1])
-        if self.req_of_row.numel() < t:  # padding rows belong to no request
-            self.req_of_row = torch.cat([self.req_of_row, torch.full((t - self.req_of_row.numel(),), -1)])
-        self.threshold = torch.full((t, len(exit_layers)), float("inf"))  # inf: not a candidate
-        self.threshold[step.rows] = step.threshold
-        self.min_layer = torch.full((t,), 1 << 30, dtype=torch.long)
-        self.min_layer[step.rows] = step.min_layer
+        self.qsl = step.qsl or step.query_start_loc.tolist()
+        self.num_reqs = step.num_reqs
+        self.row_list = list(range(t))  # the active rows (token rows of the step), in order
+        self.num_real = min(self.qsl[-1], t)  # rows past the last request's are padding: no request
+        # (active index, thresholds, min layer) of each candidate
+        self.candidates = step.candidates or list(zip(step.rows.tolist(), map(tuple, step.threshold.tolist()),
+                                                      step.min_layer.tolist()))
         self.positions = positions
+        self.total = t
+        self._rows = self._req_of_row = None
         # saturation compares with the previous checked exit point; before the first, the embedding
         self.prev = embed(input_ids) if criterion == "saturation" else None
         self.last_exited = None  # active-row indices (before compaction) of the last check's exits
+        self._last_all = False  # whether they were all the active rows
         # the exited tokens, in exit order
         self.exit_rows: list[torch.Tensor] = []
         self.exit_reqs: list[torch.Tensor] = []
@@ -173,7 +182,29 @@ class ExitRun:
 
     @property
     def num_active(self) -> int:
-        return self.rows.numel()
+        return len(self.row_list)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The active rows as a tensor (made when asked)."""
+        if self._rows is None:
+            self._rows = torch.tensor(self.row_list, dtype=torch.long)
+        return self._rows
+
+    @property
+    def req_of_row(self) -> torch.Tensor:
+        """The request index of every active row (-1: padding)."""
+        if self._req_of_row is None:
+            self._req_of_row = torch.tensor([self._req(r) for r in self.row_list], dtype=torch.long)
+        return self._req_of_row
+
+    def _req(self, row: int) -> int:
+        r = bisect.bisect_right(self.qsl, row) - 1
+        return r if r < self.num_reqs and row < self.qsl[-1] else -1
+
+    def take_exited(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows of ``x`` (laid out as the active rows before the last check) that just exited."""
+        return x if self._last_all else x[self.last_exited]
 
     def check(self, layer: int, states, norm, logits_of, counters: ExitCounters, shortcut: bool = True,
               stats_of=None):
@@ -186,60 +217,81 @@ class ExitRun:
         ``stats_of``: normed states -> ``ExitStats`` (the cross-rank reduction of a
         vocabulary-parallel head); when given, criteria that have ``from_stats`` use it
         and no logits are kept.
-        Returns the keep mask of the active rows (and compacts the run), or None when none exits.
+        Returns the kept active rows (an index tensor; the run is compacted), or None when none exits.
         """
-        threshold = self.threshold[:, self.checkpoints.index(layer)]
-        eligible = (threshold < 1.0) & (self.min_layer <= layer)
-        idx = eligible.nonzero()[:, 0]
-        if idx.numel() == 0:
+        col = self.checkpoints.index(layer)
+        eligible = [(a, thr[col]) for a, thr, m in self.candidates if thr[col] < 1.0 and m <= layer]
+        if not eligible:
             return None
-        state = states[idx]
+        idx_list = [a for a, _ in eligible]
+        whole = idx_list == list(range(self.num_active))
+        idx = None if whole else torch.tensor(idx_list)
+        state = states if whole else states[idx]
         normed = norm(state)
-        fire = self.criterion.certain(threshold[idx]) if shortcut else torch.zeros(idx.numel(), dtype=torch.bool)
-        todo = (~fire).nonzero()[:, 0]
+        fire = [shortcut and bool(self.criterion.certain(x)) for _, x in eligible]
+        todo = [j for j, f in enumerate(fire) if not f]
         logits = None
-        if todo.numel():
+        if todo:
+            sel = None if len(todo) == len(fire) else torch.tensor(todo)
+            some = (lambda x: x) if sel is None else (lambda x: x[sel])
             if stats_of is not None and self.criterion.from_stats is not None:
-                confidence = self.criterion.from_stats(stats_of(normed[todo]))
+                confidence = self.criterion.from_stats(stats_of(some(normed)))
             else:
-                logits, rest = logits_of(normed[todo]) if self.criterion.needs_logits else (None, None)
-                prev = self.prev[idx[todo]] if self.prev is not None else None
-                confidence = self.criterion.confidence(logits, state[todo], prev, rest)
-            fire[todo] = confidence > threshold[idx[todo]]
-            counters.checked += todo.numel()
+                logits, rest = logits_of(some(normed)) if self.criterion.needs_logits else (None, None)
+                prev = None if self.prev is None else some(self.prev if whole else self.prev[idx])
+                confidence = self.criterion.confidence(logits, some(state), prev, rest)
+            passed = (confidence.float().cpu() > torch.tensor([eligible[j][1] for j in todo])).tolist()
+            for j, p in zip(todo, passed):
+                fire[j] = p
+            counters.checked += len(todo)
         if self.prev is not None:
-            self.prev[idx] = state
-        if not bool(fire.any()):
+            if whole:
+                self.prev.copy_(state)
+            else:
+                self.prev[idx] = state
+        if not any(fire):
             return None
-        out = idx[fire]
-        counters.exits[layer] = counters.exits.get(layer, 0) + out.numel()
+        chosen = [j for j, f in enumerate(fire) if f]
+        out = [idx_list[j] for j in chosen]
+        counters.exits[layer] = counters.exits.get(layer, 0) + len(out)
+        pick = (lambda x: x) if len(chosen) == len(fire) else (lambda x, c=torch.tensor(chosen): x[c])
         # the exit logits are reused as the step's logits (when no row's exit was certain)
-        return self.leave(out, layer, state[fire], normed[fire],
-                          logits[fire] if logits is not None and todo.numel() == idx.numel() else None)
+        return self.leave(out, layer, pick(state), pick(normed),
+                          pick(logits) if logits is not None and len(todo) == len(fire) else None)
 
-    def leave(self, out: torch.Tensor, layer: int, states, normed, logits):
+    def leave(self, out: list[int], layer: int, states, normed, logits):
         """Active rows ``out`` leave after ``layer`` positions with these exit states; compacts the
-        run and returns the keep mask of the active rows."""
-        self.exit_rows.append(self.rows[out])
-        self.exit_reqs.append(self.req_of_row[out])
+        run and returns the kept active rows (an index tensor)."""
+        n = self.num_active
+        self._last_all = out == list(range(n))
+        self.last_exited = None if self._last_all else torch.tensor(out, dtype=torch.long)
+        rows = [self.row_list[a] for a in out]
+        self.exit_rows.append(torch.tensor(rows, dtype=torch.long))
+        self.exit_reqs.append(torch.tensor([self._req(r) for r in rows], dtype=torch.long))
         self.exit_layers.append(layer)
         self.exit_states.append(states)
         self.exit_normed.append(normed)
         self.exit_logits.append(logits)
-        self.exit_positions.append(self.positions[out])
-        self.last_exited = out
-        keep = torch.ones(self.num_active, dtype=torch.bool)
-        keep[out] = False
+        self.exit_positions.append(self.take_exited(self.positions))
         # compact: exited rows leave, and so do padding rows (no request, no attention)
-        keep &= self.req_of_row >= 0
-        for name in ("rows", "req_of_row", "threshold", "min_layer", "positions"):
-            setattr(self, name, getattr(self, name)[keep])
-        if self.prev is not None:
-            self.prev = self.prev[keep]
+        gone = set(out)
+        kept = [a for a in range(min(n, self.num_real)) if a not in gone]
+        keep = torch.tensor(kept, dtype=torch.long)
+        new_index = {a: i for i, a in enumerate(kept)}
+        self.candidates = [(new_index[a], thr, m) for a, thr, m in self.candidates if a in new_index]
+        self.row_list = [self.row_list[a] for a in kept]
+        self.num_real = len(kept)
+        self._rows = self._req_of_row = None
+        if kept:
+            self.positions = self.positions[keep]
+            if self.prev is not None:
+                self.prev = self.prev[keep]
         return keep
 
     def output(self, final: torch.Tensor | None, total: int, hidden_size: int, like: torch.Tensor):
         """The normed final hidden state of every row: exit states for the exited tokens."""
+        if final is None and len(self.exit_rows) == 1 and self._last_all and len(self.exit_normed[0]) == total:
+            return self.exit_normed[0]  # every row left at one exit point, in order
         out = like.new_zeros(total, hidden_size)
         if final is not None and self.num_active:
             out[self.rows] = final

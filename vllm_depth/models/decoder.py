@@ -461,7 +461,7 @@ class DepthDecoderModel(nn.Module):
                 keep = run.check(layer, residual, self.exit_norm(layer), lambda x: logits_of(layer, x),
                                  self.exit_counters, shortcut=not reduced, stats_of=None if reduced else stats_of)
                 if keep is not None:
-                    self._fill(segment.start, run, k[run.last_exited], v[run.last_exited], views)
+                    self._fill(segment.start, run, run.take_exited(k), run.take_exited(v), views)
                     if not run.num_active:
                         out = None
                         break
@@ -488,7 +488,7 @@ class DepthDecoderModel(nn.Module):
         for layer in torch.unique(exited[exited > 0]).tolist():
             idx = torch.isin(run.rows, (exited == layer).nonzero()[:, 0]).nonzero()[:, 0]  # active-row indices
             states = hidden[run.rows[idx]]
-            run.leave(idx, layer, states, self.exit_norm(layer)(states), None)
+            run.leave(idx.tolist(), layer, states, self.exit_norm(layer)(states), None)
             self._propagate(start, run, views.slots_of(run.exit_rows[-1]))
         if run.num_active:
             views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows,
