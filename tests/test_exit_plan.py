@@ -18,8 +18,8 @@ def test_per_layer_thresholds_and_request_overrides():
     ]
     qsl = torch.tensor([0, 1, 2, 3, 7, 8])
     step = plan_step(reqs, qsl, thresholds=(0.9, 1.0), min_layer=0, exit_layers=(8, 16))
-    assert step.rows.tolist() == [0, 1]
-    assert torch.allclose(step.threshold, torch.tensor([[0.9, 1.0], [0.3, 0.3]]))
+    assert step.candidates == [(0, (0.9, 1.0), 0), (1, (0.3, 0.3), 0)]
+    assert step.qsl == [0, 1, 2, 3, 7, 8] and step.num_reqs == 5
     # every exit layer at 1.0: nothing can exit, so no check runs at all
     assert plan_step(reqs[:1], qsl[:2], thresholds=(1.0, 1.0), min_layer=0, exit_layers=(8, 16)) is None
 

@@ -91,16 +91,12 @@ class StepRequest:
 
 @dataclass
 class ExitStep:
-    """The candidates of one step: decode tokens that may exit."""
+    """The candidates of one step: decode tokens that may exit (Python values: the step's
+    bookkeeping runs on them, where a torch op would cost tens of microseconds)."""
 
-    rows: torch.Tensor  # [C] token rows
-    threshold: torch.Tensor  # [C, exit layers] float32
-    min_layer: torch.Tensor  # [C] int64
-    query_start_loc: torch.Tensor  # [R + 1]
+    candidates: list[tuple[int, tuple[float, ...], int]]  # (token row, threshold per exit layer, min layer)
+    qsl: list[int]  # query_start_loc: request r has rows qsl[r] .. qsl[r + 1] - 1
     num_reqs: int
-    # the same as Python values: the step's bookkeeping runs on them (a torch op costs tens of us)
-    candidates: list[tuple[int, tuple[float, ...], int]] = field(default_factory=list)  # (row, thresholds, min)
-    qsl: list[int] = field(default_factory=list)
 
 
 def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thresholds: tuple[float, ...],
@@ -111,7 +107,7 @@ def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thr
     replaces all of them.
     """
     qsl = query_start_loc.cpu().tolist()
-    rows, thr, mins = [], [], []
+    candidates = []
     for r, req in enumerate(requests):
         if not req.decode or not req.depth.exit:
             continue
@@ -120,15 +116,11 @@ def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thr
         # confidence > 1.0 is impossible: a request with no layer it may exit at is no candidate
         if all(x >= 1.0 or layer < m for x, layer in zip(t, exit_layers)):
             continue
-        rows.append(qsl[r + 1] - 1)  # the request's last row (before it: the token kv_fill 'recompute' re-runs)
-        thr.append(t)
-        mins.append(m)
-    if not rows:
+        # the request's last row (before it: the token kv_fill 'recompute' re-runs)
+        candidates.append((qsl[r + 1] - 1, tuple(t), m))
+    if not candidates:
         return None
-    return ExitStep(
-        torch.tensor(rows), torch.tensor(thr, dtype=torch.float32), torch.tensor(mins),
-        query_start_loc, len(requests), list(zip(rows, (tuple(t) for t in thr), mins)), qsl,
-    )
+    return ExitStep(candidates, qsl, len(requests))
 
 
 @dataclass
@@ -157,15 +149,13 @@ class ExitRun:
         t = input_ids.shape[0]
         self.criterion = CRITERIA[criterion]
         self.checkpoints = exit_layers  # the model's exit layers (threshold columns)
-        self.qsl = step.qsl or step.query_start_loc.tolist()
+        self.qsl = step.qsl
         self.num_reqs = step.num_reqs
         self.row_list = list(range(t))  # the active rows (token rows of the step), in order
         self.num_real = min(self.qsl[-1], t)  # rows past the last request's are padding: no request
-        # (active index, thresholds, min layer) of each candidate
-        self.candidates = step.candidates or list(zip(step.rows.tolist(), map(tuple, step.threshold.tolist()),
-                                                      step.min_layer.tolist()))
+        # (active index, thresholds, min layer) of each candidate: active index = row until rows leave
+        self.candidates = step.candidates
         self.positions = positions
-        self.total = t
         self._rows = self._req_of_row = None
         # saturation compares with the previous checked exit point; before the first, the embedding
         self.prev = embed(input_ids) if criterion == "saturation" else None
