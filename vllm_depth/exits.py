@@ -137,6 +137,16 @@ class ExitCounters:
                 "fill_tokens": self.fill_tokens, "fill_seconds": self.fill_seconds}
 
 
+def _subset(indices: list[int], n: int) -> torch.Tensor | None:
+    """The index tensor of ``indices`` among ``n`` rows, or None when they are all of them, in order."""
+    return None if indices == list(range(n)) else torch.tensor(indices, dtype=torch.long)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """``x[index]``, or ``x`` itself for None (all rows: no index op)."""
+    return x if index is None else x[index]
+
+
 class ExitRun:
     """The active rows of one step and the tokens that left, with their exit states.
 
@@ -159,8 +169,8 @@ class ExitRun:
         self._rows = self._req_of_row = None
         # saturation compares with the previous checked exit point; before the first, the embedding
         self.prev = embed(input_ids) if criterion == "saturation" else None
-        self.last_exited = None  # active-row indices (before compaction) of the last check's exits
-        self._last_all = False  # whether they were all the active rows
+        # active-row indices (before compaction) of the last check's exits; None: all the active rows
+        self.last_exited = None
         # the exited tokens, in exit order
         self.exit_rows: list[torch.Tensor] = []
         self.exit_reqs: list[torch.Tensor] = []
@@ -194,7 +204,7 @@ class ExitRun:
 
     def take_exited(self, x: torch.Tensor) -> torch.Tensor:
         """The rows of ``x`` (laid out as the active rows before the last check) that just exited."""
-        return x if self._last_all else x[self.last_exited]
+        return _rows(x, self.last_exited)
 
     def check(self, layer: int, states, norm, logits_of, counters: ExitCounters, shortcut: bool = True,
               stats_of=None):
@@ -214,28 +224,26 @@ class ExitRun:
         if not eligible:
             return None
         idx_list = [a for a, _ in eligible]
-        whole = idx_list == list(range(self.num_active))
-        idx = None if whole else torch.tensor(idx_list)
-        state = states if whole else states[idx]
+        idx = _subset(idx_list, self.num_active)
+        state = _rows(states, idx)
         normed = norm(state)
         fire = [shortcut and bool(self.criterion.certain(x)) for _, x in eligible]
         todo = [j for j, f in enumerate(fire) if not f]
         logits = None
         if todo:
-            sel = None if len(todo) == len(fire) else torch.tensor(todo)
-            some = (lambda x: x) if sel is None else (lambda x: x[sel])
+            sel = _subset(todo, len(fire))
             if stats_of is not None and self.criterion.from_stats is not None:
-                confidence = self.criterion.from_stats(stats_of(some(normed)))
+                confidence = self.criterion.from_stats(stats_of(_rows(normed, sel)))
             else:
-                logits, rest = logits_of(some(normed)) if self.criterion.needs_logits else (None, None)
-                prev = None if self.prev is None else some(self.prev if whole else self.prev[idx])
-                confidence = self.criterion.confidence(logits, some(state), prev, rest)
+                logits, rest = logits_of(_rows(normed, sel)) if self.criterion.needs_logits else (None, None)
+                prev = None if self.prev is None else _rows(_rows(self.prev, idx), sel)
+                confidence = self.criterion.confidence(logits, _rows(state, sel), prev, rest)
             passed = (confidence.float().cpu() > torch.tensor([eligible[j][1] for j in todo])).tolist()
             for j, p in zip(todo, passed):
                 fire[j] = p
             counters.checked += len(todo)
         if self.prev is not None:
-            if whole:
+            if idx is None:
                 self.prev.copy_(state)
             else:
                 self.prev[idx] = state
@@ -244,17 +252,16 @@ class ExitRun:
         chosen = [j for j, f in enumerate(fire) if f]
         out = [idx_list[j] for j in chosen]
         counters.exits[layer] = counters.exits.get(layer, 0) + len(out)
-        pick = (lambda x: x) if len(chosen) == len(fire) else (lambda x, c=torch.tensor(chosen): x[c])
+        pick = _subset(chosen, len(fire))
         # the exit logits are reused as the step's logits (when no row's exit was certain)
-        return self.leave(out, layer, pick(state), pick(normed),
-                          pick(logits) if logits is not None and len(todo) == len(fire) else None)
+        return self.leave(out, layer, _rows(state, pick), _rows(normed, pick),
+                          _rows(logits, pick) if logits is not None and len(todo) == len(fire) else None)
 
     def leave(self, out: list[int], layer: int, states, normed, logits):
         """Active rows ``out`` leave after ``layer`` positions with these exit states; compacts the
         run and returns the kept active rows (an index tensor)."""
         n = self.num_active
-        self._last_all = out == list(range(n))
-        self.last_exited = None if self._last_all else torch.tensor(out, dtype=torch.long)
+        self.last_exited = _subset(out, n)
         rows = [self.row_list[a] for a in out]
         self.exit_rows.append(torch.tensor(rows, dtype=torch.long))
         self.exit_reqs.append(torch.tensor([self._req(r) for r in rows], dtype=torch.long))
@@ -280,8 +287,9 @@ class ExitRun:
 
     def output(self, final: torch.Tensor | None, total: int, hidden_size: int, like: torch.Tensor):
         """The normed final hidden state of every row: exit states for the exited tokens."""
-        if final is None and len(self.exit_rows) == 1 and self._last_all and len(self.exit_normed[0]) == total:
-            return self.exit_normed[0]  # every row left at one exit point, in order
+        if final is None and len(self.exit_rows) == 1 and self.last_exited is None:
+            if len(self.exit_normed[0]) == total:
+                return self.exit_normed[0]  # every row left at one exit point, in order
         out = like.new_zeros(total, hidden_size)
         if final is not None and self.num_active:
             out[self.rows] = final
