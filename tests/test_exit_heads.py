@@ -29,6 +29,8 @@ def _config(path) -> dict:
         (["--exit-layers", "2,6"], "--exit-layers: [6] out of range; the model has 6 layers, so layer counts 1..5"),
         (["--exit-layers", "4,2"], "--exit-layers: [4, 2] is not strictly increasing"),
         (["--exit-layers", "2", "--steps", "0"], "--steps: 0; allowed: an int >= 1"),
+        (["--exit-layers", "2", "--chunks", "0"], "--chunks: 0; allowed: an int >= 1"),
+        (["--exit-layers", "2", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
         (["--exit-layers", "2", "--data", "EMPTY"], "--data: the files hold no text"),
         (["--exit-layers", "2", "--out", "NONEMPTY"], "exists and is not an empty directory"),
     ],
@@ -71,7 +73,7 @@ def trained(tiny_dir, tmp_path_factory):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("heads") / "ckpt"
-    path, report = train_exits(tiny_dir, [2, 4], out=str(out), steps=60, seq_len=64, mlp_width=32,
+    path, report = train_exits(tiny_dir, [2, 4], out=str(out), steps=60, chunks=60, seq_len=64, mlp_width=32,
                                eval_chunks=8, progress=False)
     return path, report
 
@@ -82,7 +84,7 @@ def test_trained_heads_beat_the_plain_lm_head_on_held_out_text(smollm2_dir, tmp_
     from vllm_depth.exit_heads import train_exits
 
     torch.manual_seed(0)
-    _, report = train_exits(smollm2_dir, [8, 16], out=str(tmp_path / "ckpt"), steps=150, seq_len=64,
+    _, report = train_exits(smollm2_dir, [8, 16], out=str(tmp_path / "ckpt"), steps=150, chunks=150, seq_len=64,
                             eval_chunks=8, progress=False)
     for layer in (8, 16):
         assert report.agreement_after[layer] > report.agreement_before[layer] + 0.03, report

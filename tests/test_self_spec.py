@@ -256,6 +256,20 @@ def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir, stock_llm):
         shutdown(llm)
 
 
+def test_adaptive_draft_runs_undrafted_steps_as_plain_steps_and_equals_stock(tiny_dir, stock_llm):
+    """A step that verifies no draft is prepared and sampled as a plain decode step
+    (``vllm_compat.patch_plain_steps``); steps with drafts go through the rejection sampler."""
+    want = _ids(greedy(stock_llm(tiny_dir), PROMPTS[:4], max_tokens=24))
+    llm = make_llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=3))
+    try:
+        for prompt, ids in zip(PROMPTS[:4], want):
+            assert _ids(greedy(llm, [prompt], max_tokens=24)) == [ids]
+        c = counters(llm)
+        assert c["drafted"] > 0 and c["plain_steps"] > 4 * 2, c  # more than the prefill steps
+    finally:
+        shutdown(llm)
+
+
 def test_served_with_vllm_speculative_config_and_spec_metrics(tiny_dir, tmp_path, stock_llm):
     import requests
 

@@ -250,6 +250,11 @@ def test_self_draft_hooks_exist_with_their_signatures():
     # the custom_class proposer call: token ids only (hence bind_runner)
     src = inspect.getsource(GPUModelRunner.propose_draft_token_ids)
     assert 'spec_config.method == "custom_class"' in src and "self.input_batch.token_ids_cpu" in src
+    # patch_plain_steps: the speculative path is chosen by the config alone, the plain one has no metadata
+    src = inspect.getsource(inspect.unwrap(GPUModelRunner._prepare_inputs))
+    assert "use_spec_decode = self.speculative_config is not None" in src
+    assert "spec_decode_metadata = None" in src and "logits_indices = query_start_loc[1:] - 1" in src
+    assert "if spec_decode_metadata is None:" in inspect.getsource(GPUModelRunner._sample)
 
 
 def test_cpu_expand_kernel_still_loses_float_outputs_and_ours_does_not():

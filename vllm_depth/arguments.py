@@ -37,10 +37,13 @@ def _check_out(model_dir: str, out: str, error: type[ValueError], hint: str = ""
         raise error(f"--out: must differ from the model directory{hint}")
 
 
+TEACHER_DTYPES = ("bfloat16", "float32")
+
+
 def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_width: int, vocab: int,
-                      texts: list[str] | None, out: str | None) -> None:
-    """``train-exits``: layer counts within the model, positive steps, a vocabulary size below the
-    model's, some text, and an ``--out`` that is new or empty."""
+                      texts: list[str] | None, out: str | None, chunks: int = 1, dtype: str = "float32") -> None:
+    """``train-exits``: layer counts within the model, positive steps and chunks, a vocabulary size
+    below the model's, a teacher dtype, some text, and an ``--out`` that is new or empty."""
     cfg = checkpoint_config(model_dir)
     num_layers, vocab_size = cfg["num_hidden_layers"], cfg["vocab_size"]
     if not exit_layers:
@@ -53,6 +56,10 @@ def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_wi
         raise TrainExitsError(f"--exit-layers: {exit_layers} is not strictly increasing")
     if steps < 1:
         raise TrainExitsError(f"--steps: {steps}; allowed: an int >= 1")
+    if chunks < 1:
+        raise TrainExitsError(f"--chunks: {chunks}; allowed: an int >= 1")
+    if dtype not in TEACHER_DTYPES:
+        raise TrainExitsError(f"--dtype: {dtype!r}; allowed: {', '.join(TEACHER_DTYPES)}")
     if mlp_width < 0:
         raise TrainExitsError(f"--mlp-width: {mlp_width}; allowed: an int >= 0 (0: linear heads)")
     if not 0 <= vocab < vocab_size:

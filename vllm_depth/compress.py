@@ -238,7 +238,8 @@ def fit_deltas(model, plan: Plan, chunks, steps: int, lr: float = 1e-3, seed: in
         student[pos], fitted[pos] = _with_deltas(student[pos], plan.relax_rank, generator)
     params = [p for d in fitted.values() for m in d.values() for p in (m.a, m.b)]
 
-    def loss_of(ids):
+    def loss_of(chunk):
+        ids = torch.tensor([list(chunk)])
         with torch.no_grad():
             teacher = torch.log_softmax(model(ids, use_cache=False).logits[0].float(), -1)
         with _with_layers(model, student):

@@ -66,6 +66,19 @@ def stdlib_texts(split: str) -> list[str]:
     return texts
 
 
+def stdlib_held_out_code(tokenizer, seq_len: int, n: int, per_module: int = 2) -> list[list[int]]:
+    """Chunks of ``seq_len`` tokens of held-out modules' sources (the ``eval`` split), at most
+    ``per_module`` from each module so that a few long modules do not make up the set."""
+    chunks: list[list[int]] = []
+    for source in _split_sources("eval"):
+        ids = tokenizer.encode(source)
+        for i in range(0, min(len(ids) - seq_len + 1, per_module * seq_len), seq_len):
+            chunks.append(ids[i : i + seq_len])
+            if len(chunks) >= n:
+                return chunks
+    return chunks
+
+
 def read_files(paths: list[str]) -> list[str]:
     texts = []
     for p in paths:

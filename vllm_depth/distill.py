@@ -21,18 +21,17 @@ def kl_per_token(teacher_logprobs: torch.Tensor, student_logits: torch.Tensor) -
 
 
 def distill(
-    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    loss_of: Callable[[object], torch.Tensor],
     params: Sequence[torch.nn.Parameter],
-    chunks: Sequence[Sequence[int]],
+    items: Sequence,
     steps: int,
     lr: float,
     desc: str,
     progress: bool = True,
     one_cycle: bool = False,
 ) -> list[float]:
-    """Adam on ``params`` for ``steps`` steps, one chunk per step (cycling).
-
-    ``loss_of(ids)`` takes a ``[1, seq]`` id tensor and returns the loss.
+    """Adam on ``params`` for ``steps`` steps, one item (a chunk of text, or what was computed
+    from one) per step, cycling; ``loss_of(item)`` returns the loss.
     ``one_cycle``: a short warm-up to ``lr``, then a cosine decay (else a constant ``lr``).
     Shows a progress bar with the running loss; returns the loss of every step.
     """
@@ -44,7 +43,7 @@ def distill(
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
     for i in bar:
-        loss = loss_of(torch.tensor([list(chunks[i % len(chunks)])]))
+        loss = loss_of(items[i % len(items)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

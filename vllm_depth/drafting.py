@@ -48,6 +48,7 @@ class DraftCounters:
     accepted: int = 0  # draft tokens the verifier accepted
     draft_forwards: int = 0  # draft forward passes (each one token per drafting request)
     seconds: float = 0.0  # time spent drafting
+    plain_steps: int = 0  # steps that verified no draft, run as plain decode steps (vllm_compat.patch_plain_steps)
     # accepted tokens of each full-length draft: {accepted: proposals} (vllm-depth tune-draft)
     accepted_of_full: dict = field(default_factory=dict)
 
@@ -172,7 +173,7 @@ class SelfDraft:
     """
 
     def __init__(self, vllm_config):
-        from vllm_depth.vllm_compat import patch_drafter_binding, patch_rejection_sampler
+        from vllm_depth.vllm_compat import patch_drafter_binding, patch_plain_steps, patch_rejection_sampler
 
         self.vllm_config = vllm_config
         self.k = vllm_config.speculative_config.num_speculative_tokens
@@ -186,7 +187,9 @@ class SelfDraft:
         self.counters = DraftCounters()
         self._kernels = None
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
+        self.plain_steps = True  # a step that verifies no draft runs as a plain decode step
         patch_drafter_binding()
+        patch_plain_steps()
         patch_rejection_sampler()
 
     def load_model(self, target_model) -> None:

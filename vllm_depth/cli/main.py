@@ -15,7 +15,9 @@ import argparse
 import json
 import sys
 
-TRAIN_STEPS = 1000  # train-exits defaults: SmolLM2 on this 2-core CPU within 15 minutes (about 12)
+# train-exits defaults: SmolLM2 on a 2-core CPU within 15 minutes
+TRAIN_CHUNKS = 1000  # chunks of 256 tokens the base model reads (once)
+TRAIN_STEPS = 3000  # head training steps on what it computed
 TRAIN_MLP_WIDTH = 0
 
 
@@ -221,19 +223,24 @@ def cmd_train_exits(args) -> int:
     try:
         model_dir = resolve_model(args.model)
         texts = read_files(args.data) if args.data else None  # None: the standard library's sources
-        check_train_exits(model_dir, args.exit_layers, args.steps, args.mlp_width, args.vocab, texts, args.out)
+        check_train_exits(model_dir, args.exit_layers, args.steps, args.mlp_width, args.vocab, texts, args.out,
+                          args.chunks, args.dtype)
         from vllm_depth import exit_heads as H  # torch: only once the arguments are good
 
         target, r = H.train_exits(model_dir, args.exit_layers, texts=texts, out=args.out, steps=args.steps,
-                                  seq_len=args.seq_len, mlp_width=args.mlp_width, vocab=args.vocab)
+                                  chunks=args.chunks, seq_len=args.seq_len, mlp_width=args.mlp_width,
+                                  vocab=args.vocab, dtype=args.dtype)
     except ValueError as e:
         raise SystemExit(f"vllm-depth train-exits: {e}") from None
-    print("\n| exit layer | agreement with the final top-1, plain LM head | with the trained head |")
-    print("| --- | --- | --- |")
+    print("\nagreement with the model's final top-1 on held-out standard-library text (plain: final norm + LM head)")
+    print("| exit layer | code, plain | code, trained head | docstrings, plain | docstrings, trained head |")
+    print("| --- | --- | --- | --- | --- |")
     for n in r.exit_layers:
-        print(f"| {n} | {r.agreement_before[n]:.3f} | {r.agreement_after[n]:.3f} |")
-    print(f"\nheld-out: standard-library docstrings; trained on {r.tokens_trained} tokens in {r.seconds / 60:.1f} min; "
-          f"heads add {r.head_params / 1e6:.2f} M parameters ({100 * r.head_params / r.model_params:.2f}% of the model)")
+        print(f"| {n} | {r.agreement_before[n]:.3f} | {r.agreement_after[n]:.3f} "
+              f"| {r.docstrings_before[n]:.3f} | {r.docstrings_after[n]:.3f} |")
+    print(f"\ntrained {r.steps} steps on {r.tokens_trained} tokens (teacher in {r.teacher_dtype}) in "
+          f"{r.seconds / 60:.1f} min; heads add {r.head_params / 1e6:.2f} M parameters "
+          f"({100 * r.head_params / r.model_params:.2f}% of the model)")
     print(f"wrote {target}/{H.HEADS_FILE} and depth.exit_heads in {target}/config.json")
     _write_json(args.json, r.__dict__)
     return 0
@@ -372,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--exit-layers", type=_int_list, required=True, help="layer counts, e.g. 8,12,16,20,24")
     t.add_argument("--data", nargs="+", help="training text files (default: standard-library sources)")
     t.add_argument("--out", help="write a copy of the checkpoint with the heads here (new or empty)")
-    t.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps, one chunk each")
+    t.add_argument("--chunks", type=int, default=TRAIN_CHUNKS,
+                   help="chunks of training text the base model reads once (its states are kept in memory)")
+    t.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps, one chunk each (cycling)")
+    t.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="the base model's dtype as teacher (bfloat16: as vLLM serves it on the CPU, twice as fast)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
     t.add_argument("--mlp-width", type=int, default=TRAIN_MLP_WIDTH, help="width of each head's residual MLP (0: linear)")
     t.add_argument("--vocab", type=int, default=8192,
