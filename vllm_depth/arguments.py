@@ -41,7 +41,7 @@ TEACHER_DTYPES = ("bfloat16", "float32")
 
 
 def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_width: int, vocab: int,
-                      texts: list[str] | None, out: str | None, chunks: int = 1, dtype: str = "float32") -> None:
+                      texts: list[str] | None, out: str | None, chunks: int, dtype: str) -> None:
     """``train-exits``: layer counts within the model, positive steps and chunks, a vocabulary size
     below the model's, a teacher dtype, some text, and an ``--out`` that is new or empty."""
     cfg = checkpoint_config(model_dir)

@@ -69,14 +69,7 @@ def stdlib_texts(split: str) -> list[str]:
 def stdlib_held_out_code(tokenizer, seq_len: int, n: int, per_module: int = 2) -> list[list[int]]:
     """Chunks of ``seq_len`` tokens of held-out modules' sources (the ``eval`` split), at most
     ``per_module`` from each module so that a few long modules do not make up the set."""
-    chunks: list[list[int]] = []
-    for source in _split_sources("eval"):
-        ids = tokenizer.encode(source)
-        for i in range(0, min(len(ids) - seq_len + 1, per_module * seq_len), seq_len):
-            chunks.append(ids[i : i + seq_len])
-            if len(chunks) >= n:
-                return chunks
-    return chunks
+    return token_chunks(tokenizer, _split_sources("eval"), seq_len, n, per_text=per_module)
 
 
 def read_files(paths: list[str]) -> list[str]:
@@ -94,12 +87,14 @@ def read_files(paths: list[str]) -> list[str]:
     return texts
 
 
-def token_chunks(tokenizer, texts: list[str], seq_len: int, max_chunks: int) -> list[list[int]]:
-    """Tokenize and cut into chunks of ``seq_len`` tokens (at most ``max_chunks``)."""
+def token_chunks(tokenizer, texts, seq_len: int, max_chunks: int, per_text: int | None = None) -> list[list[int]]:
+    """Tokenize and cut into chunks of ``seq_len`` tokens (at most ``max_chunks``; at most
+    ``per_text`` from each text, when given)."""
     chunks: list[list[int]] = []
     for text in texts:
         ids = tokenizer.encode(text)
-        for i in range(0, len(ids) - seq_len + 1, seq_len):
+        end = len(ids) - seq_len + 1 if per_text is None else min(len(ids) - seq_len + 1, per_text * seq_len)
+        for i in range(0, end, seq_len):
             chunks.append(ids[i : i + seq_len])
             if len(chunks) >= max_chunks:
                 return chunks

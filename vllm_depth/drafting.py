@@ -187,7 +187,6 @@ class SelfDraft:
         self.counters = DraftCounters()
         self._kernels = None
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
-        self.plain_steps = True  # a step that verifies no draft runs as a plain decode step
         patch_drafter_binding()
         patch_plain_steps()
         patch_rejection_sampler()

@@ -126,7 +126,7 @@ class Vocab:
             self._cast[dtype] = self.weight.to(dtype)
         logits = (h.to(dtype) @ self._cast[dtype].t()).float()
         if self.ids is not None:
-            logits = torch.cat([logits, h.float() @ head.other.t().float()], dim=-1)
+            logits = torch.cat([logits, h @ head.other.t()], dim=-1)
         return logits
 
     def target(self, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,10 +154,10 @@ class ChunkFeatures:
     """What one chunk of text gives the heads to learn from (the base model runs once per chunk)."""
 
     states: list[torch.Tensor]  # per exit layer, the residual stream after it, [T, hidden]
-    top: torch.Tensor  # [T] the final top-1 as a class of the heads' space (``Vocab.target``)
+    tokens: torch.Tensor  # [T] the final top-1 as token ids (evaluation)
+    top: torch.Tensor  # [T] the same as classes of the heads' space (``Vocab.index_of``)
     teacher_lp: torch.Tensor | None = None  # [T, TOP_K] the teacher's log-probabilities of its top classes
     teacher_ix: torch.Tensor | None = None  # [T, TOP_K] those classes
-    tokens: torch.Tensor | None = None  # [T] the final top-1 as token ids (evaluation)
 
 
 def _forward(model, ids: torch.Tensor, exit_layers: list[int]):
@@ -175,7 +175,8 @@ def teacher_features(model, chunks, exit_layers: list[int], vocab: Vocab, desc: 
     out = []
     for c in tqdm(chunks, desc=desc, unit="chunk", disable=not progress):
         states, logits = _forward(model, torch.tensor([list(c)]), exit_layers)
-        f = ChunkFeatures(states, top=vocab.index_of(logits.argmax(-1)), tokens=logits.argmax(-1))
+        tokens = logits.argmax(-1)
+        f = ChunkFeatures(states, tokens, vocab.index_of(tokens))
         if with_teacher:
             logp, _ = vocab.target(logits)
             lp, ix = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
@@ -315,8 +316,7 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
     cfg = AutoConfig.from_pretrained(model_dir)
     t0 = time.perf_counter()
     model, tok = load_hf(model_dir)
-    model.requires_grad_(False)
-    teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0].requires_grad_(False)
+    teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0]
     texts = texts if texts is not None else stdlib_texts("calib")
     space = Vocab(model, frequent_tokens(tok, texts, vocab) if vocab else None)
     held = {"code": stdlib_held_out_code(tok, seq_len, eval_chunks),

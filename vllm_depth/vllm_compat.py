@@ -464,10 +464,12 @@ def patch_plain_steps() -> None:
     scheduler, bookkeeping and ``propose`` handle both shapes.  Installed by ``SelfDraft``."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
+    from vllm_depth.drafting import SelfDraft
+
     def wrap(original):
         def method(self, scheduler_output, *args, **kwargs):
             drafter = getattr(self, "drafter", None)
-            if scheduler_output.scheduled_spec_decode_tokens or not getattr(drafter, "plain_steps", False):
+            if scheduler_output.scheduled_spec_decode_tokens or not isinstance(drafter, SelfDraft):
                 return original(self, scheduler_output, *args, **kwargs)
             drafter.counters.plain_steps += 1
             spec, self.speculative_config = self.speculative_config, None

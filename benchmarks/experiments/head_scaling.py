@@ -6,7 +6,7 @@ The bfloat16 base model reads CHUNKS chunks of 256 standard-library tokens once
 (``teacher_features``: the residual stream after layer 16 and the teacher's top-32
 in train-exits' reduced vocabulary); each run ``NxS`` then trains a fresh
 train-exits head for S steps on the first N chunks (S / N passes) with train-exits'
-loss, lr and schedule, and reports the held-out agreement with the float32 model's
+own ``train_heads``, and reports the held-out agreement with the float32 model's
 final top-1 on held-out standard-library code (32 x 256 tokens, at most two chunks
 per module) and docstrings (16 x 256).  About 13 minutes of features for 2000 chunks,
 then about 0.025 s per step.
@@ -19,7 +19,7 @@ import torch
 from vllm_depth.analysis import load_hf
 from vllm_depth.checkpoints import resolve_model
 from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
-from vllm_depth.exit_heads import TorchExitHead, Vocab, agreement, distill_loss, frequent_tokens, teacher_features
+from vllm_depth.exit_heads import Vocab, agreement, frequent_tokens, teacher_features, train_heads
 
 LAYER = 16
 torch.manual_seed(0)
@@ -39,16 +39,6 @@ train = teacher_features(teacher, token_chunks(tok, texts, 256, n_max), [LAYER],
 print(f"features: {time.time() - t0:.0f} s for {len(train)} chunks", flush=True)
 print("| chunks | steps | held-out code | held-out docstrings |\n| --- | --- | --- | --- |")
 for n, steps in runs:
-    head = TorchExitHead(model.model.norm.weight, model.config.rms_norm_eps, 0, torch.Generator().manual_seed(0),
-                         reduced=True)
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
-    for i in range(steps):
-        f = train[i % n]
-        loss = distill_loss(space.logits(head, f.states[0], torch.bfloat16), f.teacher_lp, f.top, f.teacher_ix)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    a = {k: agreement(model, {LAYER: head}, v, [LAYER], space)[LAYER] for k, v in held.items()}
+    heads, _ = train_heads(model, train[:n], [LAYER], steps, 0, space, dtype=torch.bfloat16, progress=False)
+    a = {k: agreement(model, heads, v, [LAYER], space)[LAYER] for k, v in held.items()}
     print(f"| {n} | {steps} | {a['code']:.3f} | {a['docstrings']:.3f} |", flush=True)

@@ -306,6 +306,7 @@ def cmd_tune_draft(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vllm_depth.arguments import TEACHER_DTYPES
     p = argparse.ArgumentParser(prog="vllm-depth", description="depth-adaptive decoding for vLLM")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -382,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chunks", type=int, default=TRAIN_CHUNKS,
                    help="chunks of training text the base model reads once (its states are kept in memory)")
     t.add_argument("--steps", type=int, default=TRAIN_STEPS, help="training steps, one chunk each (cycling)")
-    t.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+    t.add_argument("--dtype", default="bfloat16", choices=TEACHER_DTYPES,
                    help="the base model's dtype as teacher (bfloat16: as vLLM serves it on the CPU, twice as fast)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
     t.add_argument("--mlp-width", type=int, default=TRAIN_MLP_WIDTH, help="width of each head's residual MLP (0: linear)")
