@@ -21,7 +21,7 @@ For each token count, two exit-check paths against the LM-head product alone
   ``exit_stats``), which tensor-parallel ranks run on the CPU (torch path, plain
   torch matmul) and GPUs run as a Triton kernel;
 
-and the saturation check against one decoder layer of the model (Hugging Face
+and the saturation check as the engine calls it (``saturation_values``) against one decoder layer of the model (Hugging Face
 layer, those tokens, no KV cache).  Calls alternate, medians of repeated runs.
 """
 
@@ -213,7 +213,7 @@ def main() -> int:
             # each pair alternates (a check with the product it adds to; saturation with a layer)
             pairs = [{"head": lambda: x @ head.t(), "fused": lambda: K.exit_stats(x, norm_w, eps, head)},
                      {"layer": lambda: layer(x[None], position_embeddings=rope, attention_mask=None),
-                      "sat": lambda: K.saturation(x, x)}]
+                      "sat": lambda: K.saturation_values(x, x)}]
             if gemm is not None:
                 norm = vllm_rms_norm(norm_w, eps)
                 pairs.append({"gemm": lambda: gemm(x), "engine": lambda: K.probs_of_logits(gemm(norm(x))),

@@ -122,6 +122,12 @@ def test_saturation_matches_cosine(t, h):
         torch.testing.assert_close(cpu_reduce.saturation(a16, b16), K.saturation_torch(a16, b16), atol=1e-6,
                                    rtol=1e-5)
         torch.testing.assert_close(cpu_reduce.saturation(a16, b), K.saturation_torch(a16, b), atol=1e-6, rtol=1e-5)
+        # the engine's call: the same values as a list, from one reused buffer per row count
+        for x, y in ((wa[:, :h], wb[:, :h]), (a16, b)):
+            got = K.saturation_values(x, y)
+            assert isinstance(got, list) and len(got) == t
+            torch.testing.assert_close(torch.tensor(got), K.saturation_torch(x, y), atol=1e-6, rtol=1e-5)
+        assert cpu_reduce.saturation_values(a.t(), b.t()) is None  # not unit stride along the hidden size
 
 
 def test_dispatch_uses_triton_under_the_interpreter_or_on_a_gpu():
@@ -193,6 +199,8 @@ def test_without_a_compiler_the_cpu_check_runs_as_torch_ops(monkeypatch, tmp_pat
             assert cpu_reduce.load() is None
             torch.testing.assert_close(K.probs_of_logits(logits), K.probs_torch(logits))
             torch.testing.assert_close(K.saturation(logits, logits.flip(0)), K.saturation_torch(logits, logits.flip(0)))
+            torch.testing.assert_close(torch.tensor(K.saturation_values(logits, logits.flip(0))),
+                                       K.saturation_torch(logits, logits.flip(0)))
         assert sum("building the CPU reduction failed" in r.message for r in caplog.records) == 1
     finally:
         monkeypatch.undo()

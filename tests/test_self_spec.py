@@ -61,6 +61,20 @@ def test_policy_probes_ever_more_rarely_while_drafting_does_not_pay():
     assert [policy.length("r") for _ in range(6)] == [1, 0, 0, 0, 1, 0]
 
 
+def test_a_new_request_starts_from_the_last_finished_requests_acceptance_and_backoff():
+    policy = DraftPolicy(k_max=3, probe=4, max_backoff=4, cost=0.2)
+    assert policy.length("fresh") > 0  # the prior (acceptance 0.5) says a cheap draft pays
+    policy.cost = 0.9
+    policy.states["a"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
+    [policy.length("a") for _ in range(30)]  # probes backed off to 16 steps
+    policy.forget_except(set())  # both finish; "a" had judged drafts, "fresh" had not
+    assert policy.states == {} and policy.start.trials == 20.0
+    # a new request drafts no full draft to learn what "a" measured: a probe, then the long wait
+    assert [policy.length("b") for _ in range(17)] == [1] + [0] * 15 + [1]
+    policy.forget_except({"b"})
+    assert policy.start.trials == 20.0  # a live request does not replace it
+
+
 def test_policy_learns_acceptance_from_accepted_counts():
     policy = DraftPolicy(k_max=3, probe=4, cost=0.2)
     for _ in range(10):

@@ -24,7 +24,9 @@ acceptance, the measured cost of a draft forward and the measured cost of
 verifying a draft token (decode steps that verified drafts against those that
 verified none); when no length pays, it
 only probes, first ``draft_backoff`` steps later, each time after twice the
-wait before (up to 16x), so a poor draft costs little.
+wait before (up to 16x), so a poor draft costs little.  A new request starts
+from the acceptance and backoff of the last request that finished, not from
+the prior: a server's requests do not each pay for learning them again.
 A draft also stops at the first token whose draft confidence is not above
 ``draft_threshold``.
 """
@@ -98,6 +100,8 @@ class DraftPolicy:
     the wait, up to ``max_backoff`` times ``probe`` (a draft that never pays
     then costs a probe every 256 steps by default, not every 16); a length
     that pays again resets it.  ``probe=0``: always draft the full length.
+    A new request starts from the acceptance and backoff of the last request
+    that finished having judged drafts (``start``).
     """
 
     k_max: int
@@ -109,11 +113,22 @@ class DraftPolicy:
     verify: float = 0.0  # extra step time per verified draft token / plain step time (EMA)
     plain: float = 0.0  # seconds of a step that verified no draft (EMA)
     states: dict[str, _RequestState] = field(default_factory=dict)
+    # where a new request starts: the acceptance and backoff of the last request that finished
+    # having judged drafts (None: the prior), so that each request does not learn them again
+    start: _RequestState | None = None
+
+    def state(self, req_id: str) -> _RequestState:
+        st = self.states.get(req_id)
+        if st is None:
+            s = self.start
+            st = _RequestState() if s is None else _RequestState(hits=s.hits, trials=s.trials, backoff=s.backoff)
+            self.states[req_id] = st
+        return st
 
     def observe(self, req_id: str, num_sampled: int) -> tuple[int, int]:
         """Record a step's outcome (``num_sampled`` tokens = accepted drafts + 1);
         returns (drafts accepted, drafts proposed) of the request's last draft."""
-        st = self.states.setdefault(req_id, _RequestState())
+        st = self.state(req_id)
         if not st.proposed:
             return 0, 0
         proposed, st.proposed = st.proposed, 0
@@ -124,7 +139,7 @@ class DraftPolicy:
 
     def length(self, req_id: str) -> int:
         """Draft tokens to propose for ``req_id`` this step (0: none)."""
-        st = self.states.setdefault(req_id, _RequestState())
+        st = self.state(req_id)
         if self.probe == 0:
             return self.k_max
         k = best_length(st.alpha(self.prior), self.cost + self.verify, self.k_max)
@@ -159,7 +174,9 @@ class DraftPolicy:
 
     def forget_except(self, live: set[str]) -> None:
         for req_id in [r for r in self.states if r not in live]:
-            del self.states[req_id]
+            st = self.states.pop(req_id)
+            if st.trials > 0:
+                self.start = st
 
 
 class SelfDraft:

@@ -21,12 +21,13 @@ threshold:
 from __future__ import annotations
 
 import bisect
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from vllm_depth.kernels.exit_check import probs_of_logits, saturation
+from vllm_depth.kernels.exit_check import probs_of_logits, saturation_values
 from vllm_depth.request_args import RequestDepth
 
 
@@ -41,7 +42,7 @@ def _margin(logits, state, prev, rest=None):
 
 
 def _saturation(logits, state, prev, rest=None):
-    return saturation(prev, state)
+    return saturation_values(prev, state)
 
 
 def _never(threshold: float) -> bool:
@@ -55,7 +56,7 @@ def _at_zero(threshold: float) -> bool:
 
 @dataclass(frozen=True)
 class Criterion:
-    confidence: Callable  # (logits | None, state, previous state, rest=None) -> [T] float32
+    confidence: Callable  # (logits | None, state, previous state, rest=None) -> [T] float32, tensor or list
     needs_logits: bool
     # (threshold) -> whether the confidence always exceeds it: the token exits with no check computed
     certain: Callable = _never
@@ -238,7 +239,12 @@ class ExitRun:
                 logits, rest = logits_of(_rows(normed, sel)) if self.criterion.needs_logits else (None, None)
                 prev = None if self.prev is None else _rows(_rows(self.prev, idx), sel)
                 confidence = self.criterion.confidence(logits, _rows(state, sel), prev, rest)
-            passed = (confidence.float().cpu() > torch.tensor([eligible[j][1] for j in todo])).tolist()
+            if isinstance(confidence, torch.Tensor):
+                confidence = confidence.tolist()
+            # compared as float32 (thresholds rounded as a float32 tensor would hold them), in Python:
+            # right after decoder layers every torch op costs microseconds
+            thresholds = array("f", [eligible[j][1] for j in todo])
+            passed = [c > x for c, x in zip(confidence, thresholds)]
             for j, p in zip(todo, passed):
                 fire[j] = p
             counters.checked += len(todo)

@@ -241,6 +241,7 @@ void exit_saturation(const void *a, int a_bf16, long sa, const void *b, int b_bf
 
 SOURCE = SOURCE.replace("@CHUNK_LEN@", str(CHUNK_LEN)).replace("@MAX_PARTS@", str(MAX_PARTS))
 _DTYPES = (torch.float32, torch.bfloat16)
+_IS_BF16 = {torch.float32: False, torch.bfloat16: True}
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -324,14 +325,28 @@ def confidence(logits: torch.Tensor, rest: torch.Tensor | None, margin: bool) ->
 def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor | None:
     """Cosine similarity of each row of ``prev`` and ``cur`` (CPU, fp32 or bf16, unit stride along
     the hidden size), or None where the native function is unavailable or does not take them."""
-    if (prev.dtype not in _DTYPES or cur.dtype not in _DTYPES or prev.shape != cur.shape or cur.dim() != 2
-            or prev.stride(1) != 1 or cur.stride(1) != 1):
+    values = saturation_values(prev, cur)
+    return None if values is None else torch.tensor(values, dtype=torch.float32)
+
+
+@functools.cache
+def _out_buffer(rows: int):
+    return (ctypes.c_float * rows)()
+
+
+def saturation_values(prev: torch.Tensor, cur: torch.Tensor) -> list[float] | None:
+    """``saturation`` as a list of floats (the fp32 values), what the engine compares with its
+    thresholds: the native call writes into a reused buffer and no tensor is made (right after
+    decoder layers each torch op, ``torch.empty`` included, costs several microseconds, and so
+    does each tensor attribute read: they are read once here)."""
+    a16, b16 = _IS_BF16.get(prev.dtype), _IS_BF16.get(cur.dtype)
+    shape, sa, sb = cur.shape, prev.stride(), cur.stride()
+    if a16 is None or b16 is None or len(shape) != 2 or prev.shape != shape or sa[1] != 1 or sb[1] != 1:
         return None
     lib = load()
     if lib is None:
         return None
-    t, h = cur.shape
-    out = torch.empty(t, dtype=torch.float32)
-    lib[1](prev.data_ptr(), int(prev.dtype == torch.bfloat16), prev.stride(0), cur.data_ptr(),
-           int(cur.dtype == torch.bfloat16), cur.stride(0), t, h, out.data_ptr())
-    return out
+    t, h = shape
+    out = _out_buffer(t)
+    lib[1](prev.data_ptr(), a16, sa[0], cur.data_ptr(), b16, sb[0], t, h, out)
+    return out[:]

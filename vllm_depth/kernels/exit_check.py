@@ -407,3 +407,14 @@ def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
         return saturation_triton(prev, cur)
     out = cpu_reduce.saturation(prev, cur) if cur.device.type == "cpu" else None
     return saturation_torch(prev, cur) if out is None else out
+
+
+def saturation_values(prev: torch.Tensor, cur: torch.Tensor) -> list[float]:
+    """``saturation`` as a list of floats, the engine's call: on the CPU the native function
+    writes them with no tensor made (also under the Triton interpreter, which is for testing the
+    kernels; ``is_cpu``: ``.device`` builds an object)."""
+    if cur.is_cpu:
+        out = cpu_reduce.saturation_values(prev, cur)
+        if out is not None:
+            return out
+    return saturation(prev, cur).tolist()
