@@ -66,7 +66,8 @@ def test_a_new_request_starts_from_the_last_finished_requests_acceptance_and_bac
     assert policy.length("fresh") > 0  # the prior (acceptance 0.5) says a cheap draft pays
     policy.cost = 0.9
     policy.states["a"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
-    [policy.length("a") for _ in range(30)]  # probes backed off to 16 steps
+    for _ in range(30):  # probes backed off to 16 steps
+        policy.length("a")
     policy.forget_except(set())  # both finish; "a" had judged drafts, "fresh" had not
     assert policy.states == {} and policy.start.trials == 20.0
     # a new request drafts no full draft to learn what "a" measured: a probe, then the long wait

@@ -185,6 +185,18 @@ def teacher_features(model, chunks, exit_layers: list[int], vocab: Vocab, desc: 
     return out
 
 
+def held_out_features(model, tokenizer, exit_layers: list[int], vocab: Vocab, seq_len: int, n: int,
+                      progress: bool = True) -> dict[str, list[ChunkFeatures]]:
+    """train-exits' held-out sets, read by ``model`` (float32): standard-library code of the held-out
+    modules (``n`` chunks) and their docstrings (half as many)."""
+    from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
+
+    held = {"code": stdlib_held_out_code(tokenizer, seq_len, n),
+            "docstrings": token_chunks(tokenizer, stdlib_texts("eval"), seq_len, max(1, n // 2))}
+    return {k: teacher_features(model, v, exit_layers, vocab, f"held-out {k}", progress, with_teacher=False)
+            for k, v in held.items()}
+
+
 def agreement(model, heads: dict[int, nn.Module] | None, held: list[ChunkFeatures], exit_layers: list[int],
               vocab: Vocab | None = None) -> dict[int, float]:
     """Per exit layer, the fraction of tokens whose head top-1 is the model's final top-1
@@ -310,7 +322,7 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
     from transformers import AutoConfig
 
     from vllm_depth.analysis import load_hf
-    from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
+    from vllm_depth.data import stdlib_texts, token_chunks
 
     check_train_exits(model_dir, exit_layers, steps, mlp_width, vocab, texts, out, chunks, dtype)
     cfg = AutoConfig.from_pretrained(model_dir)
@@ -319,10 +331,7 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
     teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0]
     texts = texts if texts is not None else stdlib_texts("calib")
     space = Vocab(model, frequent_tokens(tok, texts, vocab) if vocab else None)
-    held = {"code": stdlib_held_out_code(tok, seq_len, eval_chunks),
-            "docstrings": token_chunks(tok, stdlib_texts("eval"), seq_len, max(1, eval_chunks // 2))}
-    held = {k: teacher_features(model, v, exit_layers, space, f"held-out {k}", progress, with_teacher=False)
-            for k, v in held.items()}
+    held = held_out_features(model, tok, exit_layers, space, seq_len, eval_chunks, progress)
     features = teacher_features(teacher, token_chunks(tok, texts, seq_len, chunks), exit_layers, space,
                                 f"teacher ({dtype})", progress)
     report = TrainReport(exit_layers=list(exit_layers), teacher_dtype=dtype)

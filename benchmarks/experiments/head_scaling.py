@@ -18,8 +18,8 @@ import torch
 
 from vllm_depth.analysis import load_hf
 from vllm_depth.checkpoints import resolve_model
-from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
-from vllm_depth.exit_heads import Vocab, agreement, frequent_tokens, teacher_features, train_heads
+from vllm_depth.data import stdlib_texts, token_chunks
+from vllm_depth.exit_heads import Vocab, agreement, frequent_tokens, held_out_features, teacher_features, train_heads
 
 LAYER = 16
 torch.manual_seed(0)
@@ -32,8 +32,7 @@ model, tok = load_hf(path)
 teacher = load_hf(path, torch.bfloat16)[0]
 texts = stdlib_texts("calib")
 space = Vocab(model, frequent_tokens(tok, texts, 8192))
-held = {"code": stdlib_held_out_code(tok, 256, 32), "docstrings": token_chunks(tok, stdlib_texts("eval"), 256, 16)}
-held = {k: teacher_features(model, v, [LAYER], space, k, with_teacher=False) for k, v in held.items()}
+held = held_out_features(model, tok, [LAYER], space, 256, 32)
 t0 = time.time()
 train = teacher_features(teacher, token_chunks(tok, texts, 256, n_max), [LAYER], space, "teacher (bfloat16)")
 print(f"features: {time.time() - t0:.0f} s for {len(train)} chunks", flush=True)

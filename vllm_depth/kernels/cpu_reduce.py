@@ -240,8 +240,8 @@ void exit_saturation(const void *a, int a_bf16, long sa, const void *b, int b_bf
 """
 
 SOURCE = SOURCE.replace("@CHUNK_LEN@", str(CHUNK_LEN)).replace("@MAX_PARTS@", str(MAX_PARTS))
-_DTYPES = (torch.float32, torch.bfloat16)
-_IS_BF16 = {torch.float32: False, torch.bfloat16: True}
+_IS_BF16 = {torch.float32: False, torch.bfloat16: True}  # the dtypes the native functions read
+_DTYPES = tuple(_IS_BF16)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 
 

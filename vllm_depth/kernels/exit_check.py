@@ -411,10 +411,9 @@ def saturation(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
 
 def saturation_values(prev: torch.Tensor, cur: torch.Tensor) -> list[float]:
     """``saturation`` as a list of floats, the engine's call: on the CPU the native function
-    writes them with no tensor made (also under the Triton interpreter, which is for testing the
-    kernels; ``is_cpu``: ``.device`` builds an object)."""
+    writes them with no tensor made, and torch ops where it cannot (also under the Triton
+    interpreter, which is for testing the kernels; ``is_cpu``: ``.device`` builds an object)."""
     if cur.is_cpu:
         out = cpu_reduce.saturation_values(prev, cur)
-        if out is not None:
-            return out
+        return saturation_torch(prev, cur).tolist() if out is None else out
     return saturation(prev, cur).tolist()
