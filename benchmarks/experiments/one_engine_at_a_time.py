@@ -1,0 +1,81 @@
+"""Experiment: the self-draft against stock vLLM with one engine alive at a time, each in a fresh
+process, in alternating runs (the bench keeps both engines alive and alternates rounds between them).
+
+    python benchmarks/experiments/one_engine_at_a_time.py [--runs 2] [--reps 3] [--in-process]
+
+Each run starts every variant in turn in its own process: SmolLM2-135M, bf16, batch 1, 4 code prompts x
+128 new tokens (``ignore_eos``), one warm-up pass, then ``--reps`` timed passes.  ``--in-process`` sets
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (the engine core and the model run in the caller's process, as a
+profiler sees them).  Prints each variant's mean seconds per pass and its ratio of tokens/s to stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SPEC = {"model_impl": "depth", "hf_overrides": {"depth": {"draft_layers": 24}},
+        "speculative_config": {"model": "vllm_depth.SelfDraft", "num_speculative_tokens": 3}}
+VARIANTS = {
+    "stock": {"async_scheduling": False},
+    "stock_async": {},
+    "depth_identity": {"model_impl": "depth", "async_scheduling": False},
+    "self_draft": {**SPEC, "async_scheduling": False},
+}
+
+
+def child(name: str, reps: int, prompts_file: str) -> None:
+    from vllm import LLM, SamplingParams
+
+    from vllm_depth.bench import DEFAULT_ENGINE_ARGS, load_prompts
+    from vllm_depth.checkpoints import resolve_model
+
+    prompts = [p.text for p in load_prompts(prompts_file)[:4]]
+    llm = LLM(resolve_model("smollm2-135m"), **{**DEFAULT_ENGINE_ARGS, **VARIANTS[name]})
+    sp = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
+    for p in prompts[:2]:
+        llm.generate([p], sp, use_tqdm=False)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for p in prompts:
+            llm.generate([p], sp, use_tqdm=False)
+        times.append(time.perf_counter() - t)
+    print("RESULT " + json.dumps({"name": name, "seconds": times}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--in-process", action="store_true")
+    p.add_argument("--variants", default="stock,self_draft")
+    p.add_argument("--prompts", default="benchmarks/prompts/code.jsonl")
+    p.add_argument("--child")
+    args = p.parse_args()
+    if args.child:
+        return child(args.child, args.reps, args.prompts)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    if args.in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    names = args.variants.split(",")
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for run in range(args.runs):
+        for name in names:
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--reps", str(args.reps),
+                                  "--prompts", args.prompts], env=env, capture_output=True, text=True, check=True)
+            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+            seconds[name] += json.loads(line[len("RESULT "):])["seconds"]
+            print(f"run {run + 1}: {name:15s} " + " ".join(f"{s:.2f}" for s in seconds[name][-args.reps:]), flush=True)
+    base = sum(seconds[names[0]]) / len(seconds[names[0]])
+    for name in names:
+        mean = sum(seconds[name]) / len(seconds[name])
+        print(f"{name:15s} {mean:7.3f} s per pass  {base / mean:.3f}x {names[0]}'s tokens/s")
+
+
+if __name__ == "__main__":
+    main()
