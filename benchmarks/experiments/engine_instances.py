@@ -18,8 +18,11 @@ import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-SPEC = {"model_impl": "depth", "hf_overrides": {"depth": {"draft_layers": 24}},
-        "speculative_config": {"model": "vllm_depth.SelfDraft", "num_speculative_tokens": 3}}
+from vllm_depth.drafting import self_spec_engine_args  # noqa: E402
+
+# what vllm-depth bench --self-spec '{"draft_layers": 24, "num_speculative_tokens": 3}' runs
+_DEPTH, _SPEC = self_spec_engine_args(None, {"draft_layers": 24, "num_speculative_tokens": 3})
+SPEC = {"model_impl": "depth", "hf_overrides": {"depth": _DEPTH}, "speculative_config": _SPEC}
 DEFAULT = {f"{name}{i}": kw for i in (1, 2) for name, kw in
            (("stock_async", {}), ("stock_sync", {"async_scheduling": False}),
             ("depth_identity", {"model_impl": "depth"}), ("self_draft", SPEC))}

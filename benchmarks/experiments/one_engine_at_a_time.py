@@ -18,14 +18,20 @@ import subprocess
 import sys
 import time
 
-SPEC = {"model_impl": "depth", "hf_overrides": {"depth": {"draft_layers": 24}},
-        "speculative_config": {"model": "vllm_depth.SelfDraft", "num_speculative_tokens": 3}}
-VARIANTS = {
-    "stock": {"async_scheduling": False},
-    "stock_async": {},
-    "depth_identity": {"model_impl": "depth", "async_scheduling": False},
-    "self_draft": {**SPEC, "async_scheduling": False},
-}
+
+def variants() -> dict[str, dict]:
+    """Each variant's ``LLM()`` arguments over the bench's defaults; the self-draft's are what
+    ``vllm-depth bench --self-spec '{"draft_layers": 24, "num_speculative_tokens": 3}'`` runs."""
+    from vllm_depth.drafting import self_spec_engine_args
+
+    depth, spec = self_spec_engine_args(None, {"draft_layers": 24, "num_speculative_tokens": 3})
+    return {
+        "stock": {"async_scheduling": False},
+        "stock_async": {},
+        "depth_identity": {"model_impl": "depth", "async_scheduling": False},
+        "self_draft": {"model_impl": "depth", "hf_overrides": {"depth": depth}, "speculative_config": spec,
+                       "async_scheduling": False},
+    }
 
 
 def child(name: str, reps: int, prompts_file: str) -> None:
@@ -35,7 +41,7 @@ def child(name: str, reps: int, prompts_file: str) -> None:
     from vllm_depth.checkpoints import resolve_model
 
     prompts = [p.text for p in load_prompts(prompts_file)[:4]]
-    llm = LLM(resolve_model("smollm2-135m"), **{**DEFAULT_ENGINE_ARGS, **VARIANTS[name]})
+    llm = LLM(resolve_model("smollm2-135m"), **{**DEFAULT_ENGINE_ARGS, **variants()[name]})
     sp = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
     for p in prompts[:2]:
         llm.generate([p], sp, use_tqdm=False)
@@ -63,6 +69,9 @@ def main() -> None:
     if args.in_process:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     names = args.variants.split(",")
+    unknown = sorted(set(names) - set(variants()))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; allowed: {sorted(variants())}")
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for run in range(args.runs):
         for name in names:
