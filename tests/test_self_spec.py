@@ -170,6 +170,30 @@ def test_greedy_batch_of_one_equals_stock_vllm(stock, spec):
     assert c["drafted"] > 0 and 0 < c["accepted"] < c["drafted"]  # accepted and rejected drafts both seen
 
 
+def _count_draft_rpcs(worker, start: bool) -> int:
+    """Count the engine core's ``take_draft_token_ids`` RPCs from now (``start``), or read the count."""
+    if start:
+        take = worker.take_draft_token_ids  # bound (the worker wrapper forwards to the worker)
+
+        def counted(*args, **kwargs):
+            worker._depth_draft_rpcs += 1
+            return take(*args, **kwargs)
+
+        worker._depth_draft_rpcs = 0
+        worker.take_draft_token_ids = counted
+    return worker._depth_draft_rpcs
+
+
+def test_drafts_come_back_with_the_step_output_without_a_second_rpc(stock, spec):
+    # vllm_compat.patch_draft_handoff_*: the engine core never asks the worker for the drafts,
+    # and they still reach the scheduler (drafts are verified and accepted) losslessly
+    spec.collective_rpc(_count_draft_rpcs, args=(True,))
+    counters(spec, reset=True)
+    assert _ids(greedy(spec, PROMPTS[:2], max_tokens=32)) == _ids(greedy(stock, PROMPTS[:2], max_tokens=32))
+    assert counters(spec)["accepted"] > 0
+    assert spec.collective_rpc(_count_draft_rpcs, args=(False,)) == [0]
+
+
 def _compiled_against_eager(worker):
     import torch
     from vllm.forward_context import set_forward_context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import inspect
+import re
 import subprocess
 import sys
 
@@ -255,6 +256,16 @@ def test_self_draft_hooks_exist_with_their_signatures():
     assert "use_spec_decode = self.speculative_config is not None" in src
     assert "spec_decode_metadata = None" in src and "logits_indices = query_start_loc[1:] - 1" in src
     assert "if spec_decode_metadata is None:" in inspect.getsource(GPUModelRunner._sample)
+    # patch_draft_handoff_*: the sync engine core takes the drafts by RPC after the step, and taking
+    # them only reads what sample_tokens stored (so the worker may take them with the step's output)
+    from vllm.v1.engine.core import EngineCore
+
+    src = inspect.getsource(inspect.unwrap(EngineCore.post_step))
+    assert "draft_token_ids = self.model_executor.take_draft_token_ids()" in src
+    assert "self.scheduler.update_draft_token_ids(draft_token_ids)" in src and "not self.async_scheduling" in src
+    assert "self._get_draft_token_ids_cpu()" in inspect.getsource(GPUModelRunner.take_draft_token_ids)
+    for f in (GPUModelRunner.take_draft_token_ids, GPUModelRunner._get_draft_token_ids_cpu):
+        assert not re.search(r"self\.\w+\s*=[^=]", inspect.getsource(f)), f.__name__  # no state changes
 
 
 def test_cpu_expand_kernel_still_loses_float_outputs_and_ours_does_not():

@@ -190,7 +190,12 @@ class SelfDraft:
     """
 
     def __init__(self, vllm_config):
-        from vllm_depth.vllm_compat import patch_drafter_binding, patch_plain_steps, patch_rejection_sampler
+        from vllm_depth.vllm_compat import (
+            patch_draft_handoff_worker,
+            patch_drafter_binding,
+            patch_plain_steps,
+            patch_rejection_sampler,
+        )
 
         self.vllm_config = vllm_config
         self.k = vllm_config.speculative_config.num_speculative_tokens
@@ -207,6 +212,7 @@ class SelfDraft:
         patch_drafter_binding()
         patch_plain_steps()
         patch_rejection_sampler()
+        patch_draft_handoff_worker()
 
     def load_model(self, target_model) -> None:
         depth = getattr(getattr(target_model, "model", None), "depth", None)

@@ -47,12 +47,15 @@ def _depth_architectures(architectures, model_config) -> list[str]:
     return [depth_arch(a) for a in supported]
 
 
-def _patch(owner, name: str, make_wrapper) -> None:
+def _patch(owner, name: str, make_wrapper, tag: str = "") -> None:
+    """Wrap ``owner.name`` once; ``tag`` tells apart two patches of one function (each wrapper
+    carries the marks of those under it)."""
     original = getattr(owner, name)
-    if getattr(original, _PATCHED, False):
+    mark = _PATCHED + tag
+    if getattr(original, mark, False):
         return
     wrapper = functools.wraps(original)(make_wrapper(original))
-    setattr(wrapper, _PATCHED, True)
+    setattr(wrapper, mark, True)
     setattr(owner, name, wrapper)
 
 
@@ -481,6 +484,61 @@ def patch_plain_steps() -> None:
         return method
 
     _patch(GPUModelRunner, "_prepare_inputs", wrap)
+
+
+_NO_HANDOFF = object()  # the step's output carried no drafts: ask the worker (vLLM's own path)
+
+
+def patch_draft_handoff_worker() -> None:
+    """vLLM 0.32 ``GPUModelRunner.sample_tokens``: the self-draft's drafts ride back with the step's
+    output (``ModelRunnerOutput.depth_drafts``, a ``DraftTokenIds`` or None).
+
+    Without async scheduling, vLLM's engine core asks the worker for the drafts in a second RPC
+    after every step (``EngineCore.post_step`` -> ``take_draft_token_ids``): one more round trip
+    through the shared-memory queues per step, about 1.5% of a batch-1 step of SmolLM2 on this
+    CPU (py-spy).  ``take_draft_token_ids`` only reads what ``sample_tokens`` just stored, so
+    taking it here gives the same value.  Installed by ``SelfDraft`` in the worker; the engine
+    core's half is ``patch_draft_handoff_engine``."""
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, DraftTokenIds
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_depth.drafting import SelfDraft
+
+    def wrap(original):
+        def method(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            if (isinstance(getattr(self, "drafter", None), SelfDraft) and not self.use_async_scheduling
+                    and out is not None and out is not EMPTY_MODEL_RUNNER_OUTPUT and hasattr(out, "req_ids")):
+                drafts = self.take_draft_token_ids()
+                out.depth_drafts = (None if drafts is None
+                                    else DraftTokenIds(list(drafts.req_ids), drafts.draft_token_ids))
+            return out
+
+        return method
+
+    _patch(GPUModelRunner, "sample_tokens", wrap, tag="draft_handoff")
+
+
+def patch_draft_handoff_engine() -> None:
+    """vLLM 0.32 ``EngineCore.post_step``: when the step's output brought the drafts
+    (``patch_draft_handoff_worker``; the depth scheduler keeps them as ``depth_drafts``), hand them
+    to the scheduler as vLLM would, without the ``take_draft_token_ids`` RPC.  Any other step
+    (another scheduler, an output that was rebuilt on the way) takes vLLM's own path.
+    Installed by the depth scheduler in the engine core when the self-draft is configured."""
+    from vllm.v1.engine.core import EngineCore
+
+    def wrap(original):
+        def method(self, model_executed: bool) -> None:
+            drafts = getattr(self.scheduler, "depth_drafts", _NO_HANDOFF)
+            if drafts is _NO_HANDOFF or self.async_scheduling or not self.check_for_draft_tokens:
+                return original(self, model_executed)
+            self.scheduler.depth_drafts = _NO_HANDOFF
+            if model_executed and drafts is not None:
+                self.scheduler.update_draft_token_ids(drafts)
+
+        return method
+
+    _patch(EngineCore, "post_step", wrap)
 
 
 def draft_attention(runner, rows, positions):
