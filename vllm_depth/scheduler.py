@@ -23,6 +23,8 @@ from __future__ import annotations
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from vllm_depth.vllm_compat import NO_HANDOFF, is_self_draft, patch_draft_handoff_engine
+
 
 class _DepthStats:
     def __init__(self, *args, **kwargs):
@@ -35,19 +37,15 @@ class _DepthStats:
         # kv_fill 'recompute': an exited token is scheduled again with the next one
         self._recompute = depth.recomputes()
         self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens, tokens re-run]
-        from vllm_depth.vllm_compat import _NO_HANDOFF, _is_self_draft, patch_draft_handoff_engine
-
         # the self-draft's drafts, when they came back with the step's output (read by the engine
         # core's post_step instead of asking the worker again)
-        self.depth_drafts = _NO_HANDOFF
-        if _is_self_draft(self.vllm_config.speculative_config):
+        self.depth_drafts = NO_HANDOFF
+        if is_self_draft(self.vllm_config.speculative_config):
             patch_draft_handoff_engine()
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        from vllm_depth.vllm_compat import _NO_HANDOFF
-
         exits = getattr(model_runner_output, "depth_exits", None) or {}
-        self.depth_drafts = getattr(model_runner_output, "depth_drafts", _NO_HANDOFF)
+        self.depth_drafts = getattr(model_runner_output, "depth_drafts", NO_HANDOFF)
         for req_id, layer in exits.items():
             acc = self._depth.setdefault(req_id, [0, 0, 0])
             acc[0] += layer

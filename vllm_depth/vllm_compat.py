@@ -372,7 +372,7 @@ def _patch_engine_args() -> None:
     def wrap(original):
         def method(self, *args, **kwargs):
             config = original(self, *args, **kwargs)
-            if _is_self_draft(config.speculative_config):
+            if is_self_draft(config.speculative_config):
                 _check_self_draft(config)
             if _is_depth(config.model_config):
                 pc, hf = config.parallel_config, config.model_config.hf_config
@@ -393,7 +393,7 @@ def _patch_engine_args() -> None:
 # -- self-speculative decoding ------------------------------------------------------------
 
 
-def _is_self_draft(speculative_config) -> bool:
+def is_self_draft(speculative_config) -> bool:
     from vllm_depth.drafting import PROPOSER
 
     return (speculative_config is not None and speculative_config.method == "custom_class"
@@ -430,7 +430,7 @@ def _patch_lookahead() -> None:
 
     @functools.wraps(prop.fget)
     def fget(self):
-        if _is_self_draft(self.speculative_config):
+        if is_self_draft(self.speculative_config):
             return self.speculative_config.num_speculative_tokens
         return prop.fget(self)
 
@@ -486,7 +486,7 @@ def patch_plain_steps() -> None:
     _patch(GPUModelRunner, "_prepare_inputs", wrap)
 
 
-_NO_HANDOFF = object()  # the step's output carried no drafts: ask the worker (vLLM's own path)
+NO_HANDOFF = object()  # the step's output carried no drafts: ask the worker (vLLM's own path)
 
 
 def patch_draft_handoff_worker() -> None:
@@ -529,10 +529,10 @@ def patch_draft_handoff_engine() -> None:
 
     def wrap(original):
         def method(self, model_executed: bool) -> None:
-            drafts = getattr(self.scheduler, "depth_drafts", _NO_HANDOFF)
-            if drafts is _NO_HANDOFF or self.async_scheduling or not self.check_for_draft_tokens:
+            drafts = getattr(self.scheduler, "depth_drafts", NO_HANDOFF)
+            if drafts is NO_HANDOFF or self.async_scheduling or not self.check_for_draft_tokens:
                 return original(self, model_executed)
-            self.scheduler.depth_drafts = _NO_HANDOFF
+            self.scheduler.depth_drafts = NO_HANDOFF
             if model_executed and drafts is not None:
                 self.scheduler.update_draft_token_ids(drafts)
 
