@@ -192,3 +192,16 @@ def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
         full = complete({"depth_exit": False})
         assert forced["kv_transfer_params"]["depth"]["mean_exit_layer"] == 2.0
         assert full["kv_transfer_params"]["depth"]["mean_exit_layer"] == 6.0
+
+
+@pytest.mark.parametrize("steps", [1, 19, 20, 21, 40])
+def test_short_one_cycle_runs_train_and_lower_the_loss(steps):
+    # OneCycleLR divides by zero at 20 steps (its warm-up ends at step 0): short runs keep a constant lr
+    from vllm_depth.distill import distill
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    target = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    losses = distill(lambda _: ((w - target) ** 2).sum(), [w], [None], steps, 0.1, "test",
+                     progress=False, one_cycle=True)
+    assert len(losses) == steps
+    assert ((w - target) ** 2).sum().item() < losses[0]

@@ -32,14 +32,17 @@ def distill(
 ) -> list[float]:
     """Adam on ``params`` for ``steps`` steps, one item (a chunk of text, or what was computed
     from one) per step, cycling; ``loss_of(item)`` returns the loss.
-    ``one_cycle``: a short warm-up to ``lr``, then a cosine decay (else a constant ``lr``).
+    ``one_cycle``: a short warm-up to ``lr``, then a cosine decay (else, and under 40 steps, a
+    constant ``lr``).
     Shows a progress bar with the running loss; returns the loss of every step.
     """
     from tqdm import tqdm
 
     opt = torch.optim.Adam(params, lr=lr)
+    # OneCycleLR's warm-up ends at step 0.05 * steps - 1: under 40 steps that is not a step of its
+    # own (at 20 it divides by zero), so short runs keep a constant lr
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-             if one_cycle else None)
+             if one_cycle and steps >= 40 else None)
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
     for i in bar:
