@@ -185,8 +185,8 @@ def _count_draft_rpcs(worker, start: bool) -> int:
 
 
 def test_drafts_come_back_with_the_step_output_without_a_second_rpc(stock, spec):
-    # vllm_compat.patch_draft_handoff_*: the engine core never asks the worker for the drafts,
-    # and they still reach the scheduler (drafts are verified and accepted) losslessly
+    # vllm_compat.patch_step_output and patch_draft_handoff_engine: the engine core never asks the
+    # worker for the drafts, and they still reach the scheduler (verified and accepted) losslessly
     spec.collective_rpc(_count_draft_rpcs, args=(True,))
     counters(spec, reset=True)
     assert _ids(greedy(spec, PROMPTS[:2], max_tokens=32)) == _ids(greedy(stock, PROMPTS[:2], max_tokens=32))

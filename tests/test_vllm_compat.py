@@ -256,8 +256,9 @@ def test_self_draft_hooks_exist_with_their_signatures():
     assert "use_spec_decode = self.speculative_config is not None" in src
     assert "spec_decode_metadata = None" in src and "logits_indices = query_start_loc[1:] - 1" in src
     assert "if spec_decode_metadata is None:" in inspect.getsource(GPUModelRunner._sample)
-    # patch_draft_handoff_*: the sync engine core takes the drafts by RPC after the step, and taking
-    # them only reads what sample_tokens stored (so the worker may take them with the step's output)
+    # patch_step_output, patch_draft_handoff_engine: the sync engine core takes the drafts by RPC
+    # after the step, and taking them only reads what sample_tokens stored (so the worker may take
+    # them with the step's output)
     from vllm.v1.engine.core import EngineCore
 
     src = inspect.getsource(inspect.unwrap(EngineCore.post_step))

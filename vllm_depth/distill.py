@@ -20,6 +20,9 @@ def kl_per_token(teacher_logprobs: torch.Tensor, student_logits: torch.Tensor) -
     return (teacher_logprobs.exp() * (teacher_logprobs - s)).sum(-1).mean()
 
 
+WARMUP = 0.05  # ``one_cycle``: the fraction of the steps that warm up to ``lr``
+
+
 def distill(
     loss_of: Callable[[object], torch.Tensor],
     params: Sequence[torch.nn.Parameter],
@@ -39,10 +42,10 @@ def distill(
     from tqdm import tqdm
 
     opt = torch.optim.Adam(params, lr=lr)
-    # OneCycleLR's warm-up ends at step 0.05 * steps - 1: under 40 steps that is not a step of its
-    # own (at 20 it divides by zero), so short runs keep a constant lr
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-             if one_cycle and steps >= 40 else None)
+    # OneCycleLR's warm-up ends at step WARMUP * steps - 1: under 2 / WARMUP (40) steps that is not a
+    # step of its own (at 20 it divides by zero), so short runs keep a constant lr
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=WARMUP)
+             if one_cycle and steps * WARMUP >= 2 else None)
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
     for i in bar:

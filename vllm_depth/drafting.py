@@ -191,10 +191,10 @@ class SelfDraft:
 
     def __init__(self, vllm_config):
         from vllm_depth.vllm_compat import (
-            patch_draft_handoff_worker,
             patch_drafter_binding,
             patch_plain_steps,
             patch_rejection_sampler,
+            patch_step_output,
         )
 
         self.vllm_config = vllm_config
@@ -212,7 +212,7 @@ class SelfDraft:
         patch_drafter_binding()
         patch_plain_steps()
         patch_rejection_sampler()
-        patch_draft_handoff_worker()
+        patch_step_output()
 
     def load_model(self, target_model) -> None:
         depth = getattr(getattr(target_model, "model", None), "depth", None)

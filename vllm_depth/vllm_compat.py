@@ -47,15 +47,12 @@ def _depth_architectures(architectures, model_config) -> list[str]:
     return [depth_arch(a) for a in supported]
 
 
-def _patch(owner, name: str, make_wrapper, tag: str = "") -> None:
-    """Wrap ``owner.name`` once; ``tag`` tells apart two patches of one function (each wrapper
-    carries the marks of those under it)."""
+def _patch(owner, name: str, make_wrapper) -> None:
     original = getattr(owner, name)
-    mark = _PATCHED + tag
-    if getattr(original, mark, False):
+    if getattr(original, _PATCHED, False):
         return
     wrapper = functools.wraps(original)(make_wrapper(original))
-    setattr(wrapper, mark, True)
+    setattr(wrapper, _PATCHED, True)
     setattr(owner, name, wrapper)
 
 
@@ -271,14 +268,41 @@ def patch_runner() -> None:
         return method
 
     _patch(GPUModelRunner, "_model_forward", wrap)
+    patch_step_output()
 
-    def report(original):  # vLLM 0.32 GPUModelRunner.sample_tokens: the step's exits go to the scheduler
+
+def patch_step_output() -> None:
+    """vLLM 0.32 ``GPUModelRunner.sample_tokens``: what a depth engine's step output
+    (``ModelRunnerOutput``, a plain dataclass pickled to the engine core) carries beside vLLM's fields:
+
+    - ``depth_exits``: {request id: layers run} of the step's decode tokens, for the depth scheduler;
+    - ``depth_drafts``: the self-draft's drafts (a ``DraftTokenIds`` or None).  Without async
+      scheduling, vLLM's engine core asks the worker for them in a second RPC after every step
+      (``EngineCore.post_step`` -> ``take_draft_token_ids``): one more round trip through the
+      shared-memory queues per step, about 1.5% of a batch-1 step of SmolLM2 on this CPU (py-spy).
+      ``take_draft_token_ids`` only reads what ``sample_tokens`` just stored, so taking it here gives
+      the same value; the engine core's half is ``patch_draft_handoff_engine``.
+
+    Installed in the worker by the depth model when it has exit layers (``patch_runner``) and by
+    ``SelfDraft``."""
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, DraftTokenIds
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_depth.drafting import SelfDraft
+
+    def report(original):
         def method(self, *args, **kwargs):
             out = original(self, *args, **kwargs)
             take = getattr(self.get_model(), "take_step_exits", None)
             exits = take() if take is not None else None
-            if exits and out is not None and hasattr(out, "req_id_to_index"):
-                out.depth_exits = exits  # a plain dataclass, pickled to the engine core
+            if out is None or out is EMPTY_MODEL_RUNNER_OUTPUT or not hasattr(out, "req_id_to_index"):
+                return out
+            if exits:
+                out.depth_exits = exits
+            if isinstance(getattr(self, "drafter", None), SelfDraft) and not self.use_async_scheduling:
+                drafts = self.take_draft_token_ids()
+                out.depth_drafts = (None if drafts is None
+                                    else DraftTokenIds(list(drafts.req_ids), drafts.draft_token_ids))
             return out
 
         return method
@@ -489,39 +513,9 @@ def patch_plain_steps() -> None:
 NO_HANDOFF = object()  # the step's output carried no drafts: ask the worker (vLLM's own path)
 
 
-def patch_draft_handoff_worker() -> None:
-    """vLLM 0.32 ``GPUModelRunner.sample_tokens``: the self-draft's drafts ride back with the step's
-    output (``ModelRunnerOutput.depth_drafts``, a ``DraftTokenIds`` or None).
-
-    Without async scheduling, vLLM's engine core asks the worker for the drafts in a second RPC
-    after every step (``EngineCore.post_step`` -> ``take_draft_token_ids``): one more round trip
-    through the shared-memory queues per step, about 1.5% of a batch-1 step of SmolLM2 on this
-    CPU (py-spy).  ``take_draft_token_ids`` only reads what ``sample_tokens`` just stored, so
-    taking it here gives the same value.  Installed by ``SelfDraft`` in the worker; the engine
-    core's half is ``patch_draft_handoff_engine``."""
-    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, DraftTokenIds
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    from vllm_depth.drafting import SelfDraft
-
-    def wrap(original):
-        def method(self, *args, **kwargs):
-            out = original(self, *args, **kwargs)
-            if (isinstance(getattr(self, "drafter", None), SelfDraft) and not self.use_async_scheduling
-                    and out is not None and out is not EMPTY_MODEL_RUNNER_OUTPUT and hasattr(out, "req_ids")):
-                drafts = self.take_draft_token_ids()
-                out.depth_drafts = (None if drafts is None
-                                    else DraftTokenIds(list(drafts.req_ids), drafts.draft_token_ids))
-            return out
-
-        return method
-
-    _patch(GPUModelRunner, "sample_tokens", wrap, tag="draft_handoff")
-
-
 def patch_draft_handoff_engine() -> None:
     """vLLM 0.32 ``EngineCore.post_step``: when the step's output brought the drafts
-    (``patch_draft_handoff_worker``; the depth scheduler keeps them as ``depth_drafts``), hand them
+    (``patch_step_output``; the depth scheduler keeps them as ``depth_drafts``), hand them
     to the scheduler as vLLM would, without the ``take_draft_token_ids`` RPC.  Any other step
     (another scheduler, an output that was rebuilt on the way) takes vLLM's own path.
     Installed by the depth scheduler in the engine core when the self-draft is configured."""

@@ -28,9 +28,16 @@ from torch import nn
 
 from vllm_depth.analysis import load_hf
 from vllm_depth.checkpoints import resolve_model
-from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
+from vllm_depth.data import stdlib_texts, token_chunks
 from vllm_depth.distill import distill
-from vllm_depth.exit_heads import TOP_K, TorchExitHead, Vocab, distill_loss, frequent_tokens
+from vllm_depth.exit_heads import (
+    TorchExitHead,
+    Vocab,
+    distill_loss,
+    frequent_tokens,
+    held_out_features,
+    teacher_features,
+)
 
 LAYER = 16
 torch.manual_seed(0)
@@ -44,25 +51,7 @@ teacher = load_hf(path, torch.bfloat16)[0]
 texts = stdlib_texts("calib")
 space = Vocab(model, frequent_tokens(tok, texts, 8192))
 HIDDEN = model.config.hidden_size
-
-
-def features(m, token_lists, with_teacher: bool) -> list[dict]:
-    out = []
-    for c in token_lists:
-        with torch.no_grad():
-            o = m(torch.tensor([list(c)]), output_hidden_states=True, use_cache=False)
-        final = o.hidden_states[-1][0].float()  # after the final norm
-        logits = o.logits[0].float()
-        tokens = logits.argmax(-1)
-        d = {"state": o.hidden_states[LAYER][0].float().clone(),
-             "prev": torch.cat([torch.zeros_like(final[:1]), final[:-1]]).clone(),
-             "tokens": tokens, "top": space.index_of(tokens)}
-        if with_teacher:
-            logp, _ = space.target(logits)
-            lp, ix = logp.topk(TOP_K, -1)
-            d["lp"], d["ix"] = lp.to(torch.bfloat16), ix.to(torch.int32)
-        out.append(d)
-    return out
+FINAL = model.config.num_hidden_layers  # HF's last hidden state: after the final norm
 
 
 class PrevStateHead(nn.Module):
@@ -88,7 +77,8 @@ class PrevStateHead(nn.Module):
         elif mode != "none":
             raise SystemExit(f"MODES: unknown {mode!r}; allowed: none, full, lrR, mlpW")
 
-    def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def forward(self, states: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, prev = states
         h = self.base(x)
         if self.mode == "full":
             h = h + self.p(prev)
@@ -99,26 +89,29 @@ class PrevStateHead(nn.Module):
         return h
 
 
-def logits(head: PrevStateHead, d: dict) -> torch.Tensor:
-    h = head(d["state"], d["prev"])
-    sub = (h.to(torch.bfloat16) @ space.weight.to(torch.bfloat16).t()).float()
-    return torch.cat([sub, h @ head.other.t()], -1)
+def inputs(f) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's states after layer LAYER and, per position, the previous position's final state."""
+    state, final = f.states[0], f.states[1].float()
+    return state, torch.cat([torch.zeros_like(final[:1]), final[:-1]])
 
 
-held = {"code": features(model, stdlib_held_out_code(tok, 256, 32), False),
-        "docstrings": features(model, token_chunks(tok, stdlib_texts("eval"), 256, 16), False)}
-train = features(teacher, token_chunks(tok, texts, 256, chunks), True)
+def logits(head: PrevStateHead, f) -> torch.Tensor:
+    return space.logits(head, inputs(f), torch.bfloat16)
+
+
+held = held_out_features(model, tok, [LAYER, FINAL], space, 256, 32, progress=False)
+train = teacher_features(teacher, token_chunks(tok, texts, 256, chunks), [LAYER, FINAL], space, progress=False)
 print(f"layer {LAYER}, {chunks} chunks x {steps} steps")
 print("| head | parameters | held-out code | held-out docstrings | loss (last 50 steps) |\n| --- | --- | --- | --- | --- |")
 for mode in modes:
     head = PrevStateHead(mode)
-    losses = distill(lambda d: distill_loss(logits(head, d), d["lp"], d["top"], d["ix"]),
+    losses = distill(lambda f: distill_loss(logits(head, f), f.teacher_lp, f.top, f.teacher_ix),
                      list(head.parameters()), train, steps, 3e-3, desc=mode, progress=False, one_cycle=True)
     agree = {}
     with torch.no_grad():
         for name, items in held.items():
-            hits = sum(int((space.predict(logits(head, d)) == d["tokens"]).sum()) for d in items)
-            agree[name] = hits / sum(d["tokens"].numel() for d in items)
+            hits = sum(int((space.predict(logits(head, f)) == f.tokens).sum()) for f in items)
+            agree[name] = hits / sum(f.tokens.numel() for f in items)
     params = sum(p.numel() for p in head.parameters())
     print(f"| {mode} | {params / 1e6:.2f} M | {agree['code']:.3f} | {agree['docstrings']:.3f} | "
           f"{sum(losses[-50:]) / 50:.3f} |", flush=True)
