@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results
 CKPT=${CKPT:-out/smollm2-exits}
-if [ ! -f "$CKPT/exit_heads.safetensors" ]; then
+if [ ! -f "$CKPT/depth/exit_heads.safetensors" ]; then
   start=$(date +%s)
   vllm-depth train-exits smollm2-135m --exit-layers 8,12,16,20,24 --out "$CKPT" --json $OUT/train_exits.json
   echo "train-exits took $(( $(date +%s) - start )) s"

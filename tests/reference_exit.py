@@ -81,7 +81,7 @@ def _logits_rest(model, h: torch.Tensor, head=None):
 
 
 def load_exit_heads(path: str) -> dict:
-    """{exit layer: head} from a checkpoint's ``exit_heads.safetensors``, written out here from the
+    """{exit layer: head} from a checkpoint's ``depth/exit_heads.safetensors``, written out here from the
     documented formula: h = rmsnorm(x) * g; h += h W^T; h += down(silu(up(h))) when there is an MLP;
     logits h E^T over the full vocabulary, or, with a reduced vocabulary (ids), h E[ids]^T at
     those ids (-inf elsewhere) and "other" = h o^T."""
@@ -92,7 +92,7 @@ def load_exit_heads(path: str) -> dict:
 
     cfg = json.loads((Path(path) / "config.json").read_text())
     state = {k: v if k.endswith(".ids") else v.float()
-             for k, v in load_file(str(Path(path) / "exit_heads.safetensors")).items()}
+             for k, v in load_file(str(Path(path) / "depth" / "exit_heads.safetensors")).items()}
     eps = cfg["rms_norm_eps"]
 
     def make(layer: int):

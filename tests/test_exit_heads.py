@@ -16,7 +16,7 @@ import requests
 import torch
 
 import reference_exit as rx
-from conftest import EAGER, PROMPTS, make_llm, run_cli, shutdown, vllm_server
+from conftest import EAGER, PROMPTS, greedy, make_llm, run_cli, shutdown, vllm_server
 
 
 def _config(path) -> dict:
@@ -44,7 +44,7 @@ def test_train_exits_refuses_bad_arguments_before_any_work(tmp_path, tiny_dir, a
     before = _config(tiny_dir)
     r = run_cli("train-exits", "tiny", *args, timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
-    assert _config(tiny_dir) == before and not (Path(tiny_dir) / "exit_heads.safetensors").exists()
+    assert _config(tiny_dir) == before and not (Path(tiny_dir) / "depth").exists()
 
 
 @pytest.mark.parametrize(
@@ -112,6 +112,43 @@ def test_heads_round_trip_through_the_checkpoint(trained, tiny_dir):
             assert torch.allclose(mine[:, :-1], logits[:, ids], atol=1e-4)
             assert torch.allclose(mine[:, -1], rest, atol=1e-4)
             assert torch.isinf(logits).sum() == 5 * (cfg["vocab_size"] - 8192)
+
+
+def test_a_legacy_top_level_heads_file_is_read_and_moved_on_the_next_save(trained, tmp_path):
+    """Before stop 23 the heads sat beside the weights: they still load, and saving again moves them."""
+    import shutil
+
+    from vllm_depth.exit_heads import HEADS_FILE, LEGACY_HEADS_FILE, heads_file, load_heads, save_heads
+
+    path, _ = trained
+    ckpt = tmp_path / "legacy"
+    shutil.copytree(path, ckpt)
+    shutil.move(ckpt / HEADS_FILE, ckpt / LEGACY_HEADS_FILE)
+    assert heads_file(str(ckpt)) == ckpt / LEGACY_HEADS_FILE
+    heads, ids = load_heads(str(ckpt))
+    assert sorted(heads) == [2, 4] and ids.shape == (8192,)
+    save_heads(str(ckpt), heads, 32, ids, torch.float32)
+    assert heads_file(str(ckpt)) == ckpt / HEADS_FILE and not (ckpt / LEGACY_HEADS_FILE).exists()
+    (ckpt / HEADS_FILE).unlink()
+    with pytest.raises(ValueError, match="exit_heads.safetensors is missing"):
+        load_heads(str(ckpt))
+
+
+def test_a_checkpoint_with_heads_still_loads_in_stock_vllm(trained, tiny_dir):
+    """The heads live in ``depth/``, which stock vLLM's loader does not read: without --model-impl depth
+    the checkpoint serves as before, token for token (a top-level heads file broke stock loading)."""
+    from vllm_depth.exit_heads import HEADS_FILE, LEGACY_HEADS_FILE
+
+    path, _ = trained
+    assert (Path(path) / HEADS_FILE).is_file() and not (Path(path) / LEGACY_HEADS_FILE).exists()
+    outputs = []
+    for model in (tiny_dir, path):
+        llm = make_llm(model, **EAGER)
+        try:
+            outputs.append([o.outputs[0].token_ids for o in greedy(llm, PROMPTS[:3], max_tokens=8)])
+        finally:
+            shutdown(llm)
+    assert outputs[0] == outputs[1] and all(len(t) == 8 for t in outputs[0])
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ token whose prediction is rare shows low confidence instead of exiting wrongly.
 On SmolLM2, the 8192 most frequent tokens of the standard library's sources
 cover 97.8% of the model's own top-1 predictions on held-out docstrings.
 
-The heads are saved as ``exit_heads.safetensors`` beside the weights and
-referenced from ``depth.exit_heads`` in ``config.json``.
+The heads are saved as ``depth/exit_heads.safetensors`` in the checkpoint (a folder stock vLLM's
+loader does not read, so the checkpoint still loads without ``--model-impl depth``) and referenced
+from ``depth.exit_heads`` in ``config.json``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,18 @@ from torch import nn
 from vllm_depth.arguments import TrainExitsError, check_train_exits
 from vllm_depth.checkpoints import checkpoint_config
 
-HEADS_FILE = "exit_heads.safetensors"
+HEADS_FILE = "depth/exit_heads.safetensors"
+# where versions before stop 23 wrote them: beside the weights, where stock vLLM's loader (every top-level
+# *.safetensors, or the index's files) picked them up and failed on the unknown names
+LEGACY_HEADS_FILE = "exit_heads.safetensors"
+
+
+def heads_file(model_dir: str) -> Path | None:
+    """The checkpoint's heads file (or the legacy one), None when it has neither."""
+    for name in (HEADS_FILE, LEGACY_HEADS_FILE):
+        if (Path(model_dir) / name).is_file():
+            return Path(model_dir) / name
+    return None
 
 
 class TorchExitHead(nn.Module):
@@ -267,13 +279,16 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
 
     root = Path(model_dir)
     state = head_state_dict(heads, vocab_ids, dtype)
+    (root / HEADS_FILE).parent.mkdir(exist_ok=True)
     save_file(state, str(root / HEADS_FILE), metadata={"format": "pt"})
+    (root / LEGACY_HEADS_FILE).unlink(missing_ok=True)
     index = root / "model.safetensors.index.json"
-    if index.exists():  # vLLM loads only the files the index names
+    if index.exists():  # the legacy file's names, where an earlier version listed them
         idx = json.loads(index.read_text())
-        idx["weight_map"] = {k: v for k, v in idx["weight_map"].items() if v != HEADS_FILE}
-        idx["weight_map"].update(dict.fromkeys(state, HEADS_FILE))
-        index.write_text(json.dumps(idx, indent=2))
+        kept = {k: v for k, v in idx["weight_map"].items() if v != LEGACY_HEADS_FILE}
+        if kept != idx["weight_map"]:
+            idx["weight_map"] = kept
+            index.write_text(json.dumps(idx, indent=2))
     update_depth_config(model_dir, {"exit_heads": {"layers": sorted(heads), "mlp_width": mlp_width,
                                                    "vocab": 0 if vocab_ids is None else len(vocab_ids)}})
 
@@ -282,12 +297,15 @@ def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor |
     """The heads a checkpoint references, as PyTorch modules, and the reduced vocabulary (or None)."""
     from safetensors.torch import load_file
 
-    root = Path(model_dir)
     cfg = checkpoint_config(model_dir)
     spec = (cfg.get("depth") or {}).get("exit_heads")
     if not spec:
         raise TrainExitsError(f"{model_dir}: config.json has no depth.exit_heads (train them with vllm-depth train-exits)")
-    state = load_file(str(root / HEADS_FILE))
+    path = heads_file(model_dir)
+    if path is None:
+        raise TrainExitsError(f"{model_dir}: config.json names exit heads but {HEADS_FILE} is missing "
+                              "(train them with vllm-depth train-exits)")
+    state = load_file(str(path))
     g = torch.Generator().manual_seed(0)
     hidden = cfg["hidden_size"]
     heads = {}

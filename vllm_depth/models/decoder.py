@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -555,6 +556,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self.logits_processor = LogitsProcessor(
             config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
         )
+        self._model_dir = vllm_config.model_config.model  # where the exit heads are (load_weights)
         self._step_requests = None  # set by the runner before each forward (vllm_compat)
         if self.model.exits_enabled:
             from vllm_depth.vllm_compat import patch_runner
@@ -718,4 +720,24 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights)
+        return AutoWeightsLoader(self).load_weights(self._with_exit_heads(weights))
+
+    def _with_exit_heads(self, weights):
+        """The checkpoint's weights, then its exit heads' (``depth/exit_heads.safetensors``, which vLLM's
+        loader does not read: it takes the top-level files only, so stock vLLM still loads the checkpoint).
+        A legacy checkpoint's top-level heads file comes through ``weights`` already."""
+        yield from weights
+        if self.model.depth.exit_heads is None:
+            return
+        from vllm_depth.exit_heads import LEGACY_HEADS_FILE, heads_file
+
+        path = heads_file(self._model_dir)
+        if path is None:
+            raise ValueError(f"depth.exit_heads: {self._model_dir} has no exit heads file; allowed: a local "
+                             "checkpoint written by vllm-depth train-exits (or no depth.exit_heads)")
+        if path != Path(self._model_dir) / LEGACY_HEADS_FILE:  # vLLM's own loader read the legacy file
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)

@@ -7,7 +7,7 @@ that the model's own (shared) LM head turns into the exit distribution:
 
 Weights: ``model.exit_heads.<L>.{norm,proj,up,down}.weight`` (and ``.other``
 with a reduced vocabulary, whose ids are ``model.exit_vocab.ids``) in
-``exit_heads.safetensors`` beside the checkpoint's weights.
+``depth/exit_heads.safetensors`` in the checkpoint.
 """
 
 from __future__ import annotations
