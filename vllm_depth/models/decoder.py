@@ -556,7 +556,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self.logits_processor = LogitsProcessor(
             config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
         )
-        self._model_dir = vllm_config.model_config.model  # where the exit heads are (load_weights)
+        self._heads_file = _exit_heads_file(self.model.depth, vllm_config.model_config.model)
         self._step_requests = None  # set by the runner before each forward (vllm_compat)
         if self.model.exits_enabled:
             from vllm_depth.vllm_compat import patch_runner
@@ -723,21 +723,27 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         return AutoWeightsLoader(self).load_weights(self._with_exit_heads(weights))
 
     def _with_exit_heads(self, weights):
-        """The checkpoint's weights, then its exit heads' (``depth/exit_heads.safetensors``, which vLLM's
-        loader does not read: it takes the top-level files only, so stock vLLM still loads the checkpoint).
-        A legacy checkpoint's top-level heads file comes through ``weights`` already."""
+        """The checkpoint's weights, then its exit heads' (``_exit_heads_file``)."""
         yield from weights
-        if self.model.depth.exit_heads is None:
-            return
-        from vllm_depth.exit_heads import LEGACY_HEADS_FILE, heads_file
-
-        path = heads_file(self._model_dir)
-        if path is None:
-            raise ValueError(f"depth.exit_heads: {self._model_dir} has no exit heads file; allowed: a local "
-                             "checkpoint written by vllm-depth train-exits (or no depth.exit_heads)")
-        if path != Path(self._model_dir) / LEGACY_HEADS_FILE:  # vLLM's own loader read the legacy file
+        if self._heads_file is not None:
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(self._heads_file), framework="pt") as f:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
+
+
+def _exit_heads_file(depth, model_dir: str) -> Path | None:
+    """Where the engine reads the exit heads that ``depth.exit_heads`` names: ``depth/exit_heads.safetensors``,
+    a folder vLLM 0.32's loader (``DefaultModelLoader._prepare_weights``: the top-level files) does not
+    read, so stock vLLM still loads the checkpoint.  None without heads, and for a legacy top-level
+    file, which vLLM's loader hands over with the weights.  Raises before any weight loads if there is none."""
+    if depth.exit_heads is None:
+        return None
+    from vllm_depth.exit_heads import LEGACY_HEADS_FILE, heads_file
+
+    path = heads_file(model_dir)
+    if path is None:
+        raise ValueError(f"depth.exit_heads: {model_dir} has no exit heads file; allowed: a local "
+                         "checkpoint written by vllm-depth train-exits (or no depth.exit_heads)")
+    return None if path == Path(model_dir) / LEGACY_HEADS_FILE else path
