@@ -10,7 +10,8 @@ from vllm_depth.tune_draft import Candidate, candidates, rank, write_best
 def test_candidates_are_prefixes_head_layers_and_middle_skip_sets():
     cands = candidates(30, head_layers=(9,))
     names = [c.name for c in cands]
-    assert names[:7] == ["first 8", "first 9", "first 12", "first 15", "first 18", "first 21", "first 24"]
+    assert names[:7] == ["first 8", "first 9 + head", "first 12", "first 15", "first 18", "first 21", "first 24"]
+    assert next(c for c in cands if c.name == "first 9 + head").setting() == {"draft_layers": 9}
     assert "skip 14-19" in names and "skip 13-19" in names
     skip = next(c for c in cands if c.name == "skip 14-19")
     assert len(skip.positions) == 24 and 14 not in skip.positions and 20 in skip.positions

@@ -44,7 +44,8 @@ def candidates(n: int, head_layers: tuple[int, ...] = ()) -> list[Candidate]:
     """Prefix drafts at 1/4 .. 4/5 of the ``n`` positions (and every exit-head layer), and two skip sets
     that leave out a block ending at 2/3 of the depth (Draft & Verify / SWIFT)."""
     prefixes = sorted({max(1, round(n * f)) for f in (0.25, 0.4, 0.5, 0.6, 0.7, 0.8)} | set(head_layers))
-    out = [Candidate(f"first {e}", tuple(range(e))) for e in prefixes if 1 <= e < n]
+    out = [Candidate(f"first {e}" + (" + head" if e in head_layers else ""), tuple(range(e)))
+           for e in prefixes if 1 <= e < n]
     end = round(2 * n / 3)
     for size in sorted({max(1, n // 5), max(1, n // 4)}):
         skip = range(end - size, end)
@@ -184,8 +185,11 @@ def format_table(result: dict) -> str:
 
 
 def plot(result: dict, path: str) -> None:
-    """Expected tokens per verifier step against the draft's positions, one curve per k (prefix drafts),
-    skip sets as points; the measured speedups in the title."""
+    """Expected tokens per verifier step against the draft's positions, one curve per k (prefix drafts;
+    those with a trained exit head apart from those without), skip sets as squares; the measured
+    speedups in the title."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,14 +197,23 @@ def plot(result: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     prefixes = [a for a in result["acceptance"] if a["draft"].startswith("first")]
+    headed = [a for a in prefixes if a["draft"].endswith("+ head")]
+    plain = [a for a in prefixes if a not in headed]
     skips = [a for a in result["acceptance"] if not a["draft"].startswith("first")]
     for k in range(1, result["k_max"] + 1):
         key = f"tokens_per_step_k{k}"
-        line, = ax.plot([a["positions"] for a in prefixes], [a[key] for a in prefixes], "o-", label=f"prefix, k={k}")
-        ax.plot([a["positions"] for a in skips], [a[key] for a in skips], "s", color=line.get_color())
+        color = None
+        # prefixes drafting through a trained exit head (solid), through the final norm and LM head (open, dashed)
+        for group, style, fill, tag in ((headed, "o-", None, "prefix + exit head"), (plain, "o--", "none", "prefix")):
+            if group:
+                line, = ax.plot([a["positions"] for a in group], [a[key] for a in group], style, color=color,
+                                mfc=fill, label=f"{tag}, k={k}")
+                color = line.get_color()
+        ax.plot([a["positions"] for a in skips], [a[key] for a in skips], "s", color=color)
     ax.set_xlabel("draft positions (of %d)" % result["positions"])
     ax.set_ylabel("expected tokens per verifier step")
-    ax.set_title("; ".join(f'{r["draft"]} k={r["k"]}: {r["speedup"]:.2f}x' for r in result["speed"]), fontsize=8)
+    title = "; ".join(f'{r["draft"]} k={r["k"]}: {r["speedup"]:.2f}x' for r in result["speed"])
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
