@@ -3,7 +3,8 @@ process, in alternating runs (the bench keeps both engines alive and alternates 
 
     python benchmarks/experiments/one_engine_at_a_time.py [--runs 2] [--reps 3] [--in-process]
 
-Each run starts every variant in turn in its own process: SmolLM2-135M, bf16, batch 1, 4 code prompts x
+Each run starts every variant in turn in its own process (``self_draft_heads`` needs the train-exits
+checkpoint at ``out/smollm2-exits``): SmolLM2-135M, bf16, batch 1, 4 code prompts x
 128 new tokens (``ignore_eos``), one warm-up pass, then ``--reps`` timed passes.  ``--in-process`` sets
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (the engine core and the model run in the caller's process, as a
 profiler sees them).  Prints each variant's mean seconds per pass and its ratio of tokens/s to stock.
@@ -19,18 +20,25 @@ import sys
 import time
 
 
+HEADS_CHECKPOINT = "out/smollm2-exits"
+
+
 def variants() -> dict[str, dict]:
     """Each variant's ``LLM()`` arguments over the bench's defaults; the self-draft's are what
     ``vllm-depth bench --self-spec '{"draft_layers": 24, "num_speculative_tokens": 3}'`` runs."""
     from vllm_depth.drafting import self_spec_engine_args
 
     depth, spec = self_spec_engine_args(None, {"draft_layers": 24, "num_speculative_tokens": 3})
+    heads, heads_spec = self_spec_engine_args(None, {"draft_layers": 12, "num_speculative_tokens": 1})
     return {
         "stock": {"async_scheduling": False},
         "stock_async": {},
         "depth_identity": {"model_impl": "depth", "async_scheduling": False},
         "self_draft": {"model_impl": "depth", "hf_overrides": {"depth": depth}, "speculative_config": spec,
                        "async_scheduling": False},
+        # tune-draft's pick on the train-exits checkpoint (benchmarks/exit_heads.sh): first 12 + exit head, k=1
+        "self_draft_heads": {"model": HEADS_CHECKPOINT, "model_impl": "depth", "hf_overrides": {"depth": heads},
+                             "speculative_config": heads_spec, "async_scheduling": False},
     }
 
 
@@ -41,7 +49,14 @@ def child(name: str, reps: int, prompts_file: str) -> None:
     from vllm_depth.checkpoints import resolve_model
 
     prompts = [p.text for p in load_prompts(prompts_file)[:4]]
-    llm = LLM(resolve_model("smollm2-135m"), **{**DEFAULT_ENGINE_ARGS, **variants()[name]})
+    args = dict(variants()[name])
+    model = args.pop("model", None) or resolve_model("smollm2-135m")
+    if model == HEADS_CHECKPOINT:  # its heads, not its calibrated early exit
+        from vllm_depth.checkpoints import checkpoint_config
+
+        heads = checkpoint_config(model)["depth"]["exit_heads"]
+        args["hf_overrides"] = {"depth": {"exit_heads": heads, **args["hf_overrides"]["depth"]}}
+    llm = LLM(model, **{**DEFAULT_ENGINE_ARGS, **args})
     sp = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
     for p in prompts[:2]:
         llm.generate([p], sp, use_tqdm=False)
