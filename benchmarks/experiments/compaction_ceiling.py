@@ -25,7 +25,8 @@ import time
 
 
 def _timer(obj, name: str, totals: dict, key: str) -> None:
-    """Wrap ``obj.name`` (an instance attribute, also on a torch module) to sum its wall time."""
+    """Wrap ``obj.name`` to sum its wall time: on a class, for every instance (a method); else on that
+    instance alone (also a torch module, whose ``__setattr__`` would refuse a function)."""
     original = getattr(obj, name)
 
     def timed(*args, **kwargs):
@@ -35,7 +36,10 @@ def _timer(obj, name: str, totals: dict, key: str) -> None:
         finally:
             totals[key] += time.perf_counter() - t
 
-    object.__setattr__(obj, name, timed)
+    if isinstance(obj, type):
+        setattr(obj, name, timed)
+    else:
+        object.__setattr__(obj, name, timed)
 
 
 def main() -> None:
@@ -71,27 +75,8 @@ def main() -> None:
     _timer(runner.model, "forward", totals, "forward")
     _timer(decoder, "first_segment", totals, "first segment")
     _timer(decoder, "_fill", totals, "kv fill")
-    check = ExitRun.check
-
-    def timed_check(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return check(self, *a, **k)
-        finally:
-            totals["check"] += time.perf_counter() - t
-
-    ExitRun.check = timed_check
-    segment = type(decoder.segments[1])
-    call = segment.__call__
-
-    def timed_call(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return call(self, *a, **k)
-        finally:
-            totals["second segment"] += time.perf_counter() - t
-
-    segment.__call__ = timed_call
+    _timer(ExitRun, "check", totals, "check")
+    _timer(type(decoder.segments[1]), "__call__", totals, "second segment")  # its own compiled class
 
     per_way = {w: collections.defaultdict(float) for w in ways}
     steps = {w: 0 for w in ways}
