@@ -83,8 +83,9 @@ def _logits_rest(model, h: torch.Tensor, head=None):
 def load_exit_heads(path: str) -> dict:
     """{exit layer: head} from a checkpoint's ``depth/exit_heads.safetensors``, written out here from the
     documented formula: h = rmsnorm(x) * g; h += h W^T; h += down(silu(up(h))) when there is an MLP;
+    h += prev P^T for a draft head (``prev_state``: prev is the previous token's final normed state);
     logits h E^T over the full vocabulary, or, with a reduced vocabulary (ids), h E[ids]^T at
-    those ids (-inf elsewhere) and "other" = h o^T."""
+    those ids (-inf elsewhere) and "other" = h o^T.  ``head.hidden(x, prev)`` is h."""
     import json
     from pathlib import Path
 
@@ -102,12 +103,18 @@ def load_exit_heads(path: str) -> dict:
         other = state.get(f"model.exit_heads.{layer}.other")
         ids = state.get("model.exit_vocab.ids")
 
-        def head(model, x):
+        def hidden(x, prev=None):
             x = x.float()
             h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w["norm"]
             h = h + h @ w["proj"].t()
             if "up" in w:
                 h = h + F.silu(h @ w["up"].t()) @ w["down"].t()
+            if "prev" in w:
+                h = h + prev.float() @ w["prev"].t()
+            return h
+
+        def head(model, x, prev=None):
+            h = hidden(x, prev)
             if ids is None:
                 return model.lm_head(h).float(), None
             ids_ = ids.long()
@@ -115,6 +122,7 @@ def load_exit_heads(path: str) -> dict:
             logits[..., ids_] = h @ model.lm_head.weight[ids_].t()
             return logits, (h @ other.t())[..., 0]
 
+        head.hidden = hidden
         return head
 
     return {n: make(n) for n in cfg["depth"]["exit_heads"]["layers"]}

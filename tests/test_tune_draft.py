@@ -17,6 +17,10 @@ def test_candidates_are_prefixes_head_layers_and_middle_skip_sets():
     assert len(skip.positions) == 24 and 14 not in skip.positions and 20 in skip.positions
     assert skip.setting() == {"draft_schedule": list(skip.positions)}
     assert cands[0].setting() == {"draft_layers": 8}
+    # a draft head at 0 (train-exits --prev-state) is a candidate; without a head 0 layers is none
+    zero = candidates(30, head_layers=(0, 2))[0]
+    assert zero.name == "first 0 + head" and zero.setting() == {"draft_layers": 0}
+    assert all(c.positions for c in cands)
 
 
 def test_expected_tokens_and_rank_prefer_accepted_cheap_drafts():

@@ -249,8 +249,19 @@ def test_self_draft_hooks_exist_with_their_signatures():
     params = list(inspect.signature(rs.expand_batch_to_tokens).parameters)
     assert params == ["x", "cu_num_tokens", "num_tokens", "replace_from", "replace_to"]
     # the custom_class proposer call: token ids only (hence bind_runner)
-    src = inspect.getsource(GPUModelRunner.propose_draft_token_ids)
+    src = inspect.getsource(inspect.unwrap(GPUModelRunner.propose_draft_token_ids))
     assert 'spec_config.method == "custom_class"' in src and "self.input_batch.token_ids_cpu" in src
+    # patch_draft_states: the step's final states at its sampled rows, 1 + draft tokens per request
+    # in batch order (as vLLM's Medusa proposer indexes them)
+    params = inspect.signature(inspect.unwrap(GPUModelRunner.propose_draft_token_ids)).parameters
+    assert {"sample_hidden_states", "spec_decode_metadata"} <= set(params)
+    assert "offset += num_draft + 1" in src and "indices.append(offset + len(tokens) - 1)" in src
+    assert "sample_hidden_states = hidden_states[logits_indices]" in inspect.getsource(
+        inspect.unwrap(GPUModelRunner.execute_model))
+    # ExitVocab: vLLM's CPU GEMM for the reduced vocabulary's rows
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    assert list(inspect.signature(dispatch_cpu_unquantized_gemm).parameters) == ["layer", "remove_weight"]
     # patch_plain_steps: the speculative path is chosen by the config alone, the plain one has no metadata
     src = inspect.getsource(inspect.unwrap(GPUModelRunner._prepare_inputs))
     assert "use_spec_decode = self.speculative_config is not None" in src

@@ -41,17 +41,20 @@ TEACHER_DTYPES = ("bfloat16", "float32")
 
 
 def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_width: int, vocab: int,
-                      texts: list[str] | None, out: str | None, chunks: int, dtype: str) -> None:
-    """``train-exits``: layer counts within the model, positive steps and chunks, a vocabulary size
-    below the model's, a teacher dtype, some text, and an ``--out`` that is new or empty."""
+                      texts: list[str] | None, out: str | None, chunks: int, dtype: str,
+                      prev_state: bool = False) -> None:
+    """``train-exits``: layer counts within the model (0, the embedding, only for ``--prev-state``
+    draft heads), positive steps and chunks, a vocabulary size below the model's, a teacher dtype,
+    some text, and an ``--out`` that is new or empty."""
     cfg = checkpoint_config(model_dir)
     num_layers, vocab_size = cfg["num_hidden_layers"], cfg["vocab_size"]
     if not exit_layers:
         raise TrainExitsError("--exit-layers: give at least one layer count, e.g. 8,12,16,20,24")
-    bad = [n for n in exit_layers if not 1 <= n < num_layers]
+    low = 0 if prev_state else 1
+    bad = [n for n in exit_layers if not low <= n < num_layers]
     if bad:
         raise TrainExitsError(f"--exit-layers: {bad} out of range; the model has {num_layers} layers, "
-                              f"so layer counts 1..{num_layers - 1}")
+                              f"so layer counts 1..{num_layers - 1} (0 too with --prev-state)")
     if exit_layers != sorted(set(exit_layers)):
         raise TrainExitsError(f"--exit-layers: {exit_layers} is not strictly increasing")
     if steps < 1:

@@ -23,9 +23,13 @@ class ExitHeads:
     layers: tuple[int, ...]  # layer counts that have a head
     mlp_width: int = 0  # 0: the residual linear map only
     vocab: int = 0  # 0: the full vocabulary; else the size of the heads' reduced vocabulary
+    # draft heads: each also reads the previous token's final (normed) hidden state, which the
+    # verifier has just computed (EAGLE's features); they draft only, and may sit at layer 0
+    prev_state: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "mlp_width": self.mlp_width, "vocab": self.vocab}
+        d = {"layers": list(self.layers), "mlp_width": self.mlp_width, "vocab": self.vocab}
+        return {**d, "prev_state": True} if self.prev_state else d
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,8 @@ FIELDS = {
     "exit_check": "'auto' (fused on GPUs and under tensor parallelism, else logits), 'fused' (the fused "
                   "kernel: no logits) or 'logits' (the LM head's logits, reused for exited tokens)",
     "exit_heads": "an object {\"layers\": [layer counts with a head], \"mlp_width\": int >= 0, "
-                  "\"vocab\": int >= 0 (0: the full vocabulary)}, "
+                  "\"vocab\": int >= 0 (0: the full vocabulary), \"prev_state\": bool (draft heads that read "
+                  "the previous token's final state; layer 0 allowed)}, "
                   "written by vllm-depth train-exits",
     "draft_layers": "an int E, 1 <= E < the number of positions: drafts run the first E positions",
     "draft_schedule": "a non-empty list of increasing schedule positions (int) that drafts run, "
@@ -218,7 +223,8 @@ def parse_depth_config(raw: Any, num_layers: int, hidden_size: int | None = None
         positions = tuple(positions)
     return DepthConfig(
         layer_schedule=schedule, relax_rank=rank, relax_positions=positions,
-        **_parse_exits(raw, n_positions), **_parse_draft(raw, n_positions),
+        **_parse_exits(raw, n_positions),
+        **_parse_draft(raw, n_positions, _parse_heads(raw.get("exit_heads"), n_positions)),
     )
 
 
@@ -245,6 +251,10 @@ def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
             )
     if list(layers) != sorted(set(layers)):
         raise _fail("exit_layers", f"{list(layers)} is not strictly increasing")
+    if heads is not None and heads.prev_state:
+        raise _fail("exit_heads", "heads with prev_state read the previous token's final state, which an "
+                                  "early-exit step does not have: they draft only; allowed with exit_layers: "
+                                  "heads trained without vllm-depth train-exits --prev-state")
     out["exit_layers"] = tuple(layers)
     criterion = raw.get("exit_criterion", EXIT_DEFAULTS["exit_criterion"])
     if criterion not in EXIT_CRITERIA:
@@ -271,7 +281,7 @@ def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
     return out
 
 
-def _parse_draft(raw: dict, n_positions: int) -> dict[str, Any]:
+def _parse_draft(raw: dict, n_positions: int, heads: ExitHeads | None = None) -> dict[str, Any]:
     layers, schedule = raw.get("draft_layers"), raw.get("draft_schedule")
     if layers is not None and schedule is not None:
         raise _fail("draft_schedule", "give draft_layers or draft_schedule, not both")
@@ -282,8 +292,10 @@ def _parse_draft(raw: dict, n_positions: int) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     if layers is not None:
-        if not _is_int(layers) or not 1 <= layers < n_positions:
-            raise _fail("draft_layers", f"{layers!r}; the schedule has {n_positions} positions, so 1..{n_positions - 1}")
+        zero = heads is not None and heads.prev_state and 0 in heads.layers  # a head that reads the embedding
+        if not _is_int(layers) or not (0 if zero else 1) <= layers < n_positions:
+            raise _fail("draft_layers", f"{layers!r}; the schedule has {n_positions} positions, so 1..{n_positions - 1}"
+                                        " (0 with a prev_state exit head at layer 0)")
         out["draft_layers"] = layers
     else:
         if (not isinstance(schedule, (list, tuple)) or not schedule
@@ -324,19 +336,22 @@ def _one_threshold(threshold: Any) -> float:
 def _parse_heads(raw: Any, n_positions: int) -> ExitHeads | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) - {"layers", "mlp_width", "vocab"} or "layers" not in raw:
+    if not isinstance(raw, dict) or set(raw) - {"layers", "mlp_width", "vocab", "prev_state"} or "layers" not in raw:
         raise _fail("exit_heads", f"{raw!r} is not such an object")
-    layers = raw["layers"]
+    prev = raw.get("prev_state", False)
+    if not isinstance(prev, bool):
+        raise _fail("exit_heads", f"prev_state {prev!r} is not true or false")
+    layers, low = raw["layers"], 0 if prev else 1  # a draft head may read the embedding alone
     if (not isinstance(layers, (list, tuple)) or not layers or list(layers) != sorted(set(layers))
-            or not all(_is_int(n) and 1 <= n < n_positions for n in layers)):
-        raise _fail("exit_heads", f"layers {layers!r}: expected increasing ints in 1..{n_positions - 1}")
+            or not all(_is_int(n) and low <= n < n_positions for n in layers)):
+        raise _fail("exit_heads", f"layers {layers!r}: expected increasing ints in {low}..{n_positions - 1}")
     width = raw.get("mlp_width", 0)
     if not _is_int(width) or width < 0:
         raise _fail("exit_heads", f"mlp_width {width!r} is not an int >= 0")
     vocab = raw.get("vocab", 0)
     if not _is_int(vocab) or vocab < 0:
         raise _fail("exit_heads", f"vocab {vocab!r} is not an int >= 0")
-    return ExitHeads(tuple(layers), width, vocab)
+    return ExitHeads(tuple(layers), width, vocab, prev)
 
 
 def depth_config_of(hf_config: Any) -> DepthConfig:

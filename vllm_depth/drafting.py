@@ -191,6 +191,7 @@ class SelfDraft:
 
     def __init__(self, vllm_config):
         from vllm_depth.vllm_compat import (
+            patch_draft_states,
             patch_drafter_binding,
             patch_plain_steps,
             patch_rejection_sampler,
@@ -209,6 +210,8 @@ class SelfDraft:
         self.counters = DraftCounters()
         self._kernels = None
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
+        self._verifier = None  # the step's final states at its sampled rows, and its spec metadata
+        patch_draft_states()
         patch_drafter_binding()
         patch_plain_steps()
         patch_rejection_sampler()
@@ -229,6 +232,25 @@ class SelfDraft:
 
     def bind_runner(self, runner) -> None:
         self.runner = runner
+
+    def take_verifier_states(self, sample_hidden_states, spec_decode_metadata) -> None:
+        """The verifier step's final states at its sampled rows (``vllm_compat.patch_draft_states``)."""
+        self._verifier = (sample_hidden_states, spec_decode_metadata)
+
+    def _prev_states(self, sampled_token_ids, rows: list[int]) -> torch.Tensor:
+        """Per drafting row, the verifier's final state at the position before its last sampled
+        token: the state that sampled it (a request has 1 + its draft tokens' rows, in batch order)."""
+        states, meta = self._verifier
+        if meta is None:
+            return states[rows]
+        start, offset = [], 0
+        for num_draft in meta.num_draft_tokens:
+            start.append(offset)
+            offset += num_draft + 1
+        return states[[start[i] + len(sampled_token_ids[i]) - 1 for i in rows]]
+
+    def _draft_positions(self) -> tuple[int, ...]:
+        return self.eager_draft if self.eager_draft is not None else self.draft
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
         t0 = time.perf_counter()
@@ -263,7 +285,9 @@ class SelfDraft:
         if decode_only:
             self.policy.stepped(step_seconds, verified)
         if rows:
-            forwards = self._draft(rows, tokens, positions, lengths, drafts)
+            layer = head_layer(self._draft_positions())
+            prev = self._prev_states(sampled_token_ids, rows) if self.model.draft_reads_prev_state(layer) else None
+            forwards = self._draft(rows, tokens, positions, lengths, drafts, prev)
             for i in rows:
                 if drafts[i]:
                     self.policy.proposed(req_ids[i], len(drafts[i]))
@@ -276,9 +300,11 @@ class SelfDraft:
 
     @torch.inference_mode()
     def _draft(self, rows: list[int], tokens: list[int], positions: list[int], lengths: list[int],
-               drafts: list[list[int]]) -> int:
+               drafts: list[list[int]], prev: torch.Tensor | None = None) -> int:
         """Up to ``lengths[j]`` greedy draft tokens for request row ``rows[j]``, stopping a row at low
-        confidence; returns the draft forwards run."""
+        confidence; returns the draft forwards run.  ``prev``: per row, the previous token's final
+        state for a ``prev_state`` head; a later draft token reads the head's output for the one
+        before (it has no final state: EAGLE's approximation of a feature by the draft's own)."""
         from vllm.forward_context import set_forward_context
 
         from vllm_depth.models.decoder import run_draft
@@ -291,18 +317,23 @@ class SelfDraft:
         ids = torch.tensor(tokens, dtype=torch.int32)
         pos = torch.tensor(positions, dtype=torch.long)
         limit = torch.tensor(lengths)
+        positions_run = self._draft_positions()
+        layer = head_layer(positions_run)
         for step in range(max(lengths)):
-            metadata, slots = draft_attention(self.runner, active, pos)
-            with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
-                if self.eager_draft is None:
-                    state = self.model.model.draft_stack(ids, pos)  # compiled, like the verifier's graph
-                else:
-                    with self._kernels:
-                        state = run_draft(self.model.model, ids, pos, self.eager_draft)
+            if not positions_run:  # a head over the embedding: no layer runs, no K/V is written
+                state = self.model.model.embed_input_ids(ids)
+            else:
+                metadata, slots = draft_attention(self.runner, active, pos)
+                with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
+                    if self.eager_draft is None:
+                        state = self.model.model.draft_stack(ids, pos)  # compiled, like the verifier's graph
+                    else:
+                        with self._kernels:
+                            state = run_draft(self.model.model, ids, pos, self.eager_draft)
             with self._kernels:  # the head runs eagerly: vLLM's platform kernels
-                logits, rest = self.model.draft_logits(state, head_layer(self.eager_draft or self.draft))
+                logits, rest, ids, normed = self.model.draft_logits(state, layer, prev)
             self.counters.draft_forwards += 1
-            token, confident = draft_choice(logits, rest, self.threshold)
+            token, confident = draft_choice(logits, rest, self.threshold, ids)
             go = confident & (limit > step)
             for r, t in zip(active[go].tolist(), token[go].tolist()):
                 drafts[r].append(t)
@@ -310,6 +341,7 @@ class SelfDraft:
             if not bool(go.any()):
                 break
             active, ids, pos, limit = active[go], token[go].to(torch.int32), pos[go] + 1, limit[go]
+            prev = None if prev is None else normed[go]
         return step + 1
 
     def configure(self, draft: tuple[int, ...] | None = None, k: int | None = None, probe: int | None = None,
@@ -375,14 +407,17 @@ def self_spec_engine_args(depth: dict | None, spec: dict) -> tuple[dict, dict]:
     return out, {"model": PROPOSER, "num_speculative_tokens": k}
 
 
-def draft_choice(logits: torch.Tensor, rest: torch.Tensor | None, threshold: float):
+def draft_choice(logits: torch.Tensor, rest: torch.Tensor | None, threshold: float,
+                 ids: torch.Tensor | None = None):
     """Greedy draft tokens and whether each is confident: softmax max probability (a reduced
-    head's "other" mass counted) strictly above ``threshold``."""
+    head's "other" mass counted) strictly above ``threshold``.  ``ids``: the token of each column
+    (a reduced vocabulary's logits), None when the columns are the vocabulary."""
     logits = logits.float()
-    token = logits.argmax(dim=-1)
+    column = logits.argmax(dim=-1)
+    token = column if ids is None else ids[column]
     if threshold <= 0.0:
         return token, torch.ones_like(token, dtype=torch.bool)
-    top = logits.gather(-1, token[:, None])[:, 0]
+    top = logits.gather(-1, column[:, None])[:, 0]
     z = torch.logsumexp(logits, dim=-1)
     if rest is not None:
         z = torch.logaddexp(z, rest.float().reshape(-1))

@@ -55,7 +55,7 @@ class TorchExitHead(nn.Module):
     """The head in plain PyTorch (training, the HF reference); names match the vLLM module."""
 
     def __init__(self, final_norm_weight: torch.Tensor, eps: float, mlp_width: int, generator: torch.Generator,
-                 reduced: bool = False):
+                 reduced: bool = False, prev_state: bool = False):
         super().__init__()
         hidden = final_norm_weight.numel()
         self.eps = eps
@@ -72,13 +72,19 @@ class TorchExitHead(nn.Module):
             with torch.no_grad():
                 self.up.weight.copy_(torch.randn(mlp_width, hidden, generator=generator) / hidden**0.5)
                 self.down.weight.zero_()
+        self.prev_state = prev_state
+        if prev_state:  # a draft head: also reads the previous token's final (normed) state, from zero
+            self.prev = nn.Linear(hidden, hidden, bias=False)
+            nn.init.zeros_(self.prev.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         x = x.float()
         h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm.weight
         h = h + self.proj(h)
         if self.mlp_width:
             h = h + self.down(F.silu(self.up(h)))
+        if self.prev_state:
+            h = h + self.prev(prev.float())
         return h
 
 
@@ -130,10 +136,11 @@ class Vocab:
         """Token ids -> classes of this space (a token outside a reduced vocabulary: "other")."""
         return tokens if self.ids is None else self.index[tokens]
 
-    def logits(self, head: nn.Module, state: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """[T, V] or [T, V' + 1] (the last column: "other"), float32; ``dtype``: of the product with
+    def logits(self, head: nn.Module, state, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[T, V] or [T, V' + 1] (the last column: "other"), float32, of ``head(state)`` (``state`` a
+        tuple: ``head(*state)``, a draft head's state and previous final state); ``dtype``: of the product with
         the LM head rows (train-exits trains in bfloat16, as the engine serves: 1.7x faster here)."""
-        h = head(state)
+        h = head(*state) if isinstance(state, tuple) else head(state)
         if dtype not in self._cast:
             self._cast[dtype] = self.weight.to(dtype)
         logits = (h.to(dtype) @ self._cast[dtype].t()).float()
@@ -170,25 +177,36 @@ class ChunkFeatures:
     top: torch.Tensor  # [T] the same as classes of the heads' space (``Vocab.index_of``)
     teacher_lp: torch.Tensor | None = None  # [T, TOP_K] the teacher's log-probabilities of its top classes
     teacher_ix: torch.Tensor | None = None  # [T, TOP_K] those classes
+    prev: torch.Tensor | None = None  # [T, hidden] the previous position's final (normed) state (draft heads)
+
+    def head_input(self, i: int):
+        """What the head of the ``i``-th exit layer reads."""
+        return self.states[i] if self.prev is None else (self.states[i], self.prev)
 
 
-def _forward(model, ids: torch.Tensor, exit_layers: list[int]):
-    """The residual stream after each exit layer and the final logits (no grad)."""
+def _forward(model, ids: torch.Tensor, exit_layers: list[int], prev_state: bool = False):
+    """The residual stream after each exit layer (0: the embedding), the final logits and, with
+    ``prev_state``, each position's previous final (normed) state (zeros at the first; no grad)."""
     with torch.no_grad():
         out = model(ids, output_hidden_states=True, use_cache=False)
-    return [out.hidden_states[n][0].clone() for n in exit_layers], out.logits[0].float()
+    states = [out.hidden_states[n][0].clone() for n in exit_layers]
+    prev = None
+    if prev_state:  # HF's last hidden state is after the final norm, as vLLM's model output
+        final = out.hidden_states[model.config.num_hidden_layers][0]
+        prev = torch.cat([torch.zeros_like(final[:1]), final[:-1]])
+    return states, out.logits[0].float(), prev
 
 
 def teacher_features(model, chunks, exit_layers: list[int], vocab: Vocab, desc: str = "teacher",
-                     progress: bool = True, with_teacher: bool = True) -> list[ChunkFeatures]:
+                     progress: bool = True, with_teacher: bool = True, prev_state: bool = False) -> list[ChunkFeatures]:
     """Run the base model once over each chunk and keep what training or evaluation needs."""
     from tqdm import tqdm
 
     out = []
     for c in tqdm(chunks, desc=desc, unit="chunk", disable=not progress):
-        states, logits = _forward(model, torch.tensor([list(c)]), exit_layers)
+        states, logits, prev = _forward(model, torch.tensor([list(c)]), exit_layers, prev_state)
         tokens = logits.argmax(-1)
-        f = ChunkFeatures(states, tokens, vocab.index_of(tokens))
+        f = ChunkFeatures(states, tokens, vocab.index_of(tokens), prev=prev)
         if with_teacher:
             logp, _ = vocab.target(logits)
             lp, ix = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
@@ -198,14 +216,15 @@ def teacher_features(model, chunks, exit_layers: list[int], vocab: Vocab, desc: 
 
 
 def held_out_features(model, tokenizer, exit_layers: list[int], vocab: Vocab, seq_len: int, n: int,
-                      progress: bool = True) -> dict[str, list[ChunkFeatures]]:
+                      progress: bool = True, prev_state: bool = False) -> dict[str, list[ChunkFeatures]]:
     """train-exits' held-out sets, read by ``model`` (float32): standard-library code of the held-out
     modules (``n`` chunks) and their docstrings (half as many)."""
     from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
 
     held = {"code": stdlib_held_out_code(tokenizer, seq_len, n),
             "docstrings": token_chunks(tokenizer, stdlib_texts("eval"), seq_len, max(1, n // 2))}
-    return {k: teacher_features(model, v, exit_layers, vocab, f"held-out {k}", progress, with_teacher=False)
+    return {k: teacher_features(model, v, exit_layers, vocab, f"held-out {k}", progress, with_teacher=False,
+                                prev_state=prev_state)
             for k, v in held.items()}
 
 
@@ -218,11 +237,11 @@ def agreement(model, heads: dict[int, nn.Module] | None, held: list[ChunkFeature
     with torch.no_grad():
         for f in held:
             n += f.tokens.numel()
-            for layer, s in zip(exit_layers, f.states):
+            for i, (layer, s) in enumerate(zip(exit_layers, f.states)):
                 if heads is None:
                     pred = full.predict(full.logits(model.model.norm, s))
                 else:
-                    pred = vocab.predict(vocab.logits(heads[layer], s))
+                    pred = vocab.predict(vocab.logits(heads[layer], f.head_input(i)))
                 hits[layer] += int((pred == f.tokens).sum())
     return {layer: hits[layer] / n for layer in exit_layers}
 
@@ -240,20 +259,22 @@ def distill_loss(student_logits: torch.Tensor, teacher_lp: torch.Tensor, top: to
 
 def train_heads(model, features: list[ChunkFeatures], exit_layers: list[int], steps: int, mlp_width: int,
                 vocab: Vocab, lr: float = 3e-3, seed: int = 0, dtype: torch.dtype = torch.float32,
-                progress: bool = True) -> tuple[dict[int, TorchExitHead], list[float]]:
+                progress: bool = True, prev_state: bool = False) -> tuple[dict[int, TorchExitHead], list[float]]:
     """Train one head per exit layer on the teacher's cached features (one chunk per step, cycling);
     ``dtype``: of the product with the LM head rows (the head's parameters stay float32)."""
     from vllm_depth.distill import distill
 
     g = torch.Generator().manual_seed(seed)
     eps = model.config.rms_norm_eps
-    heads = {n: TorchExitHead(model.model.norm.weight, eps, mlp_width, g, reduced=vocab.ids is not None)
+    heads = {n: TorchExitHead(model.model.norm.weight, eps, mlp_width, g, reduced=vocab.ids is not None,
+                              prev_state=prev_state)
              for n in exit_layers}
 
     def loss_of(f: ChunkFeatures):
         loss = 0.0
-        for n, s in zip(exit_layers, f.states):
-            loss = loss + distill_loss(vocab.logits(heads[n], s, dtype), f.teacher_lp, f.top, f.teacher_ix)
+        for i, n in enumerate(exit_layers):
+            loss = loss + distill_loss(vocab.logits(heads[n], f.head_input(i), dtype), f.teacher_lp, f.top,
+                                       f.teacher_ix)
         return loss / len(exit_layers)
 
     params = [p for h in heads.values() for p in h.parameters()]
@@ -271,7 +292,7 @@ def head_state_dict(heads: dict[int, nn.Module], vocab_ids: torch.Tensor | None,
 
 
 def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, vocab_ids: torch.Tensor | None,
-               dtype: torch.dtype) -> None:
+               dtype: torch.dtype, prev_state: bool = False) -> None:
     """Write the heads beside the weights and reference them from ``depth.exit_heads``."""
     from safetensors.torch import save_file
 
@@ -289,8 +310,8 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
         if kept != idx["weight_map"]:
             idx["weight_map"] = kept
             index.write_text(json.dumps(idx, indent=2))
-    update_depth_config(model_dir, {"exit_heads": {"layers": sorted(heads), "mlp_width": mlp_width,
-                                                   "vocab": 0 if vocab_ids is None else len(vocab_ids)}})
+    spec = {"layers": sorted(heads), "mlp_width": mlp_width, "vocab": 0 if vocab_ids is None else len(vocab_ids)}
+    update_depth_config(model_dir, {"exit_heads": {**spec, "prev_state": True} if prev_state else spec})
 
 
 def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor | None]:
@@ -311,7 +332,7 @@ def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor |
     heads = {}
     for n in spec["layers"]:
         h = TorchExitHead(torch.ones(hidden), cfg.get("rms_norm_eps", 1e-5), spec.get("mlp_width", 0), g,
-                          reduced=bool(spec.get("vocab")))
+                          reduced=bool(spec.get("vocab")), prev_state=bool(spec.get("prev_state")))
         prefix = f"model.exit_heads.{n}."
         h.load_state_dict({k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)})
         heads[n] = h.eval()
@@ -328,12 +349,14 @@ def prepare_out(model_dir: str, out: str | None) -> str:
 
 def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None = None, out: str | None = None,
                 steps: int = 3000, chunks: int = 1000, seq_len: int = 256, mlp_width: int = 0, vocab: int = 8192,
-                dtype: str = "bfloat16", eval_chunks: int = 32, progress: bool = True) -> tuple[str, TrainReport]:
+                dtype: str = "bfloat16", eval_chunks: int = 32, progress: bool = True,
+                prev_state: bool = False) -> tuple[str, TrainReport]:
     """Train, measure held-out agreement before and after, save; returns (checkpoint, report).
 
     The base model (in ``dtype``) reads ``chunks`` chunks of ``seq_len`` tokens once; the heads then
     train ``steps`` steps on what it computed (``steps / chunks`` passes).  Agreement is measured in
     float32 on held-out standard-library code (``eval_chunks`` chunks) and docstrings (half as many).
+    ``prev_state``: draft heads that also read the previous token's final state (layer 0 allowed).
     """
     import time
 
@@ -342,21 +365,21 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
     from vllm_depth.analysis import load_hf
     from vllm_depth.data import stdlib_texts, token_chunks
 
-    check_train_exits(model_dir, exit_layers, steps, mlp_width, vocab, texts, out, chunks, dtype)
+    check_train_exits(model_dir, exit_layers, steps, mlp_width, vocab, texts, out, chunks, dtype, prev_state)
     cfg = AutoConfig.from_pretrained(model_dir)
     t0 = time.perf_counter()
     model, tok = load_hf(model_dir)
     teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0]
     texts = texts if texts is not None else stdlib_texts("calib")
     space = Vocab(model, frequent_tokens(tok, texts, vocab) if vocab else None)
-    held = held_out_features(model, tok, exit_layers, space, seq_len, eval_chunks, progress)
+    held = held_out_features(model, tok, exit_layers, space, seq_len, eval_chunks, progress, prev_state)
     features = teacher_features(teacher, token_chunks(tok, texts, seq_len, chunks), exit_layers, space,
-                                f"teacher ({dtype})", progress)
+                                f"teacher ({dtype})", progress, prev_state=prev_state)
     report = TrainReport(exit_layers=list(exit_layers), teacher_dtype=dtype)
     report.agreement_before = agreement(model, None, held["code"], exit_layers)
     report.docstrings_before = agreement(model, None, held["docstrings"], exit_layers)
     heads, report.losses = train_heads(model, features, exit_layers, steps, mlp_width, space,
-                                       dtype=getattr(torch, dtype), progress=progress)
+                                       dtype=getattr(torch, dtype), progress=progress, prev_state=prev_state)
     report.agreement_after = agreement(model, heads, held["code"], exit_layers, space)
     report.docstrings_after = agreement(model, heads, held["docstrings"], exit_layers, space)
     report.tokens_trained = len(features) * seq_len
@@ -366,6 +389,6 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
                           + (0 if space.ids is None else space.weight.numel()))
     report.model_params = sum(p.numel() for p in model.parameters())
     target = prepare_out(model_dir, out)
-    save_heads(target, heads, mlp_width, space.ids, getattr(cfg, "dtype", None) or torch.float32)
+    save_heads(target, heads, mlp_width, space.ids, getattr(cfg, "dtype", None) or torch.float32, prev_state)
     report.seconds = time.perf_counter() - t0
     return target, report

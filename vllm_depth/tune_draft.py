@@ -41,11 +41,12 @@ class Candidate:
 
 
 def candidates(n: int, head_layers: tuple[int, ...] = ()) -> list[Candidate]:
-    """Prefix drafts at 1/4 .. 4/5 of the ``n`` positions (and every exit-head layer), and two skip sets
-    that leave out a block ending at 2/3 of the depth (Draft & Verify / SWIFT)."""
+    """Prefix drafts at 1/4 .. 4/5 of the ``n`` positions (and every exit-head layer: 0 too, a
+    ``prev_state`` head over the embedding), and two skip sets that leave out a block ending at 2/3
+    of the depth (Draft & Verify / SWIFT)."""
     prefixes = sorted({max(1, round(n * f)) for f in (0.25, 0.4, 0.5, 0.6, 0.7, 0.8)} | set(head_layers))
     out = [Candidate(f"first {e}" + (" + head" if e in head_layers else ""), tuple(range(e)))
-           for e in prefixes if 1 <= e < n]
+           for e in prefixes if (0 if e in head_layers else 1) <= e < n]
     end = round(2 * n / 3)
     for size in sorted({max(1, n // 5), max(1, n // 4)}):
         skip = range(end - size, end)

@@ -510,6 +510,32 @@ def patch_plain_steps() -> None:
     _patch(GPUModelRunner, "_prepare_inputs", wrap)
 
 
+def patch_draft_states() -> None:
+    """vLLM 0.32 ``GPUModelRunner.propose_draft_token_ids``: vLLM hands ``custom_class`` proposers
+    the sampled tokens only; a drafter with ``take_verifier_states`` is also given the step's
+    ``sample_hidden_states`` (the model's final, normed states at the sampled rows) and its
+    ``spec_decode_metadata`` (None: one row per request), as vLLM's Medusa proposer reads them.
+    A ``prev_state`` draft head reads the row that sampled each request's last token.
+    Installed by ``SelfDraft``."""
+    import inspect
+
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    def wrap(original):
+        signature = inspect.signature(original)
+
+        def method(self, *args, **kwargs):
+            take = getattr(getattr(self, "drafter", None), "take_verifier_states", None)
+            if take is not None:
+                bound = signature.bind(self, *args, **kwargs).arguments
+                take(bound["sample_hidden_states"], bound["spec_decode_metadata"])
+            return original(self, *args, **kwargs)
+
+        return method
+
+    _patch(GPUModelRunner, "propose_draft_token_ids", wrap)
+
+
 NO_HANDOFF = object()  # the step's output carried no drafts: ask the worker (vLLM's own path)
 
 

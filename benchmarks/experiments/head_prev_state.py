@@ -1,6 +1,6 @@
 """Experiment: does a layer-16 exit head gain from the previous token's final hidden state?
 
-    python benchmarks/experiments/head_prev_state.py [CHUNKS=600] [STEPS=3000] [MODES=none,full,lr16,lr64,lr256,mlp512]
+    python benchmarks/experiments/head_prev_state.py [CHUNKS=600] [STEPS=3000] [MODES=none,full,lr16,lr64,lr256,mlp512] [LAYERS=16]
 
 EAGLE drafts from the target model's top-layer features of the tokens before;
 at decode time the previous token's final state is known (it was just computed),
@@ -14,6 +14,10 @@ previous position's final (normed) state added to the head's output:
     full     + W_p f[t-1]               (576 x 576, from zero)
     lrR      + B A f[t-1]               (rank R; A random, B from zero)
     mlpW     + down(silu(up([h, f[t-1]])))   (width W; down from zero)
+
+LAYERS (comma-separated; 0 is the token embedding) runs every mode at each
+layer: a draft head for self-speculation runs few layers, and there the
+previous final state may be most of what it knows.
 
 Reports held-out agreement with the float32 model's final top-1 on train-exits'
 held-out code (32 x 256 tokens) and docstrings (16 x 256), and the mean loss of
@@ -39,12 +43,12 @@ from vllm_depth.exit_heads import (
     teacher_features,
 )
 
-LAYER = 16
 torch.manual_seed(0)
 torch.set_num_threads(2)
 chunks = int(sys.argv[1]) if len(sys.argv) > 1 else 600
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
 modes = (sys.argv[3] if len(sys.argv) > 3 else "none,full,lr16,lr64,lr256,mlp512").split(",")
+layers = [int(x) for x in (sys.argv[4] if len(sys.argv) > 4 else "16").split(",")]
 path = resolve_model("smollm2-135m")
 model, tok = load_hf(path)
 teacher = load_hf(path, torch.bfloat16)[0]
@@ -89,29 +93,32 @@ class PrevStateHead(nn.Module):
         return h
 
 
-def inputs(f) -> tuple[torch.Tensor, torch.Tensor]:
-    """A chunk's states after layer LAYER and, per position, the previous position's final state."""
-    state, final = f.states[0], f.states[1].float()
+def inputs(f, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's states after its ``i``-th layer of LAYERS and, per position, the previous position's
+    final state."""
+    state, final = f.states[i], f.states[-1].float()
     return state, torch.cat([torch.zeros_like(final[:1]), final[:-1]])
 
 
-def logits(head: PrevStateHead, f) -> torch.Tensor:
-    return space.logits(head, inputs(f), torch.bfloat16)
+def logits(head: PrevStateHead, f, i: int) -> torch.Tensor:
+    return space.logits(head, inputs(f, i), torch.bfloat16)
 
 
-held = held_out_features(model, tok, [LAYER, FINAL], space, 256, 32, progress=False)
-train = teacher_features(teacher, token_chunks(tok, texts, 256, chunks), [LAYER, FINAL], space, progress=False)
-print(f"layer {LAYER}, {chunks} chunks x {steps} steps")
-print("| head | parameters | held-out code | held-out docstrings | loss (last 50 steps) |\n| --- | --- | --- | --- | --- |")
-for mode in modes:
-    head = PrevStateHead(mode)
-    losses = distill(lambda f: distill_loss(logits(head, f), f.teacher_lp, f.top, f.teacher_ix),
-                     list(head.parameters()), train, steps, 3e-3, desc=mode, progress=False, one_cycle=True)
-    agree = {}
-    with torch.no_grad():
-        for name, items in held.items():
-            hits = sum(int((space.predict(logits(head, f)) == f.tokens).sum()) for f in items)
-            agree[name] = hits / sum(f.tokens.numel() for f in items)
-    params = sum(p.numel() for p in head.parameters())
-    print(f"| {mode} | {params / 1e6:.2f} M | {agree['code']:.3f} | {agree['docstrings']:.3f} | "
-          f"{sum(losses[-50:]) / 50:.3f} |", flush=True)
+held = held_out_features(model, tok, [*layers, FINAL], space, 256, 32, progress=False)
+train = teacher_features(teacher, token_chunks(tok, texts, 256, chunks), [*layers, FINAL], space, progress=False)
+print(f"{chunks} chunks x {steps} steps")
+print("| layer | head | parameters | held-out code | held-out docstrings | loss (last 50 steps) |\n"
+      "| --- | --- | --- | --- | --- | --- |")
+for i, layer in enumerate(layers):
+    for mode in modes:
+        head = PrevStateHead(mode)
+        losses = distill(lambda f: distill_loss(logits(head, f, i), f.teacher_lp, f.top, f.teacher_ix),
+                         list(head.parameters()), train, steps, 3e-3, desc=mode, progress=False, one_cycle=True)
+        agree = {}
+        with torch.no_grad():
+            for name, items in held.items():
+                hits = sum(int((space.predict(logits(head, f, i)) == f.tokens).sum()) for f in items)
+                agree[name] = hits / sum(f.tokens.numel() for f in items)
+        params = sum(p.numel() for p in head.parameters())
+        print(f"| {layer} | {mode} | {params / 1e6:.2f} M | {agree['code']:.3f} | {agree['docstrings']:.3f} | "
+              f"{sum(losses[-50:]) / 50:.3f} |", flush=True)

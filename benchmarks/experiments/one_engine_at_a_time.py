@@ -4,7 +4,7 @@ process, in alternating runs (the bench keeps both engines alive and alternates 
     python benchmarks/experiments/one_engine_at_a_time.py [--runs 2] [--reps 3] [--in-process]
 
 Each run starts every variant in turn in its own process (``self_draft_heads`` needs the train-exits
-checkpoint at ``out/smollm2-exits``): SmolLM2-135M, bf16, batch 1, 4 code prompts x
+checkpoint at ``out/smollm2-exits``, ``self_draft_prev`` the draft heads at ``out/smollm2-draft``): SmolLM2-135M, bf16, batch 1, 4 code prompts x
 128 new tokens (``ignore_eos``), one warm-up pass, then ``--reps`` timed passes.  ``--in-process`` sets
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (the engine core and the model run in the caller's process, as a
 profiler sees them).  Prints each variant's mean seconds per pass and its ratio of tokens/s to stock.
@@ -21,6 +21,7 @@ import time
 
 
 HEADS_CHECKPOINT = "out/smollm2-exits"
+DRAFT_CHECKPOINT = "out/smollm2-draft"  # benchmarks/draft_heads.sh: heads that read the previous final state
 
 
 def variants() -> dict[str, dict]:
@@ -30,6 +31,7 @@ def variants() -> dict[str, dict]:
 
     depth, spec = self_spec_engine_args(None, {"draft_layers": 24, "num_speculative_tokens": 3})
     heads, heads_spec = self_spec_engine_args(None, {"draft_layers": 12, "num_speculative_tokens": 1})
+    prev, prev_spec = self_spec_engine_args(None, {"draft_layers": 0, "num_speculative_tokens": 1})
     return {
         "stock": {"async_scheduling": False},
         "stock_async": {},
@@ -39,6 +41,9 @@ def variants() -> dict[str, dict]:
         # tune-draft's pick on the train-exits checkpoint (benchmarks/exit_heads.sh): first 12 + exit head, k=1
         "self_draft_heads": {"model": HEADS_CHECKPOINT, "model_impl": "depth", "hf_overrides": {"depth": heads},
                              "speculative_config": heads_spec, "async_scheduling": False},
+        # the draft head over the embedding that reads the previous token's final state, k=1
+        "self_draft_prev": {"model": DRAFT_CHECKPOINT, "model_impl": "depth", "hf_overrides": {"depth": prev},
+                            "speculative_config": prev_spec, "async_scheduling": False},
     }
 
 
@@ -51,7 +56,7 @@ def child(name: str, reps: int, prompts_file: str) -> None:
     prompts = [p.text for p in load_prompts(prompts_file)[:4]]
     args = dict(variants()[name])
     model = args.pop("model", None) or resolve_model("smollm2-135m")
-    if model == HEADS_CHECKPOINT:  # its heads, not its calibrated early exit
+    if model in (HEADS_CHECKPOINT, DRAFT_CHECKPOINT):  # its heads, not its calibrated early exit
         from vllm_depth.checkpoints import checkpoint_config
 
         heads = checkpoint_config(model)["depth"]["exit_heads"]

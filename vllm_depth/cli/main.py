@@ -224,12 +224,12 @@ def cmd_train_exits(args) -> int:
         model_dir = resolve_model(args.model)
         texts = read_files(args.data) if args.data else None  # None: the standard library's sources
         check_train_exits(model_dir, args.exit_layers, args.steps, args.mlp_width, args.vocab, texts, args.out,
-                          args.chunks, args.dtype)
+                          args.chunks, args.dtype, args.prev_state)
         from vllm_depth import exit_heads as H  # torch: only once the arguments are good
 
         target, r = H.train_exits(model_dir, args.exit_layers, texts=texts, out=args.out, steps=args.steps,
                                   chunks=args.chunks, seq_len=args.seq_len, mlp_width=args.mlp_width,
-                                  vocab=args.vocab, dtype=args.dtype)
+                                  vocab=args.vocab, dtype=args.dtype, prev_state=args.prev_state)
     except ValueError as e:
         raise SystemExit(f"vllm-depth train-exits: {e}") from None
     print("\nagreement with the model's final top-1 on held-out standard-library text (plain: final norm + LM head)")
@@ -389,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mlp-width", type=int, default=TRAIN_MLP_WIDTH, help="width of each head's residual MLP (0: linear)")
     t.add_argument("--vocab", type=int, default=8192,
                    help="the heads predict over this many most frequent tokens plus 'other' (0: the full vocabulary)")
+    t.add_argument("--prev-state", action="store_true",
+                   help="draft heads for self-speculation: each also reads the previous token's final state "
+                        "(the verifier's); they draft only (no early exit), and layer 0 (the embedding) is allowed")
     t.add_argument("--json", help="write the report as JSON here")
     t.set_defaults(func=cmd_train_exits)
 

@@ -202,7 +202,7 @@ def run_draft(decoder, input_ids: torch.Tensor, positions: torch.Tensor, draft: 
         layer = decoder.layers[decoder.schedule.physical[i]]
         hidden, residual = layer_forward(layer, decoder.position_attn[i], positions, hidden, residual,
                                          decoder.position_delta[i])
-    return hidden + residual
+    return hidden if residual is None else hidden + residual  # no positions: the embedding
 
 
 class DraftStack(nn.Module):
@@ -296,7 +296,8 @@ class DepthDecoderModel(nn.Module):
             spec = self.depth.exit_heads
             for n in spec.layers:
                 self.exit_heads[str(n)] = ExitHead(config.hidden_size, config.rms_norm_eps, spec.mlp_width,
-                                                   reduced=spec.vocab > 0, prefix=f"{prefix}.exit_heads.{n}")
+                                                   reduced=spec.vocab > 0, prefix=f"{prefix}.exit_heads.{n}",
+                                                   prev_state=spec.prev_state)
             if spec.vocab:
                 self.exit_vocab = ExitVocab(spec.vocab)
 
@@ -357,7 +358,7 @@ class DepthDecoderModel(nn.Module):
     def _draft_stack(self, vllm_config: VllmConfig, prefix: str) -> DraftStack | None:
         """With a self-draft configured and speculative decoding on: the draft's compiled graph."""
         draft = self.depth.draft_positions()
-        if draft is None or vllm_config.speculative_config is None:
+        if not draft or vllm_config.speculative_config is None:  # () : a head over the embedding, no graph
             return None
         from vllm.compilation.backends import set_model_tag
 
@@ -697,12 +698,25 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         return exit_stats(x, None, 0.0, self.lm_head.weight, valid=shard.num_org_elements,
                           offset=shard.org_vocab_start_index, gather=tensor_model_parallel_all_gather)
 
-    def draft_logits(self, state: torch.Tensor, layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def draft_logits(self, state: torch.Tensor, layer: int | None, prev: torch.Tensor | None = None):
         """Logits of a draft from its state: the exit head after ``layer`` positions (a prefix
-        draft) when the checkpoint has one, else the final norm and LM head."""
-        if layer is not None and str(layer) in self.model.exit_heads:
-            return self._exit_logits(layer, self.model.exit_norm(layer)(state))
-        return self.logits_processor(self.lm_head, self.model.norm(state)), None
+        draft) when the checkpoint has one, else the final norm and LM head.  Returns (logits, a
+        reduced head's "other" logit or None, the token id of each logit column or None for all of
+        them, the LM head's input); ``prev``: the previous token's final (normed) state, which a
+        ``prev_state`` head reads."""
+        head = self.model.exit_heads[str(layer)] if layer is not None and str(layer) in self.model.exit_heads else None
+        if head is None:
+            normed = self.model.norm(state)
+            return self.logits_processor(self.lm_head, normed), None, None, normed
+        normed = head(state, prev) if head.prev_state else head(state)
+        vocab = self.model.exit_vocab
+        if vocab is None:
+            return self.logits_processor(self.lm_head, normed), None, None, normed
+        return (*vocab.reduced_logits(self.lm_head, head, normed), vocab.ids.data, normed)
+
+    def draft_reads_prev_state(self, layer: int | None) -> bool:
+        """Whether the draft head after ``layer`` positions reads the previous token's final state."""
+        return layer is not None and str(layer) in self.model.exit_heads and self.model.exit_heads[str(layer)].prev_state
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         cached, self._cached_logits = self._cached_logits, None
