@@ -331,9 +331,9 @@ class SelfDraft:
                         with self._kernels:
                             state = run_draft(self.model.model, ids, pos, self.eager_draft)
             with self._kernels:  # the head runs eagerly: vLLM's platform kernels
-                logits, rest, ids, normed = self.model.draft_logits(state, layer, prev)
+                logits, rest, columns, normed = self.model.draft_logits(state, layer, prev)
             self.counters.draft_forwards += 1
-            token, confident = draft_choice(logits, rest, self.threshold, ids)
+            token, confident = draft_choice(logits, rest, self.threshold, columns)
             go = confident & (limit > step)
             for r, t in zip(active[go].tolist(), token[go].tolist()):
                 drafts[r].append(t)

@@ -704,7 +704,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         reduced head's "other" logit or None, the token id of each logit column or None for all of
         them, the LM head's input); ``prev``: the previous token's final (normed) state, which a
         ``prev_state`` head reads."""
-        head = self.model.exit_heads[str(layer)] if layer is not None and str(layer) in self.model.exit_heads else None
+        head = self._draft_head(layer)
         if head is None:
             normed = self.model.norm(state)
             return self.logits_processor(self.lm_head, normed), None, None, normed
@@ -714,9 +714,14 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             return self.logits_processor(self.lm_head, normed), None, None, normed
         return (*vocab.reduced_logits(self.lm_head, head, normed), vocab.ids.data, normed)
 
+    def _draft_head(self, layer: int | None) -> ExitHead | None:
+        """The exit head after ``layer`` positions (None: a skip-set draft, or no head there)."""
+        return self.model.exit_heads[str(layer)] if layer is not None and str(layer) in self.model.exit_heads else None
+
     def draft_reads_prev_state(self, layer: int | None) -> bool:
         """Whether the draft head after ``layer`` positions reads the previous token's final state."""
-        return layer is not None and str(layer) in self.model.exit_heads and self.model.exit_heads[str(layer)].prev_state
+        head = self._draft_head(layer)
+        return head is not None and head.prev_state
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         cached, self._cached_logits = self._cached_logits, None
