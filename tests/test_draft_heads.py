@@ -98,6 +98,13 @@ def drafted(tiny_dir, tmp_path_factory):
     return path
 
 
+def test_calibrate_refuses_draft_heads_before_any_work(drafted):
+    from vllm_depth.arguments import CalibrateError, check_calibrate
+
+    with pytest.raises(CalibrateError, match="depth.exit_heads.prev_state"):
+        check_calibrate(drafted, [2], 0.9, 0.1, "benchmarks/prompts/code.jsonl", None, [0.9])
+
+
 def test_draft_heads_round_trip_through_the_checkpoint(drafted):
     import json
     from pathlib import Path

@@ -82,6 +82,11 @@ def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float
     cfg = checkpoint_config(model_dir)
     depth = parse_depth_config(cfg.get("depth"), cfg["num_hidden_layers"], cfg.get("hidden_size"))
     num_positions = len(depth.schedule(cfg["num_hidden_layers"]))
+    if depth.exit_heads is not None and depth.exit_heads.prev_state:
+        raise CalibrateError(f"{model_dir}: its exit heads are draft heads (depth.exit_heads.prev_state: they "
+                             "read the previous token's final state, which an early exit does not have); "
+                             "allowed: a checkpoint with heads from vllm-depth train-exits without --prev-state, "
+                             "or none")
     if not 0.0 < target <= 1.0:
         raise CalibrateError(f"--target-agreement: {target}; allowed: a number in (0, 1]")
     if not 0.0 < delta < 1.0:
