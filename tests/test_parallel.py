@@ -218,10 +218,8 @@ PP_CASES = {
     # weights, built on both); an exit point on each stage
     "tiny": ({"layer_schedule": [0, 1, 2, 3, 1, 2], "exit_layers": [2, 4], "exit_criterion": "softmax",
               "exit_threshold": 0.002}, 2, 6),
-    # SmolLM2's first and last 3 layers (its real weights, 6 positions: compiling all 30 on two stages
-    # costs minutes here, 12 cost CI a minute more): stages 0..2 and 3..5, an exit point on each
-    "smollm2": ({"layer_schedule": [0, 1, 2, 27, 28, 29], "exit_layers": [2, 4],
-                 "exit_criterion": "softmax", "exit_threshold": 0.9}, 2, 6),
+    # (a SmolLM2 case, its real weights over 6 or 12 positions, took CI 95-100 s more for the same
+    # code path; dropped at stop 24 to keep CI under 40 minutes)
 }
 
 
@@ -253,8 +251,7 @@ def test_pp2_equals_one_process(request, which):
     # each stage decided exits at its own exit point: the first stage's reached the last one
     first, second = depth["exit_layers"]
     assert set(stage_exits[0]) == {first} and set(stage_exits[1]) <= {second}, stage_exits
-    if which == "tiny":
-        assert stage_exits[1].get(second, 0) > 0, stage_exits
+    assert stage_exits[1].get(second, 0) > 0, stage_exits
 
 
 def _stage_exit_counts(worker):
