@@ -221,10 +221,10 @@ def parse_depth_config(raw: Any, num_layers: int, hidden_size: int | None = None
         if len(set(positions)) != len(positions):
             raise _fail("relax_positions", "positions repeat")
         positions = tuple(positions)
+    heads = _parse_heads(raw.get("exit_heads"), n_positions)
     return DepthConfig(
         layer_schedule=schedule, relax_rank=rank, relax_positions=positions,
-        **_parse_exits(raw, n_positions),
-        **_parse_draft(raw, n_positions, _parse_heads(raw.get("exit_heads"), n_positions)),
+        **_parse_exits(raw, n_positions, heads), **_parse_draft(raw, n_positions, heads),
     )
 
 
@@ -232,9 +232,8 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _parse_exits(raw: dict, n_positions: int) -> dict[str, Any]:
+def _parse_exits(raw: dict, n_positions: int, heads: ExitHeads | None) -> dict[str, Any]:
     layers = raw.get("exit_layers")
-    heads = _parse_heads(raw.get("exit_heads"), n_positions)
     out: dict[str, Any] = {} if heads is None else {"exit_heads": heads}
     if layers is None:
         extra = sorted(set(raw) & set(EXIT_DEFAULTS))

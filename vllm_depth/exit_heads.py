@@ -293,10 +293,11 @@ def head_state_dict(heads: dict[int, nn.Module], vocab_ids: torch.Tensor | None,
 
 def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, vocab_ids: torch.Tensor | None,
                dtype: torch.dtype, prev_state: bool = False) -> None:
-    """Write the heads beside the weights and reference them from ``depth.exit_heads``."""
+    """Write the heads into ``depth/exit_heads.safetensors`` and reference them from ``depth.exit_heads``."""
     from safetensors.torch import save_file
 
     from vllm_depth.checkpoints import update_depth_config
+    from vllm_depth.config import ExitHeads
 
     root = Path(model_dir)
     state = head_state_dict(heads, vocab_ids, dtype)
@@ -310,8 +311,8 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
         if kept != idx["weight_map"]:
             idx["weight_map"] = kept
             index.write_text(json.dumps(idx, indent=2))
-    spec = {"layers": sorted(heads), "mlp_width": mlp_width, "vocab": 0 if vocab_ids is None else len(vocab_ids)}
-    update_depth_config(model_dir, {"exit_heads": {**spec, "prev_state": True} if prev_state else spec})
+    spec = ExitHeads(tuple(sorted(heads)), mlp_width, 0 if vocab_ids is None else len(vocab_ids), prev_state)
+    update_depth_config(model_dir, {"exit_heads": spec.to_dict()})
 
 
 def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor | None]:
