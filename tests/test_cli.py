@@ -54,7 +54,7 @@ def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
     out = tmp_path / "r.json"
     plot = tmp_path / "r.png"
     r = run_cli("bench", "--model", "tiny", "--prompts", str(prompts), "--max-tokens", "16",
-            "--depth", "{}", "--rounds", "1", "--json", str(out), "--plot", str(plot),
+            "--depth", "{}", "--rounds", "2", "--json", str(out), "--plot", str(plot),
             # eager: what is checked is the command (compiled engines are the identity tests')
             "--engine-args", '{"enforce_eager": true}')
     assert r.returncode == 0, r.stderr[-3000:]
@@ -66,6 +66,9 @@ def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
     # the identity depth config does nothing: same outputs as stock
     assert res["identical"] == 3 and res["token_agreement"] == 1.0
     assert res["speedup"] > 0 and res["peak_rss_mb"]["baseline"] > 0
+    # each round's own ratio (rounds run in ABBA order)
+    assert len(res["round_speedups"]) == 2 and min(res["round_speedups"]) > 0
+    assert "per round" in r.stdout
     assert res["param_bytes"]["baseline"] == res["param_bytes"]["depth"] > 0
     assert "speedup" in r.stdout and plot.stat().st_size > 0
 

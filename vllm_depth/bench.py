@@ -1,8 +1,9 @@
 """The side-by-side bench: stock vLLM and a depth configuration, same prompts, one run.
 
-Both engines are alive at once and the timed rounds alternate (stock, depth,
-stock, depth, ...), so machine noise falls on both alike; the ratio is what to
-read, not the absolute figures.
+Both engines are alive at once and the timed rounds alternate in ABBA order
+(stock, depth, depth, stock, ...), so machine noise and drift fall on both
+alike; the ratio is what to read, not the absolute figures.  Each round's own
+ratio is reported too (``round_speedups``), to show the spread.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ class Engine:
     counters: dict | None = None  # exit counters of the timed rounds (depth engines)
     drafts: dict | None = None  # self-draft counters of the timed rounds (self-speculative engines)
     extra: dict | None = None  # per-request extra_args of every prompt (a sweep point)
+    round_tokens_per_s: list = field(default_factory=list)  # each timed round's own figure
 
     @property
     def tokens_per_s(self) -> float:
@@ -273,8 +275,10 @@ def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size
             new = draft_counters(engine.llm, reset=True)
             for k in ("proposals", "drafted", "accepted", "draft_forwards", "seconds"):
                 engine.drafts[k] = engine.drafts.get(k, 0) + new[k]
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         engine.seconds += dt
-        engine.tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
+        engine.tokens += tokens
+        engine.round_tokens_per_s.append(tokens / dt if dt else 0.0)
         engine.outputs = [o.outputs[0].text for o in outputs]
         engine.token_ids = [list(o.outputs[0].token_ids) for o in outputs]
 
@@ -340,8 +344,10 @@ def compare(baseline: Engine, depth: Engine) -> dict:
     n = len(baseline.outputs)
     agreements = [token_agreement(a, b) for a, b in zip(baseline.token_ids, depth.token_ids)]
     same = [a == b for a, b in zip(baseline.token_ids, depth.token_ids)]
+    per_round = [round(d / b, 4) for b, d in zip(baseline.round_tokens_per_s, depth.round_tokens_per_s) if b]
     return {
         "speedup": round(depth.tokens_per_s / baseline.tokens_per_s, 4) if baseline.tokens_per_s else None,
+        "round_speedups": per_round,  # round i of the depth engine against round i of stock
         "token_agreement": round(sum(agreements) / n, 4),
         "identical": sum(same),
         "identical_per_prompt": same,
@@ -392,8 +398,10 @@ def run_bench(
             draft_counters(depth_engine.llm, reset=True)
         total = rounds * len(engines) * len(prompts)
         with tqdm(total=total, desc="bench", unit="prompt") as bar:
-            for _ in range(rounds):
-                for e in engines:
+            for r in range(rounds):
+                # ABBA: every other round runs the engines in reverse, so a machine that drifts
+                # in speed during the run favours neither side
+                for e in (engines if r % 2 == 0 else engines[::-1]):
                     run_round(e, prompts, max_tokens, batch_size, per_request=e is not baseline,
                               progress=bar, extra=e.extra)
         full = _full_depth(depth_engine.llm)
@@ -450,6 +458,8 @@ def format_table(result: dict) -> str:
         f'identical {result["identical"]}/{result["n"]}   '
         f'(batch {result["batch_size"]}, {result["max_tokens"]} new tokens, {result["rounds"]} rounds)'
     )
+    if len(result.get("round_speedups") or ()) > 1:
+        lines.append("per round " + " ".join(f"{x:.3f}x" for x in result["round_speedups"]))
     return "\n".join(lines)
 
 

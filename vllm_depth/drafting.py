@@ -208,7 +208,7 @@ class SelfDraft:
         self.policy = DraftPolicy(self.k, 0)
         self._last_end = None  # when the last propose returned (the verifier step runs in between)
         self.counters = DraftCounters()
-        self._kernels = None
+        self._kernels = self._head_kernels = None
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
         self._verifier = None  # the step's final states at its sampled rows, and its spec metadata
         patch_draft_states()
@@ -312,6 +312,9 @@ class SelfDraft:
 
         if self._kernels is None:
             self._kernels = NativeKernels(self.model)
+            # the head's own ops only: switching every layer's (about 120) would cost ~0.2 ms a draft token
+            self._head_kernels = NativeKernels(torch.nn.ModuleList([self.model.model.exit_heads,
+                                                                    self.model.model.norm]))
         active = torch.tensor(rows, dtype=torch.long)
         # the dtypes of the runner's inputs: the compiled draft is traced once (vLLM's warm-up), unguarded
         ids = torch.tensor(tokens, dtype=torch.int32)
@@ -330,7 +333,7 @@ class SelfDraft:
                     else:
                         with self._kernels:
                             state = run_draft(self.model.model, ids, pos, self.eager_draft)
-            with self._kernels:  # the head runs eagerly: vLLM's platform kernels
+            with self._head_kernels:  # the head runs eagerly: vLLM's platform kernels
                 logits, rest, columns, normed = self.model.draft_logits(state, layer, prev)
             self.counters.draft_forwards += 1
             token, confident = draft_choice(logits, rest, self.threshold, columns)

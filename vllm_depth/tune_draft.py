@@ -94,7 +94,7 @@ def rank(cands: list[Candidate], n: int, k_max: int) -> list[tuple[float, Candid
 
 def measure_speed(model_dir: str, depth: dict, trials: list[tuple[Candidate, int]], prompts: list[Prompt],
                   max_tokens: int, engine_args: dict, rounds: int, progress) -> list[dict]:
-    """Tokens/s of each (draft, k), compiled as served, against stock vLLM in alternating rounds."""
+    """Tokens/s of each (draft, k), compiled as served, against stock vLLM in alternating (ABBA) rounds."""
     baseline = start_engine("stock", model=model_dir, **engine_args)
     rows = []
     try:
@@ -108,9 +108,9 @@ def measure_speed(model_dir: str, depth: dict, trials: list[tuple[Candidate, int
                 run_round(engine, prompts[:1], 4, 1, per_request=False, record=False)
                 engine.llm.collective_rpc(_counters)
                 base0 = (baseline.seconds, baseline.tokens)
-                for _ in range(rounds):
-                    run_round(baseline, prompts, max_tokens, 1, per_request=False)
-                    run_round(engine, prompts, max_tokens, 1, per_request=False)
+                for r in range(rounds):  # ABBA order, as the bench: drift favours neither side
+                    for e in (baseline, engine) if r % 2 == 0 else (engine, baseline):
+                        run_round(e, prompts, max_tokens, 1, per_request=False)
                     progress.update(1)
                 counts = engine.llm.collective_rpc(_counters)[0]
                 stock_tps = (baseline.tokens - base0[1]) / (baseline.seconds - base0[0])
