@@ -246,6 +246,12 @@ def _texts(engine: Engine, prompts: list[Prompt]) -> list[str]:
     return out
 
 
+def round_order(engines: list, r: int) -> list:
+    """The engines of timed round ``r`` in ABBA order: every other round in reverse, so that a
+    machine drifting in speed during the run favours neither side."""
+    return engines if r % 2 == 0 else engines[::-1]
+
+
 def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size: int,
               per_request: bool, progress=None, record: bool = True, extra: dict | None = None) -> None:
     from vllm import SamplingParams
@@ -399,9 +405,7 @@ def run_bench(
         total = rounds * len(engines) * len(prompts)
         with tqdm(total=total, desc="bench", unit="prompt") as bar:
             for r in range(rounds):
-                # ABBA: every other round runs the engines in reverse, so a machine that drifts
-                # in speed during the run favours neither side
-                for e in (engines if r % 2 == 0 else engines[::-1]):
+                for e in round_order(engines, r):
                     run_round(e, prompts, max_tokens, batch_size, per_request=e is not baseline,
                               progress=bar, extra=e.extra)
         full = _full_depth(depth_engine.llm)

@@ -285,9 +285,7 @@ class SelfDraft:
         if decode_only:
             self.policy.stepped(step_seconds, verified)
         if rows:
-            layer = head_layer(self._draft_positions())
-            prev = self._prev_states(sampled_token_ids, rows) if self.model.draft_reads_prev_state(layer) else None
-            forwards = self._draft(rows, tokens, positions, lengths, drafts, prev)
+            forwards = self._draft(rows, tokens, positions, lengths, drafts, sampled_token_ids)
             for i in rows:
                 if drafts[i]:
                     self.policy.proposed(req_ids[i], len(drafts[i]))
@@ -300,11 +298,12 @@ class SelfDraft:
 
     @torch.inference_mode()
     def _draft(self, rows: list[int], tokens: list[int], positions: list[int], lengths: list[int],
-               drafts: list[list[int]], prev: torch.Tensor | None = None) -> int:
+               drafts: list[list[int]], sampled_token_ids) -> int:
         """Up to ``lengths[j]`` greedy draft tokens for request row ``rows[j]``, stopping a row at low
-        confidence; returns the draft forwards run.  ``prev``: per row, the previous token's final
-        state for a ``prev_state`` head; a later draft token reads the head's output for the one
-        before (it has no final state: EAGLE's approximation of a feature by the draft's own)."""
+        confidence; returns the draft forwards run.  A ``prev_state`` head reads, per row, the
+        verifier's final state that sampled its last token (``_prev_states``); a later draft token
+        reads the head's output for the one before (it has no final state: EAGLE's approximation of
+        a feature by the draft's own)."""
         from vllm.forward_context import set_forward_context
 
         from vllm_depth.models.decoder import run_draft
@@ -322,6 +321,7 @@ class SelfDraft:
         limit = torch.tensor(lengths)
         positions_run = self._draft_positions()
         layer = head_layer(positions_run)
+        prev = self._prev_states(sampled_token_ids, rows) if self.model.draft_reads_prev_state(layer) else None
         for step in range(max(lengths)):
             if not positions_run:  # a head over the embedding: no layer runs, no K/V is written
                 state = self.model.model.embed_input_ids(ids)

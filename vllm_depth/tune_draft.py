@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm_depth.bench import DEFAULT_ENGINE_ARGS, Prompt, run_round, start_engine, stop_engine
+from vllm_depth.bench import DEFAULT_ENGINE_ARGS, Prompt, round_order, run_round, start_engine, stop_engine
 from vllm_depth.drafting import PROPOSER
 
 
@@ -108,8 +108,8 @@ def measure_speed(model_dir: str, depth: dict, trials: list[tuple[Candidate, int
                 run_round(engine, prompts[:1], 4, 1, per_request=False, record=False)
                 engine.llm.collective_rpc(_counters)
                 base0 = (baseline.seconds, baseline.tokens)
-                for r in range(rounds):  # ABBA order, as the bench: drift favours neither side
-                    for e in (baseline, engine) if r % 2 == 0 else (engine, baseline):
+                for r in range(rounds):
+                    for e in round_order([baseline, engine], r):
                         run_round(e, prompts, max_tokens, 1, per_request=False)
                     progress.update(1)
                 counts = engine.llm.collective_rpc(_counters)[0]

@@ -705,12 +705,9 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         them, the LM head's input); ``prev``: the previous token's final (normed) state, which a
         ``prev_state`` head reads."""
         head = self._draft_head(layer)
-        if head is None:
-            normed = self.model.norm(state)
-            return self.logits_processor(self.lm_head, normed), None, None, normed
-        normed = head(state, prev) if head.prev_state else head(state)
+        normed = self.model.norm(state) if head is None else head(state, prev)
         vocab = self.model.exit_vocab
-        if vocab is None:
+        if head is None or vocab is None:
             return self.logits_processor(self.lm_head, normed), None, None, normed
         return (*vocab.reduced_logits(self.lm_head, head, normed), vocab.ids.data, normed)
 
