@@ -14,9 +14,9 @@ import pytest
 def test_written_against_this_vllm():
     import vllm
 
-    from vllm_depth.vllm_compat import VLLM_VERSION
+    from vllm_depth.vllm_compat import VLLM_VERSIONS
 
-    assert vllm.__version__.startswith(VLLM_VERSION)
+    assert vllm.__version__.startswith(VLLM_VERSIONS)
 
 
 def test_registry_methods_keep_their_signature():
@@ -127,21 +127,165 @@ def test_runner_hooks_exist_with_their_signatures():
         assert f"self.{attr}" in init, attr
 
 
-def test_cpu_attention_metadata_fields_used_by_the_subset():
+def test_every_common_attention_metadata_field_is_taken_by_the_subset():
+    # vLLM adding a field to CommonAttentionMetadata must decide how a subset of rows takes it
     import dataclasses
 
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl, CPUAttentionMetadata
+    from vllm.v1.attention.backend import CommonAttentionMetadata
 
-    fields = {f.name for f in dataclasses.fields(CPUAttentionMetadata)}
-    assert {"num_actual_tokens", "max_query_len", "query_start_loc", "max_seq_len", "seq_lens", "block_table",
-            "slot_mapping", "scheduler_metadata", "causal", "dynamic_causal", "encoder_cache"} <= fields
+    from vllm_depth.vllm_compat import SUBSET_FIELDS
+
+    fields = {f.name for f in dataclasses.fields(CommonAttentionMetadata)}
+    assert fields == set(SUBSET_FIELDS), (fields - set(SUBSET_FIELDS), set(SUBSET_FIELDS) - fields)
+    assert "def replace(self, **kwargs)" in inspect.getsource(CommonAttentionMetadata)
+
+
+def _common(qlens, seq_lens):
+    import torch
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    qsl = torch.tensor([0, *torch.tensor(qlens).cumsum(0).tolist()], dtype=torch.int32)
+    n, t = len(qlens), int(qsl[-1])
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    return CommonAttentionMetadata(
+        query_start_loc=qsl, query_start_loc_cpu=qsl.clone(), seq_lens=lens, num_reqs=n, num_actual_tokens=t,
+        max_query_len=max(qlens), max_seq_len=max(seq_lens), block_table_tensor=torch.arange(n * 4).view(n, 4),
+        slot_mapping=torch.arange(100, 100 + t), causal=True, positions=torch.arange(t) + 50,
+        seq_lens_cpu_upper_bound=lens.clone(), is_prefilling=torch.tensor([True] + [False] * (n - 1)),
+    )
+
+
+def test_subset_takes_the_kept_requests_rows_and_shortens_a_request_that_kept_its_first_rows():
+    import torch
+
+    from vllm_depth.vllm_compat import subset_common_metadata
+
+    # request 0: a prefill chunk of 3; request 1: one decode token (it exits); request 2: a re-run token
+    # and a new one (the new one exits, so it attends as a request one shorter)
+    common = _common([3, 1, 2], [10, 5, 8])
+    common.compute_num_computed_tokens()  # a memoised value of the full batch
+    keep_rows = torch.tensor([0, 1, 2, 4])
+    sub = subset_common_metadata(common, torch.tensor([0, 0, 0, 2]), keep_rows)
+    assert sub.query_start_loc_cpu.tolist() == sub.query_start_loc.tolist() == [0, 3, 4]
+    assert sub.seq_lens.tolist() == sub.seq_lens_cpu_upper_bound.tolist() == [10, 7]
+    assert sub.block_table_tensor.tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    assert sub.slot_mapping.tolist() == [100, 101, 102, 104]
+    assert sub.positions.tolist() == [50, 51, 52, 54]
+    assert sub.is_prefilling.tolist() == [True, False]
+    assert (sub.num_reqs, sub.num_actual_tokens, sub.max_query_len, sub.max_seq_len) == (2, 4, 3, 10)
+    assert sub.compute_num_computed_tokens().tolist() == [7, 6]
+    assert sub.seq_lens.dtype == common.seq_lens.dtype and sub.query_start_loc.dtype == torch.int32
+    # the full batch is untouched
+    assert common.seq_lens.tolist() == [10, 5, 8] and common.num_reqs == 3
+
+
+def test_subset_refuses_what_it_cannot_carry():
+    import torch
+
+    from vllm_depth.vllm_compat import subset_common_metadata
+
+    common = _common([1, 1], [4, 4]).replace(encoder_seq_lens=torch.tensor([3, 3]))
+    with pytest.raises(NotImplementedError, match="encoder_seq_lens"):
+        subset_common_metadata(common, torch.tensor([0]), torch.tensor([0]))
+
+
+def test_the_runner_hands_each_attention_group_the_steps_common_metadata():
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.utils import AttentionGroup
+
+    params = list(inspect.signature(AttentionGroup.build_metadata).parameters)
+    assert params[:3] == ["self", "common_attn_metadata", "ubatch_idx"], params
+    src = inspect.getsource(GPUModelRunner._build_attention_metadata)
+    assert "attn_group.build_metadata(" in src
+    assert "cm = copy(cm_base)" in src  # one CommonAttentionMetadata per KV cache group
+
+
+def test_metadata_record_keeps_the_runners_build_and_not_a_subsets(tiny_dir):
+    import torch
+    from vllm.v1.worker.utils import AttentionGroup
+
+    from vllm_depth.vllm_compat import build_group_metadata, patch_metadata_record
+
+    patch_metadata_record()
+    patch_metadata_record()  # idempotent
+    assert getattr(AttentionGroup.build_metadata, "__vllm_depth_patched__")
+
+    class Builder:
+        def build(self, common_prefix_len, common_attn_metadata, **kwargs):
+            return ("built", common_attn_metadata.num_reqs)
+
+    group = AttentionGroup(backend=None, layer_names=["a"], kv_cache_spec=None, kv_cache_group_id=0,
+                           metadata_builders=[Builder()])
+    common = _common([1, 1], [4, 4])
+    out = group.build_metadata(common)
+    assert group.depth_common is common and group.depth_metadata is out
+    sub = build_group_metadata(group, common.replace(num_reqs=1))
+    assert sub == ("built", 1) and group.depth_metadata is out
+    assert torch.equal(group.depth_common.seq_lens, common.seq_lens)
+
+
+def test_cudagraph_policy_for_every_mode():
+    from vllm.config import CUDAGraphMode
+
+    from vllm_depth.vllm_compat import cudagraph_policy
+
+    with_exits = {
+        CUDAGraphMode.NONE: CUDAGraphMode.NONE,
+        CUDAGraphMode.PIECEWISE: CUDAGraphMode.PIECEWISE,
+        CUDAGraphMode.FULL: CUDAGraphMode.NONE,
+        CUDAGraphMode.FULL_DECODE_ONLY: CUDAGraphMode.NONE,
+        CUDAGraphMode.FULL_AND_PIECEWISE: CUDAGraphMode.PIECEWISE,
+    }
+    assert set(with_exits) == set(CUDAGraphMode)
+    for mode, want in with_exits.items():
+        got, reason = cudagraph_policy(mode, exits=True)
+        assert got == want and not got.has_full_cudagraphs(), mode
+        assert reason.startswith(mode.name), reason
+        # the self-draft's verifier runs at full depth: every mode is kept
+        got, reason = cudagraph_policy(mode, exits=False, self_draft=True)
+        assert got == mode and "draft" in reason
+
+
+def test_the_cudagraph_policy_is_applied_to_the_engine_config(tiny_dir):
+    from vllm.config import CUDAGraphMode
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_depth.config import depth_config_of
+    from vllm_depth.vllm_compat import _apply_cudagraph_policy
+
+    config = EngineArgs(model=tiny_dir, model_impl="depth", gpu_memory_utilization=0.3,
+                        hf_overrides={"depth": {"exit_layers": [3]}}).create_engine_config()
+    assert config.compilation_config.cudagraph_mode == CUDAGraphMode.NONE  # the CPU platform captures none
+    config.compilation_config.cudagraph_mode = CUDAGraphMode.FULL_AND_PIECEWISE  # as on a GPU
+    _apply_cudagraph_policy(config, depth_config_of(config.model_config.hf_config))
+    assert config.compilation_config.cudagraph_mode == CUDAGraphMode.PIECEWISE
+
+
+def test_exits_need_a_backend_whose_kv_write_is_a_separate_step():
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+
+    from vllm_depth.config import DepthConfigError
+    from vllm_depth.vllm_compat import check_exit_backend, exit_capable_backends
+
     params = list(inspect.signature(CPUAttentionBackendImpl.do_kv_cache_update).parameters)
     assert params == ["self", "layer", "key", "value", "kv_cache", "slot_mapping"], params
-    from vllm import _custom_ops as ops
+    assert {"CPU_ATTN", "FLEX_ATTENTION"} <= set(exit_capable_backends())
 
-    sched = set(inspect.signature(ops.cpu_attn_get_scheduler_metadata).parameters)
-    assert {"num_reqs", "num_heads", "num_kv_heads", "head_dim", "seq_lens", "dtype", "query_start_loc", "causal",
-            "sliding_window_size", "isa", "enable_kv_split", "dynamic_causal", "kv_cache_dtype"} <= sched
+    class Attn:
+        attn_backend = CPUAttentionBackend
+
+    check_exit_backend(Attn())
+
+    class Fused(CPUAttentionBackend):
+        forward_includes_kv_cache_update = True
+
+        @staticmethod
+        def get_name():
+            return "FUSED_KV"
+
+    Attn.attn_backend = Fused
+    with pytest.raises(DepthConfigError, match="FUSED_KV.*allowed: .*CPU_ATTN"):
+        check_exit_backend(Attn())
 
 
 def test_forward_context_and_custom_op_dispatch():
@@ -151,7 +295,7 @@ def test_forward_context_and_custom_op_dispatch():
     from vllm.model_executor.custom_op import CustomOp
 
     fields = {f.name for f in dataclasses.fields(ForwardContext)}
-    assert {"attn_metadata", "slot_mapping"} <= fields
+    assert {"attn_metadata", "slot_mapping", "cudagraph_runtime_mode"} <= fields
     assert "self._forward_method = self.dispatch_forward(" in inspect.getsource(CustomOp.__init__)
     assert all(hasattr(CustomOp, m) for m in ("forward_cpu", "forward_cuda", "forward_hip", "forward_native"))
 
@@ -255,7 +399,7 @@ def test_self_draft_hooks_exist_with_their_signatures():
     # in batch order (as vLLM's Medusa proposer indexes them)
     params = inspect.signature(inspect.unwrap(GPUModelRunner.propose_draft_token_ids)).parameters
     assert {"sample_hidden_states", "spec_decode_metadata"} <= set(params)
-    assert "offset += num_draft + 1" in src and "indices.append(offset + len(tokens) - 1)" in src
+    assert "num_sampled_tokens = num_draft_tokens + 1" in inspect.getsource(GPUModelRunner._calc_spec_decode_metadata)
     assert "sample_hidden_states = hidden_states[logits_indices]" in inspect.getsource(
         inspect.unwrap(GPUModelRunner.execute_model))
     # ExitVocab: vLLM's CPU GEMM for the reduced vocabulary's rows
@@ -300,10 +444,12 @@ def test_openai_app_pieces_keep_their_signatures():
     """``openai_app`` (the Ray Serve example's replica) builds what ``vllm serve`` builds, piece by piece."""
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.app import build_app
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from vllm_depth.vllm_compat import serve_arg_parsing
+
+    make_arg_parser, validate_parsed_serve_args = serve_arg_parsing()
     assert list(inspect.signature(build_app).parameters) == ["args", "supported_tasks", "model_config"]
     assert list(inspect.signature(init_app_state).parameters) == ["engine_client", "state", "args", "supported_tasks"]
     assert {"vllm_config", "usage_context", "enable_log_requests", "disable_log_stats"} <= set(

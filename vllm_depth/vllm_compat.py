@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 
+import torch
 import vllm
 
 from vllm_depth.config import DepthConfigError, check_parallel, depth_config_of
 from vllm_depth.models.families import SUPPORTED_ARCHITECTURES
 
-VLLM_VERSION = "0.32"
+# the vLLM releases this module is checked against (benchmarks/gpu/compat_audit.py for 0.33)
+VLLM_VERSIONS = ("0.32", "0.33")
 MODEL_IMPL = "depth"
 _PATCHED = "__vllm_depth_patched__"
 
@@ -79,11 +81,12 @@ def _patch_registry() -> None:
 
 def install() -> None:
     """Apply every patch (idempotent)."""
-    if not vllm.__version__.startswith(VLLM_VERSION):
+    if not vllm.__version__.startswith(VLLM_VERSIONS):
         import warnings
 
         warnings.warn(
-            f"vllm-depth was written against vLLM {VLLM_VERSION}.x; found {vllm.__version__}",
+            f"vllm-depth is checked against vLLM {' and '.join(v + '.x' for v in VLLM_VERSIONS)}; "
+            f"found {vllm.__version__}",
             stacklevel=2,
         )
     _patch_registry()
@@ -95,63 +98,102 @@ def install() -> None:
 # -- token-level exits: attention over the rows that are still running --------------------
 
 
-def subset_attention_metadata(meta, req_of_row, keep_rows, layer, dtype):
-    """vLLM 0.32 ``CPUAttentionMetadataBuilder.build``, redone for a subset of rows.
+# CommonAttentionMetadata fields, by how a subset of the step's rows takes them (vLLM 0.32).
+# The compat tests fail when vLLM adds a field that is in none of these.
+_PER_REQUEST = ("seq_lens", "seq_lens_cpu_upper_bound", "block_table_tensor", "is_prefilling", "req_idx",
+                "rswa_prefix_lens", "replayssm_decode_base_cpu")
+_PER_TOKEN = ("slot_mapping", "positions")
+_DERIVED = ("query_start_loc", "query_start_loc_cpu", "num_reqs", "num_actual_tokens", "max_query_len",
+            "max_seq_len", "causal")
+# features a subset cannot carry (fast-prefill KV sharing, cross attention, decode context parallelism,
+# multimodal bidirectional ranges): the step must not use them
+_UNSUPPORTED = ("logits_indices_padded", "num_logits_indices", "max_logits_per_req", "encoder_seq_lens",
+                "encoder_seq_lens_cpu", "dcp_local_seq_lens", "dcp_local_seq_lens_cpu_upper_bound",
+                "mm_req_doc_ranges")
+# memoised values of the full batch, computed again by whoever asks the subset
+_CACHES = ("_num_computed_tokens_cache", "_token_to_req_indices_cache")
+SUBSET_FIELDS = _PER_REQUEST + _PER_TOKEN + _DERIVED + _UNSUPPORTED + _CACHES
 
-    Exited decode tokens leave the batch; the later positions' attention runs
-    over the kept rows only (``keep_rows``, of requests ``req_of_row``: their
-    query/sequence lengths, block tables and slots), so it does proportionally
-    less work.  The rows a request keeps are its first ones (only a request's
-    last row can exit).  The scheduler metadata
-    is rebuilt for the smaller batch exactly as the builder builds it.
+
+def subset_common_metadata(common, req_of_row, keep_rows):
+    """The step's ``CommonAttentionMetadata`` (vLLM 0.32) for the kept token rows ``keep_rows`` only.
+
+    ``req_of_row``: the request index of each kept row (ascending; a request keeps its first rows:
+    only its last can exit, so a request that kept fewer rows attends as a shorter one).  Derived for
+    any attention backend: the kept requests' block-table rows, sequence lengths and flags, the kept
+    rows' slots and positions, new query start locations and maxima (from the CPU copies: no device
+    sync).  The result goes to the attention group's own metadata builder.
     """
-    import dataclasses
-
-    import torch
-    from vllm import _custom_ops as ops
-    from vllm import envs
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionMetadata
-
-    if not isinstance(meta, CPUAttentionMetadata):
-        raise NotImplementedError(
-            f"token-level early exit needs the CPU attention backend here (got {type(meta).__name__}); "
-            "allowed: CPU_ATTN"
-        )
-    if meta.dynamic_causal is not None or meta.encoder_cache is not None:
+    for name in _UNSUPPORTED:
+        if getattr(common, name, None) is not None:
+            raise NotImplementedError(f"token-level early exit cannot attend over a subset of rows with "
+                                      f"CommonAttentionMetadata.{name} set")
+    if isinstance(common.causal, torch.Tensor):
         raise NotImplementedError("token-level early exit supports causal decoder attention only")
-    qsl = meta.query_start_loc
     keep_reqs, qlen = torch.unique_consecutive(req_of_row, return_counts=True)
-    new_qsl = torch.zeros(keep_reqs.numel() + 1, dtype=qsl.dtype)
-    torch.cumsum(qlen, 0, out=new_qsl[1:])
-    # a request that kept only its first rows (kv_fill 'recompute': the re-run token goes on, the new
-    # one exited) attends as a shorter one
-    seq_lens = meta.seq_lens[keep_reqs] - ((qsl[1:] - qsl[:-1])[keep_reqs] - qlen).to(meta.seq_lens.dtype)
-    scheduler_metadata = ops.cpu_attn_get_scheduler_metadata(
+    qsl_cpu = torch.zeros(keep_reqs.numel() + 1, dtype=common.query_start_loc_cpu.dtype)
+    torch.cumsum(qlen.to(qsl_cpu.dtype), 0, out=qsl_cpu[1:])
+    old_qlen = common.query_start_loc_cpu[1:] - common.query_start_loc_cpu[:-1]
+    dropped = (old_qlen[keep_reqs] - qlen).to(common.seq_lens.dtype)  # rows left behind (kv_fill 'recompute')
+    fields = {name: _rows_of(getattr(common, name, None), keep_reqs) for name in _PER_REQUEST}
+    fields.update({name: _rows_of(getattr(common, name, None), keep_rows) for name in _PER_TOKEN})
+    fields["seq_lens"] = fields["seq_lens"] - _to(dropped, fields["seq_lens"].device)
+    upper = fields["seq_lens_cpu_upper_bound"]
+    if upper is not None:
+        upper = fields["seq_lens_cpu_upper_bound"] = upper - dropped.to(upper.dtype)
+    elif fields["seq_lens"].device.type == "cpu":
+        upper = fields["seq_lens"]
+    return common.replace(
+        **fields,
+        **dict.fromkeys(_CACHES),
+        query_start_loc=_to(qsl_cpu, common.query_start_loc.device),
+        query_start_loc_cpu=qsl_cpu,
         num_reqs=keep_reqs.numel(),
-        num_heads=layer.num_heads,
-        num_kv_heads=layer.num_kv_heads,
-        head_dim=layer.head_size,
-        seq_lens=seq_lens,
-        dtype=dtype,
-        query_start_loc=new_qsl,
-        causal=meta.causal,
-        sliding_window_size=layer.impl.sliding_window,
-        isa=layer.isa,
-        enable_kv_split=envs.VLLM_CPU_ATTN_SPLIT_KV,
-        dynamic_causal=None,
-        kv_cache_dtype=layer.impl.kv_cache_dtype,
-    )
-    return dataclasses.replace(
-        meta,
         num_actual_tokens=keep_rows.numel(),
         max_query_len=int(qlen.max()),
-        query_start_loc=new_qsl,
-        max_seq_len=int(seq_lens.max()),
-        seq_lens=seq_lens,
-        block_table=meta.block_table[keep_reqs],
-        slot_mapping=meta.slot_mapping[keep_rows],
-        scheduler_metadata=scheduler_metadata,
+        max_seq_len=int(upper.max()) if upper is not None else common.max_seq_len,  # an upper bound is allowed
     )
+
+
+def _rows_of(x, index):
+    """``x[index]`` (index moved to ``x``'s device), or None for None."""
+    return None if x is None else x[_to(index, x.device)]
+
+
+def _to(x, device):
+    """``x`` on ``device`` (no copy when it is there)."""
+    return x if x.device == device else x.to(device, non_blocking=True)
+
+
+def patch_metadata_record() -> None:
+    """vLLM 0.32 ``AttentionGroup.build_metadata`` (``vllm.v1.worker.utils``): every step the runner
+    hands each attention group the step's ``CommonAttentionMetadata`` and stores what the group's
+    builder returns for its layers.  The group keeps both (``depth_common``, ``depth_metadata``), so
+    a depth model can rebuild its layers' metadata for a subset of the rows through the same builder
+    (``AttentionViews.narrow``).  Installed with ``patch_runner``."""
+    from vllm.v1.worker.utils import AttentionGroup
+
+    def wrap(original):
+        def method(self, common_attn_metadata, ubatch_idx: int = 0, *args, **kwargs):
+            out = original(self, common_attn_metadata, ubatch_idx, *args, **kwargs)
+            if ubatch_idx == 0:
+                self.depth_common, self.depth_metadata = common_attn_metadata, out
+            return out
+
+        return method
+
+    _patch(AttentionGroup, "build_metadata", wrap)
+
+
+def build_group_metadata(group, common):
+    """``group``'s metadata for ``common`` from its own builder, not kept as the step's (a subset, a draft)."""
+    build = type(group).build_metadata
+    return getattr(build, "__wrapped__", build)(group, common)
+
+
+def attention_groups_by_layer(attn_groups) -> dict:
+    """{layer name: its attention group} over the runner's ``attn_groups`` (one list per KV cache group)."""
+    return {name: group for groups in attn_groups for group in groups for name in group.layer_names}
 
 
 class AttentionViews:
@@ -159,17 +201,27 @@ class AttentionViews:
 
     vLLM 0.32 ``ForwardContext.attn_metadata`` / ``slot_mapping`` (dicts keyed
     by layer name) are what ``Attention.forward`` reads; they are replaced for
-    the rest of the step and restored by ``restore()``.
+    the rest of the step and restored by ``restore()``.  The narrowed metadata
+    comes from each layer's attention group's own builder, given the step's
+    ``CommonAttentionMetadata`` for the kept rows (``subset_common_metadata``).
+
+    The step runs without CUDA graphs while it is narrowed (``cudagraph_runtime_mode`` NONE):
+    vLLM captures graphs of the full-depth forward only, never of the compacted stretches
+    (``cudagraph_policy``).
     """
 
-    def __init__(self):
+    def __init__(self, groups: dict):
+        from vllm.config import CUDAGraphMode
         from vllm.forward_context import get_forward_context
 
+        self.groups = groups  # attention_groups_by_layer
         self.ctx = get_forward_context()
         self.attn_metadata = self.ctx.attn_metadata
         self.slot_mapping = self.ctx.slot_mapping
+        self.graph_mode = self.ctx.cudagraph_runtime_mode
         if not isinstance(self.attn_metadata, dict) or not isinstance(self.slot_mapping, dict):
             raise NotImplementedError("token-level early exit needs one attention metadata per layer")
+        self.ctx.cudagraph_runtime_mode = CUDAGraphMode.NONE
 
     def slots_of(self, rows):
         """``attn ->`` the original cache slots of ``rows`` at ``attn``'s layer (for the KV fill),
@@ -180,25 +232,35 @@ class AttentionViews:
             mapping = self.slot_mapping[attn.layer_name]
             out = memo.get(id(mapping))
             if out is None:
-                out = memo[id(mapping)] = mapping[rows]
+                out = memo[id(mapping)] = mapping[_to(rows, mapping.device)]
             return out
 
         return slots
 
-    def narrow(self, layers, req_of_row, keep_rows, dtype) -> None:
+    def narrow(self, layers, req_of_row, keep_rows) -> None:
         """From now on, ``layers`` attend for the kept rows only (``req_of_row``: their requests)."""
         subsets: dict[int, object] = {}
         metadata, slots = dict(self.attn_metadata), dict(self.slot_mapping)
         for attn in layers:
-            meta = self.attn_metadata[attn.layer_name]
+            name = attn.layer_name
+            meta = self.attn_metadata[name]
             if id(meta) not in subsets:
-                subsets[id(meta)] = subset_attention_metadata(meta, req_of_row, keep_rows, attn, dtype)
-            metadata[attn.layer_name] = subsets[id(meta)]
-            slots[attn.layer_name] = self.slot_mapping[attn.layer_name][keep_rows]
+                subsets[id(meta)] = self._subset(name, meta, req_of_row, keep_rows)
+            metadata[name] = subsets[id(meta)]
+            mapping = self.slot_mapping[name]
+            slots[name] = mapping[_to(keep_rows, mapping.device)]
         self.ctx.attn_metadata, self.ctx.slot_mapping = metadata, slots
+
+    def _subset(self, name: str, meta, req_of_row, keep_rows):
+        group = self.groups[name]
+        if getattr(group, "depth_metadata", None) is not meta:
+            raise NotImplementedError(f"token-level early exit: the attention metadata of {name} was not built "
+                                      "by its attention group's builder this step")
+        return build_group_metadata(group, subset_common_metadata(group.depth_common, req_of_row, keep_rows))
 
     def restore(self) -> None:
         self.ctx.attn_metadata, self.ctx.slot_mapping = self.attn_metadata, self.slot_mapping
+        self.ctx.cudagraph_runtime_mode = self.graph_mode
 
 
 def write_kv(attn, key, value, slots) -> None:
@@ -212,8 +274,10 @@ def write_kv(attn, key, value, slots) -> None:
     )
 
 
-def current_query_start_loc():
-    """The step's ``query_start_loc`` (any layer's attention metadata), or None (profiling runs)."""
+def current_query_start_loc(groups: dict):
+    """The step's ``query_start_loc`` (CPU), from the ``CommonAttentionMetadata`` the runner handed the
+    attention groups (``groups``: ``attention_groups_by_layer``), or None (profiling runs, or metadata
+    that no group's builder built this step)."""
     from vllm.forward_context import get_forward_context, is_forward_context_available
 
     if not is_forward_context_available():
@@ -221,19 +285,23 @@ def current_query_start_loc():
     metadata = get_forward_context().attn_metadata
     if not isinstance(metadata, dict) or not metadata:
         return None
-    return getattr(next(iter(metadata.values())), "query_start_loc", None)
+    name, meta = next(iter(metadata.items()))
+    group = groups.get(name)
+    if group is None or getattr(group, "depth_metadata", None) is not meta:
+        return None
+    return group.depth_common.query_start_loc_cpu
 
 
 # -- per-request depth controls -----------------------------------------------------------
 
 
-def step_requests(runner) -> list:
+def step_requests(runner, groups: dict) -> list:
     """The step's requests in token-layout order, with their depth controls (vLLM 0.32 ``InputBatch``)."""
     from vllm_depth.exits import StepRequest
     from vllm_depth.request_args import parse_request_args
 
     batch = runner.input_batch
-    qsl = current_query_start_loc()
+    qsl = current_query_start_loc(groups)
     qlen = (qsl[1:] - qsl[:-1]).tolist() if qsl is not None else [0] * len(batch.req_ids)
     out = []
     for i, req_id in enumerate(batch.req_ids):
@@ -251,7 +319,8 @@ def patch_runner() -> None:
     """vLLM 0.32 ``GPUModelRunner._model_forward`` (also the CPU runner's).
 
     Before the forward, a depth model with exit layers is told the step's
-    requests (token-layout order) and their per-request depth controls.
+    requests (token-layout order) and their per-request depth controls, and
+    the attention group of each layer (whose builder narrows its metadata).
     Installed by the depth model when it is built (in the worker, where the
     runner module is already imported), so other processes never import it.
     """
@@ -262,12 +331,14 @@ def patch_runner() -> None:
             model = self.get_model()
             prepare = getattr(model, "depth_prepare_step", None)
             if prepare is not None and model.model.exits_enabled:
-                prepare(step_requests(self))
+                groups = attention_groups_by_layer(self.attn_groups)
+                prepare(step_requests(self, groups), groups)
             return original(self, *args, **kwargs)
 
         return method
 
     _patch(GPUModelRunner, "_model_forward", wrap)
+    patch_metadata_record()
     patch_step_output()
 
 
@@ -365,6 +436,75 @@ class NativeKernels:
         return False
 
 
+def cudagraph_policy(mode, *, exits: bool, self_draft: bool = False):
+    """The CUDA-graph mode a depth engine runs under, and why: ``(mode, reason)``.
+
+    vLLM captures graphs of the model's whole forward (FULL) or of its pieces between attention ops
+    (PIECEWISE), for fixed padded token counts, in warm-up runs where no token can exit.
+
+    - Early exit: a step where a token may exit runs its compiled segments without graphs
+      (``AttentionViews`` sets the step's runtime mode to NONE), so a compacted stretch never
+      replays a graph captured for another row count; steps where no token can exit replay the
+      full-depth graphs.  A FULL graph replays the whole forward without running the model's
+      Python, so no exit check would run: the FULL part of a mode is dropped (FULL_AND_PIECEWISE ->
+      PIECEWISE, FULL and FULL_DECODE_ONLY -> NONE).
+    - Self-draft: the verifier runs at full depth and keeps every mode; the draft forwards run
+      under their own forward context, without graphs.
+    """
+    from vllm.config import CUDAGraphMode
+
+    if exits and mode.has_full_cudagraphs():
+        kept = CUDAGraphMode.PIECEWISE if mode.has_mode(CUDAGraphMode.PIECEWISE) else CUDAGraphMode.NONE
+        return kept, (f"{mode.name} -> {kept.name}: a full graph would replay the forward without its exit "
+                      "checks; steps where a token may exit run their segments without graphs")
+    if exits:
+        return mode, (f"{mode.name}: steps where no token can exit replay the full-depth graphs; steps "
+                      "where a token may exit run their segments without graphs")
+    return mode, f"{mode.name}: the verifier keeps it; draft forwards run without graphs"
+
+
+def _apply_cudagraph_policy(config, depth) -> None:
+    """``cudagraph_policy`` on the engine config, with one start-up log line."""
+    from vllm.logger import init_logger
+
+    cc = config.compilation_config
+    exits = depth.exit_layers is not None and config.speculative_config is None
+    self_draft = is_self_draft(config.speculative_config)
+    if not (exits or self_draft):
+        return
+    mode, reason = cudagraph_policy(cc.cudagraph_mode, exits=exits, self_draft=self_draft)
+    cc.cudagraph_mode = mode
+    init_logger(__name__).info("vllm-depth: cudagraph_mode %s", reason)
+
+
+def check_exit_backend(attn) -> None:
+    """Refuse (when the model is built, before weights load) an attention backend that early exit
+    cannot use: the KV fill writes the K/V of skipped layers through the backend's own
+    ``do_kv_cache_update``, which backends whose forward writes the cache itself
+    (``forward_includes_kv_cache_update``) do not offer."""
+    backend = attn.attn_backend
+    if not backend.forward_includes_kv_cache_update:
+        return
+    raise DepthConfigError(f"depth.exit_layers: attention backend {backend.get_name()} writes the KV cache "
+                           "inside its forward, so the K/V of skipped layers cannot be filled; allowed: "
+                           f"{', '.join(exit_capable_backends())}, or no exit_layers")
+
+
+def exit_capable_backends() -> list[str]:
+    """The registered attention backends whose KV-cache write is a separate step (importable here)."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    names = []
+    for member in AttentionBackendEnum:
+        try:
+            backend = member.get_class()
+        except Exception:  # a backend whose kernels this build lacks
+            continue
+        if not getattr(backend, "forward_includes_kv_cache_update", True):
+            names.append(member.name)
+    return names
+
+
 def _sync_for_recompute(config, depth, asked_async) -> None:
     """kv_fill 'recompute' re-schedules an exited token in the step after its exit, which the
     scheduler knows only once that step's output is in: no async scheduling (vLLM 0.32 schedules
@@ -404,6 +544,7 @@ def _patch_engine_args() -> None:
                 check_parallel(depth, pc.tensor_parallel_size, pc.pipeline_parallel_size,
                                len(depth.schedule(hf.num_hidden_layers)))
                 _sync_for_recompute(config, depth, self.async_scheduling)
+                _apply_cudagraph_policy(config, depth)
                 if config.scheduler_config.scheduler_cls is None:
                     name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
                     config.scheduler_config.scheduler_cls = f"vllm_depth.scheduler.{name}"
@@ -566,29 +707,32 @@ def draft_attention(runner, rows, positions):
 
     vLLM 0.32 ``GPUModelRunner._build_attention_metadata`` for a step the
     runner did not schedule: the rows' block tables (``InputBatch.block_table``),
-    seq_lens ``position + 1``, and each attention group's metadata builder.
+    seq_lens ``position + 1``, and each attention group's own metadata builder
+    (``AttentionGroup.build_metadata``), as for a subset of a step's rows.
     Returns (per-layer metadata, per-layer slot mapping) for ``set_forward_context``.
     """
-    import torch
     from vllm.v1.attention.backend import CommonAttentionMetadata
 
     n = rows.numel()
+    device = runner.device
     metadata, slot_mapping = {}, {}
+    seq_lens_cpu = (positions + 1).to(torch.int32)
+    qsl_cpu = torch.arange(n + 1, dtype=torch.int32)
+    seq_lens, qsl, pos = (_to(x, device) for x in (seq_lens_cpu, qsl_cpu, positions))
     for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups):
         table = runner.input_batch.block_table[gid]
-        blocks = table.get_cpu_tensor()[rows]
+        blocks_cpu = table.get_cpu_tensor()[rows]
         bs = table.block_size
-        slots = blocks.gather(1, (positions // bs)[:, None])[:, 0].long() * bs + positions % bs
-        seq_lens = (positions + 1).to(torch.int32)
-        qsl = torch.arange(n + 1, dtype=torch.int32)
+        slots = blocks_cpu.gather(1, (positions // bs)[:, None])[:, 0].long() * bs + positions % bs
+        slots = _to(slots, device)
         common = CommonAttentionMetadata(
-            query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=seq_lens, num_reqs=n,
-            num_actual_tokens=n, max_query_len=1, max_seq_len=int(seq_lens.max()),
-            block_table_tensor=blocks, slot_mapping=slots, causal=True,
-            seq_lens_cpu_upper_bound=seq_lens, positions=positions,
+            query_start_loc=qsl, query_start_loc_cpu=qsl_cpu, seq_lens=seq_lens, num_reqs=n,
+            num_actual_tokens=n, max_query_len=1, max_seq_len=int(seq_lens_cpu.max()),
+            block_table_tensor=_to(blocks_cpu, device), slot_mapping=slots, causal=True,
+            seq_lens_cpu_upper_bound=seq_lens_cpu, positions=pos,
         )
         for attn_group in runner.attn_groups[gid]:
-            meta = attn_group.get_metadata_builder().build(common_prefix_len=0, common_attn_metadata=common)
+            meta = build_group_metadata(attn_group, common)
             for name in attn_group.layer_names:
                 metadata[name] = meta
         for name in group.layer_names:
@@ -626,8 +770,6 @@ def patch_rejection_sampler() -> None:
 
 def expand_batch_to_tokens(x, cu_num_tokens, num_tokens: int, replace_from=0, replace_to=0):
     """[a, b, c] with cu_num_tokens [2, 5, 6] -> [a, a, b, b, b, c]; ``replace_from`` values become ``replace_to``."""
-    import torch
-
     counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1, dtype=torch.long))
     out = x.new_zeros(num_tokens)
     expanded = torch.repeat_interleave(x, counts)
@@ -637,12 +779,22 @@ def expand_batch_to_tokens(x, cu_num_tokens, num_tokens: int, replace_from=0, re
     return out
 
 
+def serve_arg_parsing():
+    """``vllm serve``'s ``(make_arg_parser, validate_parsed_serve_args)``: in
+    ``vllm.entrypoints.common.cli_args`` from vLLM 0.33, ``vllm.entrypoints.launchers.cli_args`` in 0.32."""
+    try:
+        from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+    except ImportError:  # vLLM 0.32
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    return make_arg_parser, validate_parsed_serve_args
+
+
 async def openai_app(cli_args: list[str]):
     """An engine and vLLM's own OpenAI FastAPI app in this process, for a front end of one's own
     (the Ray Serve example): ``(app, engine)`` from ``vllm serve`` arguments.
 
     vLLM 0.32 ``entrypoints.launchers.api_server.entry.build_and_serve`` without
-    the socket: the same parser (``launchers.cli_args.make_arg_parser``), engine
+    the socket: the same parser (``serve_arg_parsing``), engine
     (``build_async_engine_client_from_engine_args``'s ``AsyncLLM.from_vllm_config``),
     app (``launchers.app.build_app``) and state (``init_app_state``), so requests
     get what ``vllm serve`` gives them (``vllm_xargs``, 400 on bad values, /metrics).
@@ -650,7 +802,7 @@ async def openai_app(cli_args: list[str]):
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.app import build_app
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    make_arg_parser, validate_parsed_serve_args = serve_arg_parsing()
     from vllm.usage.usage_lib import UsageContext
     from vllm.utils.argparse_utils import FlexibleArgumentParser
     from vllm.v1.engine.async_llm import AsyncLLM

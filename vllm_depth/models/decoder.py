@@ -38,7 +38,7 @@ from vllm_depth.config import check_parallel, depth_config_of
 from vllm_depth.exits import ExitCounters, ExitRun, ExitStep, plan_step
 from vllm_depth.kv_fill import KVPropagator
 from vllm_depth.models.exit_head import ExitHead, ExitVocab
-from vllm_depth.vllm_compat import write_kv
+from vllm_depth.vllm_compat import check_exit_backend, current_query_start_loc, write_kv
 from vllm_depth.models.families import family_of
 from vllm_depth.schedule import LayerSchedule
 
@@ -302,6 +302,10 @@ class DepthDecoderModel(nn.Module):
                 self.exit_vocab = ExitVocab(spec.vocab)
 
         self.position_attn = self._position_attention(vllm_config, prefix)
+        if self.exits_enabled:
+            for attn in self.position_attn:
+                if attn is not None:
+                    check_exit_backend(attn)
         self.position_delta = self._position_deltas(vllm_config)
         self.exit_counters = ExitCounters()
         self.prefix = prefix
@@ -424,7 +428,7 @@ class DepthDecoderModel(nn.Module):
             self.draft_stack(input_ids, positions)
         self.warmed_up = True
 
-    def forward_with_exits(self, input_ids, positions, step: ExitStep, logits_of, stats_of=None,
+    def forward_with_exits(self, input_ids, positions, step: ExitStep, groups: dict, logits_of, stats_of=None,
                            intermediate_tensors=None):
         """One step with token-level early exit.
 
@@ -436,6 +440,8 @@ class DepthDecoderModel(nn.Module):
         position it is filled by state propagation.  Returns the normed final
         hidden states of all rows (exit states for exited tokens) and the run;
         on an earlier pipeline stage, the state to send on instead.
+        ``groups``: each layer's attention group (``vllm_compat.attention_groups_by_layer``), whose
+        builder gives the narrowed attention metadata.
         ``stats_of``: the check's statistics without full logits (``depth.exit_check``; not for a
         reduced-vocabulary exit head, whose logits are a sixth of the full ones).
 
@@ -448,7 +454,7 @@ class DepthDecoderModel(nn.Module):
 
         run = ExitRun(step, input_ids, positions, self.depth.exit_criterion, self.embed_input_ids,
                       self.depth.exit_layers)
-        views = AttentionViews()
+        views = AttentionViews(groups)
         final = None
         local = self.schedule.local
         try:
@@ -468,8 +474,7 @@ class DepthDecoderModel(nn.Module):
                         out = None
                         break
                     q, k, v, residual = q[keep], k[keep], v[keep], residual[keep]
-                    views.narrow(self.position_attn[segment.start : local.stop], run.req_of_row, run.rows,
-                                 residual.dtype)
+                    views.narrow(self.position_attn[segment.start : local.stop], run.req_of_row, run.rows)
                 out = segment(None, run.positions, q, k, v, residual)
             final = out
         finally:
@@ -493,8 +498,7 @@ class DepthDecoderModel(nn.Module):
             run.leave(idx.tolist(), layer, states, self.exit_norm(layer)(states), None)
             self._propagate(start, run, views.slots_of(run.exit_rows[-1]))
         if run.num_active:
-            views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows,
-                         hidden.dtype)
+            views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows)
         return hidden[run.rows], residual[run.rows]
 
     def exit_norm(self, layer: int) -> nn.Module:
@@ -559,6 +563,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         )
         self._heads_file = _exit_heads_file(self.model.depth, vllm_config.model_config.model)
         self._step_requests = None  # set by the runner before each forward (vllm_compat)
+        self._step_groups = None  # with them: each layer's attention group
         if self.model.exits_enabled:
             from vllm_depth.vllm_compat import patch_runner
 
@@ -579,7 +584,8 @@ class DepthForCausalLM(nn.Module, SupportsPP):
     ) -> torch.Tensor:
         self._cached_logits = None
         requests, self._step_requests = self._step_requests, None
-        step = self._exit_step(requests) if inputs_embeds is None else None
+        groups, self._step_groups = self._step_groups, None
+        step = self._exit_step(requests, groups) if inputs_embeds is None else None
         if step is not None and not self._stage_exits(intermediate_tensors):
             step = None  # nothing to check or fill on this pipeline stage
         if step is None:  # no token can exit: the compiled full-depth graph, no check at all
@@ -602,8 +608,8 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         checks, fill = counters.checked, counters.fill_seconds
         stats_of = self._exit_stats if self._fused_check() else None
         with self._kernels:
-            hidden, run = self.model.forward_with_exits(input_ids, positions, step, self._exit_logits, stats_of,
-                                                        intermediate_tensors)
+            hidden, run = self.model.forward_with_exits(input_ids, positions, step, groups, self._exit_logits,
+                                                        stats_of, intermediate_tensors)
         cached = run.cached_logits()
         if cached is not None:
             self._cached_logits = (step.num_reqs, *cached)
@@ -662,17 +668,16 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         exits, self._step_exits = self._step_exits, None
         return exits
 
-    def depth_prepare_step(self, requests) -> None:
-        """Called by the runner before each forward with the step's ``StepRequest`` list."""
-        self._step_requests = requests
+    def depth_prepare_step(self, requests, groups: dict) -> None:
+        """Called by the runner before each forward with the step's ``StepRequest`` list and each
+        layer's attention group (``vllm_compat.attention_groups_by_layer``)."""
+        self._step_requests, self._step_groups = requests, groups
 
-    def _exit_step(self, requests) -> ExitStep | None:
+    def _exit_step(self, requests, groups) -> ExitStep | None:
         depth = self.model.depth
         if not self.model.exits_enabled or not requests:
             return None
-        from vllm_depth.vllm_compat import current_query_start_loc
-
-        qsl = current_query_start_loc()
+        qsl = current_query_start_loc(groups)
         if qsl is None:
             return None
         return plan_step(requests, qsl, thresholds=depth.thresholds(), min_layer=depth.min_layer,
