@@ -92,7 +92,7 @@ def load_model(args, dtype: torch.dtype, dev: torch.device):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if args.shape is None:
-        from vllm_depth.checkpoints import resolve_model
+        from vllm_depth.tools.checkpoints import resolve_model
 
         return AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=dtype).to(dev).eval()
     with open(args.shape) as f:
@@ -104,7 +104,7 @@ def load_model(args, dtype: torch.dtype, dev: torch.device):
 
 
 def main_gpu(args) -> int:
-    from vllm_depth.kernels import exit_check as K
+    from vllm_depth.early_exit.kernels import exit_check as K
 
     dev = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()}, exit-check path: Triton, shapes: {args.shape or args.model}")
@@ -189,7 +189,7 @@ def main() -> int:
     if torch.cuda.is_available():
         return main_gpu(args)
 
-    from vllm_depth.kernels import exit_check as K
+    from vllm_depth.early_exit.kernels import exit_check as K
 
     dev = torch.device("cpu")
     path = "triton" if K.use_triton(dev) else "torch"

@@ -26,18 +26,18 @@ import time
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
-from vllm_depth.bench import (  # noqa: E402
+from vllm_depth.compat.kernels import model_weight_bytes  # noqa: E402
+from vllm_depth.config import PROPOSER  # noqa: E402
+from vllm_depth.tools.bench import (  # noqa: E402
     DEFAULT_ENGINE_ARGS,
     kv_cache,
     load_prompts,
-    model_weight_bytes,
     param_bytes,
     run_round,
     start_engine,
     stop_engine,
 )
-from vllm_depth.checkpoints import resolve_model  # noqa: E402
-from vllm_depth.drafting import PROPOSER  # noqa: E402
+from vllm_depth.tools.checkpoints import resolve_model  # noqa: E402
 
 
 def truncated_copy(model_dir: str, layers: int, out: str) -> str:

@@ -4,7 +4,7 @@
                                  [--cpus-per-replica 0.5] [--gpus-per-replica 0] [-- VLLM SERVE ARGS]
 
 Each replica is a Ray actor that holds one vLLM engine with ``--model-impl depth``
-and vLLM's own OpenAI app, in process (``vllm_depth.vllm_compat.openai_app``):
+and vLLM's own OpenAI app, in process (``vllm_depth.entrypoints.openai.openai_app``):
 what a request gets is what ``vllm serve`` gives it, per-request depth settings
 in ``vllm_xargs`` and HTTP 400 for bad ones included.  Ray Serve's proxy spreads
 the requests over the replicas; each response names the replica that served it
@@ -95,7 +95,7 @@ async def asgi_stream(app, scope: dict, body: bytes):
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=60)
 class DepthReplica:
     async def __init__(self, vllm_args: list[str]):
-        from vllm_depth.vllm_compat import openai_app
+        from vllm_depth.entrypoints.openai import openai_app
 
         self.app, self.engine = await openai_app(vllm_args)
         self.name = serve.get_replica_context().replica_id.unique_id
@@ -141,7 +141,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     import ray
 
-    from vllm_depth.checkpoints import ALIASES, resolve_model
+    from vllm_depth.tools.checkpoints import ALIASES, resolve_model
 
     args, extra = parse(sys.argv[1:] if argv is None else argv)
     model = resolve_model(args.model) if args.model in ALIASES else args.model

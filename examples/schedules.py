@@ -7,7 +7,7 @@ import sys
 
 from vllm import LLM, SamplingParams
 
-from vllm_depth.checkpoints import resolve_model
+from vllm_depth.tools.checkpoints import resolve_model
 
 SCHEDULES = {
     "identity": None,

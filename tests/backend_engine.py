@@ -34,8 +34,13 @@ from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.platforms.cpu import CpuPlatform  # noqa: E402
 from vllm.v1.attention.backends.registry import AttentionBackendEnum  # noqa: E402
 
-from vllm_depth.bench import draft_counters, shutdown, start_exit_trace, take_exit_trace  # noqa: E402
-from vllm_depth.drafting import PROPOSER  # noqa: E402
+from vllm_depth.config import PROPOSER  # noqa: E402
+from vllm_depth.tools.bench import (  # noqa: E402
+    draft_counters,
+    shutdown,
+    start_exit_trace,
+    take_exit_trace,
+)
 
 PROMPTS = [
     "def fibonacci(n):",

@@ -11,12 +11,12 @@ import os
 
 # Triton reads TRITON_INTERPRET when triton.language is first imported, and many imports pull Triton
 # in (transformers, vLLM): set it before any of them, for the kernel tests that run the Triton
-# kernels through the interpreter on this CPU (vllm_depth.kernels.exit_check.use_triton follows it).
+# kernels through the interpreter on this CPU (vllm_depth.early_exit.kernels.exit_check.use_triton follows it).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
-from vllm_depth.bench import shutdown  # noqa: F401 (used by the test modules)
+from vllm_depth.tools.bench import shutdown  # noqa: F401 (used by the test modules)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: several live at once
 # collective_rpc with a test function (inspecting the engine-side model) needs pickling
@@ -52,14 +52,14 @@ PROMPTS = [
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> str:
-    from vllm_depth.checkpoints import resolve_model
+    from vllm_depth.tools.checkpoints import resolve_model
 
     return resolve_model("tiny")
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
-    from vllm_depth.checkpoints import resolve_model
+    from vllm_depth.tools.checkpoints import resolve_model
 
     return resolve_model("smollm2-135m")
 

@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-
 import reference as ref
-from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, run_cli, shutdown
+from conftest import (
+    EAGER,
+    PROMPTS,
+    greedy,
+    make_llm,
+    prompt_logprobs,
+    run_cli,
+    shutdown,
+)
 
 TOL = 1e-3
 
@@ -108,7 +115,7 @@ def _numel(shape) -> int:
 
 
 def _weight_bytes(worker) -> int:
-    from vllm_depth.bench import model_weight_bytes
+    from vllm_depth.compat.kernels import model_weight_bytes
 
     return model_weight_bytes(worker.model_runner.model)
 
@@ -119,9 +126,9 @@ def test_fitted_deltas_bring_a_shared_model_closer_on_held_out_text(tmp_path, sm
     held-out text; both checkpoints are rebuilt by the independent HF reference."""
     import torch
 
-    from vllm_depth import compress as C
-    from vllm_depth.analysis import load_hf
-    from vllm_depth.data import stdlib_texts, token_chunks
+    from vllm_depth.tools import compress as C
+    from vllm_depth.tools.analysis import load_hf
+    from vllm_depth.tools.data import stdlib_texts, token_chunks
 
     model, tok = load_hf(smollm2_dir)
     calib = token_chunks(tok, stdlib_texts("calib"), 64, 40)

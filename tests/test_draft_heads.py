@@ -10,12 +10,11 @@ on the HF model's states, and greedy output against stock vLLM.
 from __future__ import annotations
 
 import pytest
-import torch
-
 import reference_exit as rx
+import torch
 from conftest import EAGER, PROMPTS, greedy, make_llm, shutdown
-from vllm_depth.config import DepthConfigError, parse_depth_config
-from vllm_depth.drafting import PROPOSER
+
+from vllm_depth.config import PROPOSER, DepthConfigError, parse_depth_config
 
 HEADS = {"layers": [0, 2], "mlp_width": 0, "vocab": 8192, "prev_state": True}
 
@@ -42,7 +41,7 @@ def test_a_draft_head_over_the_embedding_parses_and_round_trips():
 
 
 def test_train_exits_allows_layer_0_only_for_draft_heads(tiny_dir):
-    from vllm_depth.arguments import TrainExitsError, check_train_exits
+    from vllm_depth.tools.arguments import TrainExitsError, check_train_exits
 
     with pytest.raises(TrainExitsError, match="--exit-layers"):
         check_train_exits(tiny_dir, [0, 2], 10, 0, 8192, None, None, 10, "bfloat16")
@@ -53,7 +52,7 @@ def test_prev_states_are_the_rows_that_sampled_each_requests_last_token():
     """The verifier's rows: 1 + draft tokens per request, in batch order (vLLM's Medusa layout)."""
     from types import SimpleNamespace
 
-    from vllm_depth.drafting import SelfDraft
+    from vllm_depth.spec_decode.self_draft import SelfDraft
 
     d = SelfDraft.__new__(SelfDraft)
     states = torch.arange(8.0)[:, None]
@@ -69,7 +68,7 @@ def test_prev_states_are_the_rows_that_sampled_each_requests_last_token():
 def test_draft_choice_over_a_reduced_vocabulary_equals_it_over_the_full_logits():
     """The draft reads a reduced head's logits as they are (no full-size scatter): the same tokens and
     confidences as over the full-size logits with -inf outside the reduced vocabulary."""
-    from vllm_depth.drafting import draft_choice
+    from vllm_depth.spec_decode.self_draft import draft_choice
 
     g = torch.Generator().manual_seed(0)
     ids = torch.tensor([3, 8, 20, 41, 77])
@@ -89,7 +88,7 @@ def test_draft_choice_over_a_reduced_vocabulary_equals_it_over_the_full_logits()
 @pytest.fixture(scope="module")
 def drafted(tiny_dir, tmp_path_factory):
     """Draft heads at 0 and 2 trained on the tiny model into a copy of it."""
-    from vllm_depth.exit_heads import train_exits
+    from vllm_depth.tools.train_exit_heads import train_exits
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("draft_heads") / "ckpt"
@@ -99,7 +98,7 @@ def drafted(tiny_dir, tmp_path_factory):
 
 
 def test_calibrate_refuses_draft_heads_before_any_work(drafted):
-    from vllm_depth.arguments import CalibrateError, check_calibrate
+    from vllm_depth.tools.arguments import CalibrateError, check_calibrate
 
     with pytest.raises(CalibrateError, match="depth.exit_heads.prev_state"):
         check_calibrate(drafted, [2], 0.9, 0.1, "benchmarks/prompts/code.jsonl", None, [0.9])
@@ -111,13 +110,13 @@ def test_draft_heads_round_trip_through_the_checkpoint(drafted):
 
     from transformers import AutoModelForCausalLM
 
-    from vllm_depth.exit_heads import Vocab, load_heads
+    from vllm_depth.tools.train_exit_heads import OutputSpace, load_heads
 
     cfg = json.loads((Path(drafted) / "config.json").read_text())
     assert cfg["depth"] == {"exit_heads": HEADS}
     model = AutoModelForCausalLM.from_pretrained(drafted, dtype=torch.float32)
     (loaded, ids), formula = load_heads(drafted), rx.load_exit_heads(drafted)
-    vocab = Vocab(model, ids)
+    vocab = OutputSpace(model, ids)
     x, prev = torch.randn(5, cfg["hidden_size"]), torch.randn(5, cfg["hidden_size"])
     with torch.no_grad():
         for layer in (0, 2):

@@ -10,12 +10,12 @@ request's output in a mixed batch equals its output alone.
 from __future__ import annotations
 
 import pytest
+import reference_exit as rx
 import torch
+from conftest import EAGER, PROMPTS, make_llm, shutdown
 from transformers import AutoModelForCausalLM
 
-import reference_exit as rx
-from conftest import EAGER, PROMPTS, make_llm, shutdown
-from vllm_depth.bench import exit_counters, start_exit_trace, take_exit_trace
+from vllm_depth.tools.bench import exit_counters, start_exit_trace, take_exit_trace
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,18 @@ import json
 from pathlib import Path
 
 import pytest
+import reference_exit as rx
 import requests
 import torch
-
-import reference_exit as rx
-from conftest import EAGER, PROMPTS, make_llm, prompt_logprobs, run_cli, shutdown, vllm_server
+from conftest import (
+    EAGER,
+    PROMPTS,
+    make_llm,
+    prompt_logprobs,
+    run_cli,
+    shutdown,
+    vllm_server,
+)
 
 
 def _config(path) -> dict:
@@ -69,7 +76,7 @@ def test_calibrate_refuses_bad_arguments_before_any_work(tiny_dir, args, message
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tmp_path_factory):
     """Heads at 2 and 4 trained on the tiny model into a copy of it."""
-    from vllm_depth.exit_heads import train_exits
+    from vllm_depth.tools.train_exit_heads import train_exits
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("heads") / "ckpt"
@@ -81,7 +88,7 @@ def trained(tiny_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_trained_heads_beat_the_plain_lm_head_on_held_out_text(smollm2_dir, tmp_path):
     """A few steps on SmolLM2 (the tiny model's random weights predict nothing to learn from)."""
-    from vllm_depth.exit_heads import train_exits
+    from vllm_depth.tools.train_exit_heads import train_exits
 
     torch.manual_seed(0)
     _, report = train_exits(smollm2_dir, [8, 16], out=str(tmp_path / "ckpt"), steps=150, chunks=150, seq_len=64,
@@ -94,7 +101,7 @@ def test_trained_heads_beat_the_plain_lm_head_on_held_out_text(smollm2_dir, tmp_
 def test_heads_round_trip_through_the_checkpoint(trained, tiny_dir):
     from transformers import AutoModelForCausalLM
 
-    from vllm_depth.exit_heads import Vocab, load_heads
+    from vllm_depth.tools.train_exit_heads import OutputSpace, load_heads
 
     path, _ = trained
     cfg = _config(path)
@@ -103,7 +110,7 @@ def test_heads_round_trip_through_the_checkpoint(trained, tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     (loaded, ids), formula = load_heads(path), rx.load_exit_heads(path)
     assert ids.shape == (8192,) and bool((ids[1:] > ids[:-1]).all())
-    vocab = Vocab(model, ids)
+    vocab = OutputSpace(model, ids)
     x = torch.randn(5, cfg["hidden_size"])
     with torch.no_grad():
         for layer in (2, 4):
@@ -118,7 +125,8 @@ def test_a_legacy_top_level_heads_file_is_read_and_moved_on_the_next_save(traine
     """Before stop 23 the heads sat beside the weights: they still load, and saving again moves them."""
     import shutil
 
-    from vllm_depth.exit_heads import HEADS_FILE, LEGACY_HEADS_FILE, heads_file, load_heads, save_heads
+    from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE, heads_file
+    from vllm_depth.tools.train_exit_heads import load_heads, save_heads
 
     path, _ = trained
     ckpt = tmp_path / "legacy"
@@ -137,7 +145,7 @@ def test_a_legacy_top_level_heads_file_is_read_and_moved_on_the_next_save(traine
 def test_a_checkpoint_with_heads_still_loads_in_stock_vllm(trained, tiny_dir, stock_llm):
     """The heads live in ``depth/``, which stock vLLM's loader does not read: without --model-impl depth
     the checkpoint serves as the original does (a top-level heads file broke stock loading)."""
-    from vllm_depth.exit_heads import HEADS_FILE, LEGACY_HEADS_FILE
+    from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE
 
     path, _ = trained
     assert (Path(path) / HEADS_FILE).is_file() and not (Path(path) / LEGACY_HEADS_FILE).exists()
@@ -159,7 +167,7 @@ def test_engine_exits_through_the_heads_like_the_reference(trained):
     from transformers import AutoModelForCausalLM
     from vllm import SamplingParams
 
-    from vllm_depth.bench import start_exit_trace, take_exit_trace
+    from vllm_depth.tools.bench import start_exit_trace, take_exit_trace
 
     path, _ = trained
     depth = {**_config(path)["depth"], "exit_layers": [2, 4], "exit_criterion": "head", "exit_threshold": 0.0}
@@ -235,7 +243,7 @@ def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
 @pytest.mark.parametrize("steps", [1, 19, 20, 21, 40])
 def test_short_one_cycle_runs_train_and_lower_the_loss(steps):
     # OneCycleLR divides by zero at 20 steps (its warm-up ends at step 0): short runs keep a constant lr
-    from vllm_depth.distill import distill
+    from vllm_depth.tools.distill import distill
 
     w = torch.nn.Parameter(torch.zeros(4))
     target = torch.tensor([1.0, -2.0, 3.0, 0.5])

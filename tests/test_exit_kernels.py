@@ -15,8 +15,8 @@ import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are first built (lazily)
 
-from vllm_depth.kernels import exit_check as K  # noqa: E402
-from vllm_depth.kernels import cpu_reduce  # noqa: E402
+from vllm_depth.early_exit.kernels import cpu_reduce  # noqa: E402
+from vllm_depth.early_exit.kernels import exit_check as K  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] != "1" else "cpu")
 

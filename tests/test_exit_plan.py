@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_depth.exits import StepRequest, plan_step
+from vllm_depth.early_exit.step import StepRequest, plan_step
 from vllm_depth.request_args import RequestDepth
 
 
@@ -25,7 +25,7 @@ def test_per_layer_thresholds_and_request_overrides():
 
 
 def test_run_compacts_exited_and_padding_rows_and_keeps_the_rest_in_order():
-    from vllm_depth.exits import ExitCounters, ExitRun
+    from vllm_depth.early_exit.step import ExitCounters, ExitRun
 
     reqs = [
         StepRequest("a", RequestDepth(exit_threshold=0.0), decode=True),  # row 0: certain exit, no check
@@ -65,7 +65,7 @@ def test_run_compacts_exited_and_padding_rows_and_keeps_the_rest_in_order():
 
 
 def test_run_where_every_row_exits_hands_back_the_exit_states_as_they_are():
-    from vllm_depth.exits import ExitCounters, ExitRun
+    from vllm_depth.early_exit.step import ExitCounters, ExitRun
 
     reqs = [StepRequest("a", RequestDepth(exit_threshold=0.0), decode=True)]
     step = plan_step(reqs, torch.tensor([0, 1]), thresholds=(0.9,), min_layer=0, exit_layers=(15,))

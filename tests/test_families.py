@@ -4,9 +4,8 @@ on tiny random checkpoints, against their Hugging Face implementation."""
 from __future__ import annotations
 
 import pytest
-import torch
-
 import reference as ref
+import torch
 from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import EAGER, PROMPTS, greedy, make_llm, shutdown
 
 pytestmark = pytest.mark.slow

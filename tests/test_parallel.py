@@ -20,7 +20,8 @@ import torch.multiprocessing as mp
 os.environ["TRITON_INTERPRET"] = "1"  # the Triton path runs under the interpreter on the CPU
 
 from conftest import PROMPTS, make_llm, shutdown  # noqa: E402
-from vllm_depth.kernels import exit_check as K  # noqa: E402
+
+from vllm_depth.early_exit.kernels import exit_check as K  # noqa: E402
 
 # -- the cross-rank reduction ------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ def test_tp2_identity_with_self_drafting_equals_stock_one_process(tiny_dir, stoc
     """The identity schedule at TP=2 verifying drafts from its first 3 layers: stock vLLM's output."""
     from vllm import SamplingParams
 
-    from vllm_depth.drafting import PROPOSER
+    from vllm_depth.config import PROPOSER
 
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     want = stock_tiny

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import PROMPTS, _free_port, served
 
 ROOT = Path(__file__).resolve().parents[1]

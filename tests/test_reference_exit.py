@@ -8,12 +8,11 @@ thread here; the tests allow 1e-5).
 from __future__ import annotations
 
 import pytest
+import reference as ref
+import reference_exit as rx
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
-
-import reference as ref
-import reference_exit as rx
 
 PROMPT = [1604, 3987, 46477, 24, 94, 727]  # "def fibonacci(n):"
 N_TOKENS = 16

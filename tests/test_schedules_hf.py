@@ -7,7 +7,6 @@ identical or first differ where the reference is at a near-tie (1e-3).
 from __future__ import annotations
 
 import pytest
-
 import reference as ref
 from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
 
@@ -75,7 +74,7 @@ def test_one_weight_set_per_physical_layer_one_kv_cache_per_position(case):
 def _model_facts(worker) -> dict:
     from vllm.model_executor.layers.attention import Attention
 
-    from vllm_depth.bench import model_weight_bytes
+    from vllm_depth.compat.kernels import model_weight_bytes
 
     runner = worker.model_runner
     model = runner.model

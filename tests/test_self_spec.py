@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import EAGER, PROMPTS, greedy, make_llm, run_cli, shutdown, vllm_server
-from vllm_depth.drafting import (
-    PROPOSER,
+
+from vllm_depth.config import PROPOSER
+from vllm_depth.spec_decode.engine_args import self_spec_engine_args
+from vllm_depth.spec_decode.policy import (
     DraftPolicy,
     _RequestState,
     best_length,
     expected_tokens,
-    self_spec_engine_args,
 )
 
 
@@ -29,7 +29,7 @@ def self_spec(k: int, **draft) -> dict:
 
 
 def counters(llm, reset=False):
-    from vllm_depth.bench import draft_counters
+    from vllm_depth.tools.bench import draft_counters
 
     return draft_counters(llm, reset=reset)
 
@@ -185,7 +185,7 @@ def _count_draft_rpcs(worker, start: bool) -> int:
 
 
 def test_drafts_come_back_with_the_step_output_without_a_second_rpc(stock, spec):
-    # vllm_compat.patch_step_output and patch_draft_handoff_engine: the engine core never asks the
+    # patches.worker.model_runner (sample_tokens) and patches.engine_core: the engine core never asks the
     # worker for the drafts, and they still reach the scheduler (verified and accepted) losslessly
     spec.collective_rpc(_count_draft_rpcs, args=(True,))
     counters(spec, reset=True)
@@ -198,8 +198,8 @@ def _compiled_against_eager(worker):
     import torch
     from vllm.forward_context import set_forward_context
 
-    from vllm_depth.models.decoder import run_draft
-    from vllm_depth.vllm_compat import draft_attention
+    from vllm_depth.compat.attention import draft_attention
+    from vllm_depth.models.layers import run_draft
 
     drafter = worker.model_runner.drafter
     rows, pos = torch.arange(3), torch.tensor([5, 9, 2])
@@ -275,7 +275,7 @@ def test_chi_square_pvalue_tells_alike_from_unlike():
 
 
 def test_no_extra_weights_and_no_extra_kv_per_token(stock, spec):
-    from vllm_depth.bench import kv_cache, param_bytes
+    from vllm_depth.tools.bench import kv_cache, param_bytes
 
     assert param_bytes(spec) == param_bytes(stock)
     s, d = kv_cache(stock), kv_cache(spec)
@@ -297,7 +297,7 @@ def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir, stock_llm):
 
 def test_adaptive_draft_runs_undrafted_steps_as_plain_steps_and_equals_stock(tiny_dir, stock_llm):
     """A step that verifies no draft is prepared and sampled as a plain decode step
-    (``vllm_compat.patch_plain_steps``); steps with drafts go through the rejection sampler."""
+    (``patches.worker.model_runner``); steps with drafts go through the rejection sampler."""
     want = _ids(greedy(stock_llm(tiny_dir), PROMPTS[:4], max_tokens=24))
     llm = make_llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=3))
     try:

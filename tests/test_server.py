@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import vllm_server
-
 import pytest
 import requests
+from conftest import vllm_server
 
 pytestmark = pytest.mark.slow
 

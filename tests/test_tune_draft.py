@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vllm_depth.tune_draft import Candidate, candidates, rank, write_best
+from vllm_depth.tools.tune_draft import Candidate, candidates, rank, write_best
 
 
 def test_candidates_are_prefixes_head_layers_and_middle_skip_sets():

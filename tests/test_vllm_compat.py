@@ -1,4 +1,4 @@
-"""The adaptations of vLLM internals (vllm_depth/vllm_compat.py): each fails when vLLM changes under it."""
+"""What the plugin relies on in vLLM (``vllm_depth/compat/``, ``vllm_depth/patches/``): each fails when vLLM changes under it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 def test_written_against_this_vllm():
     import vllm
 
-    from vllm_depth.vllm_compat import VLLM_VERSIONS
+    from vllm_depth.patches import VLLM_VERSIONS
 
     assert vllm.__version__.startswith(VLLM_VERSIONS)
 
@@ -28,9 +28,10 @@ def test_registry_methods_keep_their_signature():
 
 
 def test_register_is_idempotent_and_routes_only_depth(tiny_dir):
-    import vllm_depth
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.models.registry import _ModelRegistry
+
+    import vllm_depth
 
     vllm_depth.register()
     vllm_depth.register()
@@ -110,7 +111,7 @@ def test_plugin_entry_point_and_cheap_import():
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
-# -- early exit: what vllm_compat / decoder / scheduler rely on in vLLM 0.32 ----------------
+# -- early exit: what compat, patches, the decoder and the scheduler rely on in vLLM 0.32 ------
 
 
 def test_runner_hooks_exist_with_their_signatures():
@@ -133,7 +134,7 @@ def test_every_common_attention_metadata_field_is_taken_by_the_subset():
 
     from vllm.v1.attention.backend import CommonAttentionMetadata
 
-    from vllm_depth.vllm_compat import SUBSET_FIELDS
+    from vllm_depth.compat.attention import SUBSET_FIELDS
 
     fields = {f.name for f in dataclasses.fields(CommonAttentionMetadata)}
     assert fields == set(SUBSET_FIELDS), (fields - set(SUBSET_FIELDS), set(SUBSET_FIELDS) - fields)
@@ -158,7 +159,7 @@ def _common(qlens, seq_lens):
 def test_subset_takes_the_kept_requests_rows_and_shortens_a_request_that_kept_its_first_rows():
     import torch
 
-    from vllm_depth.vllm_compat import subset_common_metadata
+    from vllm_depth.compat.attention import subset_common_metadata
 
     # request 0: a prefill chunk of 3; request 1: one decode token (it exits); request 2: a re-run token
     # and a new one (the new one exits, so it attends as a request one shorter)
@@ -182,7 +183,7 @@ def test_subset_takes_the_kept_requests_rows_and_shortens_a_request_that_kept_it
 def test_subset_refuses_what_it_cannot_carry():
     import torch
 
-    from vllm_depth.vllm_compat import subset_common_metadata
+    from vllm_depth.compat.attention import subset_common_metadata
 
     common = _common([1, 1], [4, 4]).replace(encoder_seq_lens=torch.tensor([3, 3]))
     with pytest.raises(NotImplementedError, match="encoder_seq_lens"):
@@ -204,10 +205,11 @@ def test_metadata_record_keeps_the_runners_build_and_not_a_subsets(tiny_dir):
     import torch
     from vllm.v1.worker.utils import AttentionGroup
 
-    from vllm_depth.vllm_compat import build_group_metadata, patch_metadata_record
+    from vllm_depth.compat.attention import build_group_metadata
+    from vllm_depth.patches.worker import attention_group
 
-    patch_metadata_record()
-    patch_metadata_record()  # idempotent
+    attention_group.install()
+    attention_group.install()  # idempotent
     assert getattr(AttentionGroup.build_metadata, "__vllm_depth_patched__")
 
     class Builder:
@@ -227,7 +229,7 @@ def test_metadata_record_keeps_the_runners_build_and_not_a_subsets(tiny_dir):
 def test_cudagraph_policy_for_every_mode():
     from vllm.config import CUDAGraphMode
 
-    from vllm_depth.vllm_compat import cudagraph_policy
+    from vllm_depth.compat.cudagraph import cudagraph_policy
 
     with_exits = {
         CUDAGraphMode.NONE: CUDAGraphMode.NONE,
@@ -251,21 +253,25 @@ def test_the_cudagraph_policy_is_applied_to_the_engine_config(tiny_dir):
     from vllm.engine.arg_utils import EngineArgs
 
     from vllm_depth.config import depth_config_of
-    from vllm_depth.vllm_compat import _apply_cudagraph_policy
+    from vllm_depth.patches.engine_args import apply_cudagraph_policy
 
     config = EngineArgs(model=tiny_dir, model_impl="depth", gpu_memory_utilization=0.3,
                         hf_overrides={"depth": {"exit_layers": [3]}}).create_engine_config()
     assert config.compilation_config.cudagraph_mode == CUDAGraphMode.NONE  # the CPU platform captures none
     config.compilation_config.cudagraph_mode = CUDAGraphMode.FULL_AND_PIECEWISE  # as on a GPU
-    _apply_cudagraph_policy(config, depth_config_of(config.model_config.hf_config))
+    apply_cudagraph_policy(config, depth_config_of(config.model_config.hf_config))
     assert config.compilation_config.cudagraph_mode == CUDAGraphMode.PIECEWISE
 
 
 def test_exits_need_a_backend_whose_kv_write_is_a_separate_step():
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+    from vllm.v1.attention.backends.cpu_attn import (
+        CPUAttentionBackend,
+        CPUAttentionBackendImpl,
+    )
 
+    from vllm_depth.compat.attention import exit_capable_backends
     from vllm_depth.config import DepthConfigError
-    from vllm_depth.vllm_compat import check_exit_backend, exit_capable_backends
+    from vllm_depth.models.decoder import check_exit_backend
 
     params = list(inspect.signature(CPUAttentionBackendImpl.do_kv_cache_update).parameters)
     assert params == ["self", "layer", "key", "value", "kv_cache", "slot_mapping"], params
@@ -305,10 +311,11 @@ def test_segments_get_distinct_compile_cache_keys():
     from vllm.compilation.backends import set_model_tag  # noqa: F401 (segments are built under it)
     from vllm.compilation.decorators import _model_hash_key
 
-    from vllm_depth.models.decoder import DepthSegment, DraftStack, _compiled_class
+    from vllm_depth.compat.compile import compiled_class
+    from vllm_depth.models.segments import DepthSegment, DraftStack
 
-    classes = [_compiled_class(DepthSegment, f"DepthSegment{k}", ("input_ids", "positions")) for k in range(3)]
-    classes.append(_compiled_class(DraftStack, "DepthDraftStack", ("input_ids", "positions")))
+    classes = [compiled_class(DepthSegment, f"DepthSegment{k}", ("input_ids", "positions")) for k in range(3)]
+    classes.append(compiled_class(DraftStack, "DepthDraftStack", ("input_ids", "positions")))
     keys = {_model_hash_key(c.forward) for c in classes}
     assert len(keys) == 4  # the segments and the self-draft never share a compiled graph
     assert "__qualname__" in inspect.getsource(_model_hash_key)
@@ -317,14 +324,15 @@ def test_segments_get_distinct_compile_cache_keys():
 def test_scheduler_and_outputs_carry_depth_statistics(tiny_dir):
     import dataclasses
 
-    import vllm_depth
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine import EngineCoreOutput
     from vllm.v1.outputs import ModelRunnerOutput
 
+    import vllm_depth
+
     vllm_depth.register()
     cfg = EngineArgs(model=tiny_dir, model_impl="depth", gpu_memory_utilization=0.3).create_engine_config()
-    assert cfg.scheduler_config.scheduler_cls == "vllm_depth.scheduler.DepthScheduler"
+    assert cfg.scheduler_config.scheduler_cls == "vllm_depth.core.scheduler.DepthScheduler"
     assert cfg.scheduler_config.get_scheduler_cls().__name__ == "DepthScheduler"
     stock = EngineArgs(model=tiny_dir, gpu_memory_utilization=0.3).create_engine_config()
     assert "vllm_depth" not in str(stock.scheduler_config.scheduler_cls)
@@ -337,11 +345,12 @@ def test_recompute_rolls_back_like_rejected_drafts_and_runs_synchronously(tiny_d
     rejected drafts the same way, and the runner re-reads a rolled-back token from its cached ids
     (``token_ids_cpu`` at ``num_computed_tokens_cpu``); async scheduling, which schedules before the
     last step's output is in, is switched off, and asked for explicitly it is refused."""
-    import vllm_depth
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.request import Request
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    import vllm_depth
 
     assert "request.num_computed_tokens -= num_rejected" in inspect.getsource(Scheduler.update_from_output)
     assert "self.num_computed_tokens = " in inspect.getsource(Request.__init__)
@@ -358,7 +367,7 @@ def test_recompute_rolls_back_like_rejected_drafts_and_runs_synchronously(tiny_d
 
     cfg = config()
     assert cfg.scheduler_config.async_scheduling is False
-    assert cfg.scheduler_config.scheduler_cls == "vllm_depth.scheduler.DepthScheduler"
+    assert cfg.scheduler_config.scheduler_cls == "vllm_depth.core.scheduler.DepthScheduler"
     with pytest.raises(ValueError, match=r"depth\.kv_fill 'recompute' .* allowed: async_scheduling=False"):
         config(async_scheduling=True)
 
@@ -368,7 +377,7 @@ def test_sampling_params_verify_hook_and_request_id_suffix():
     from vllm.v1.engine.input_processor import InputProcessor
 
     assert "self._verify_args()" in inspect.getsource(SamplingParams.__post_init__)
-    # the engine's request ids are the user's plus "-<8 hex>" (bench.take_exit_trace strips it)
+    # the engine's request ids are the user's plus "-<8 hex>" (compat.requests.user_request_id strips it)
     assert 'f"{request.external_req_id}-{random_uuid():.8}"' in inspect.getsource(InputProcessor.assign_request_id)
 
 
@@ -430,7 +439,7 @@ def test_cpu_expand_kernel_still_loses_float_outputs_and_ours_does_not():
     import torch
     from vllm.utils import cpu_triton_utils
 
-    from vllm_depth.vllm_compat import expand_batch_to_tokens
+    from vllm_depth.compat.kernels import expand_batch_to_tokens
 
     x, cu = torch.tensor([0.5, 0.0, 2.0]), torch.tensor([2, 5, 6])
     ours = expand_batch_to_tokens(x, cu, 6, replace_from=0, replace_to=1)
@@ -447,7 +456,7 @@ def test_openai_app_pieces_keep_their_signatures():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from vllm_depth.vllm_compat import serve_arg_parsing
+    from vllm_depth.entrypoints.openai import serve_arg_parsing
 
     make_arg_parser, validate_parsed_serve_args = serve_arg_parsing()
     assert list(inspect.signature(build_app).parameters) == ["args", "supported_tasks", "model_config"]
@@ -462,7 +471,9 @@ def test_openai_app_pieces_keep_their_signatures():
 def test_vocab_parallel_head_and_pipeline_pieces():
     """The cross-rank exit check reads the LM head's shard layout; stages split positions with vLLM's rule."""
     from vllm.distributed.utils import get_pp_indices
-    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbeddingShardIndices
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        VocabParallelEmbeddingShardIndices,
+    )
     from vllm.model_executor.models.utils import make_empty_intermediate_tensors_factory
 
     fields = set(VocabParallelEmbeddingShardIndices.__dataclass_fields__)
@@ -492,7 +503,7 @@ def test_native_kernels_swap_the_platform_kernel_in_and_restore_the_default():
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.layers.layernorm import RMSNorm
 
-    from vllm_depth.vllm_compat import NativeKernels
+    from vllm_depth.compat.kernels import NativeKernels
 
     with set_current_vllm_config(VllmConfig()):
         model = nn.Sequential(RMSNorm(8), nn.Linear(8, 8), RMSNorm(8))

@@ -11,29 +11,37 @@ _registered = False
 
 
 def register() -> None:
-    """Register the depth model classes and vLLM adaptations (idempotent)."""
+    """Register the depth model classes and install the patches (idempotent)."""
     global _registered
     if _registered:
         return
+    # vLLM and the patches load only when vLLM loads the plugin: importing the package stays cheap
     from vllm import ModelRegistry
 
-    from vllm_depth import vllm_compat
-    from vllm_depth.models.families import SUPPORTED_ARCHITECTURES
+    from vllm_depth import (
+        patches,  # vLLM's plugin loader calls this in every vLLM process
+    )
+    from vllm_depth.models.families import (  # with vLLM, as above
+        SUPPORTED_ARCHITECTURES,
+        depth_arch,
+    )
 
     known = set(ModelRegistry.get_supported_archs())
     for arch in SUPPORTED_ARCHITECTURES:
-        name = vllm_compat.depth_arch(arch)
+        name = depth_arch(arch)
         if name not in known:
             ModelRegistry.register_model(name, "vllm_depth.models.decoder:DepthForCausalLM")
-    vllm_compat.install()
+    patches.install()
     _registered = True
 
 
 def __getattr__(name: str):
-    # ``speculative_config={"model": "vllm_depth.SelfDraft"}``: vLLM imports the
-    # proposer by this path in the worker; loaded only then.
+    # ``speculative_config={"model": "vllm_depth.SelfDraft"}``: vLLM imports the proposer by this
+    # path in the worker; loaded only then
     if name == "SelfDraft":
-        from vllm_depth.drafting import SelfDraft
+        from vllm_depth.spec_decode.self_draft import (
+            SelfDraft,  # the worker's import of the proposer
+        )
 
         return SelfDraft
     raise AttributeError(f"module 'vllm_depth' has no attribute {name!r}")

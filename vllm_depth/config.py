@@ -10,8 +10,20 @@ what is allowed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from vllm_depth.early_exit.criteria import CRITERIA
+
+# the self-draft proposer, as ``speculative_config={"model": PROPOSER, ...}`` names it (or by its module path)
+PROPOSER = "vllm_depth.SelfDraft"
+PROPOSER_PATHS = (PROPOSER, "vllm_depth.spec_decode.self_draft.SelfDraft")
+
+
+def is_self_draft(speculative_config) -> bool:
+    """Whether a vLLM ``SpeculativeConfig`` (or None) asks for the self-draft."""
+    return (speculative_config is not None and speculative_config.method == "custom_class"
+            and speculative_config.model in PROPOSER_PATHS)
 
 
 class DepthConfigError(ValueError):
@@ -114,9 +126,6 @@ class DepthConfig:
                 d.pop(k)
         return {k: v for k, v in d.items() if v is not None}
 
-    def key(self) -> str:
-        """A stable string for hashing (compile caches)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 FIELDS = {
@@ -124,7 +133,7 @@ FIELDS = {
     "relax_rank": "an int from 1 to the hidden size (with relax_positions)",
     "relax_positions": "a list of distinct schedule positions (int) that carry a low-rank delta (with relax_rank)",
     "exit_layers": "a non-empty list of increasing layer counts L (int), 1 <= L < the number of positions",
-    "exit_criterion": "one of 'softmax', 'margin', 'saturation', 'head' (softmax of trained exit heads)",
+    "exit_criterion": f"one of {', '.join(map(repr, CRITERIA))} ('head': softmax of trained exit heads)",
     "exit_threshold": "a number from 0.0 (always exit) to 1.0 (never exit), or a list of them, one per exit layer",
     "min_layer": "an int >= 0: no exit before this many layers",
     "kv_fill": "'propagate' (state propagation) or 'recompute' (the skipped layers run for real in the next step)",
@@ -144,12 +153,13 @@ FIELDS = {
                      "(0: always the full length)",
 }
 
-EXIT_CRITERIA = ("softmax", "margin", "saturation", "head")
+EXIT_CRITERIA = tuple(CRITERIA)
 KV_FILLS = ("propagate", "recompute")
 EXIT_CHECKS = ("auto", "fused", "logits")
-EXIT_DEFAULTS = {"exit_criterion": "softmax", "exit_threshold": 0.9, "min_layer": 0, "kv_fill": "propagate",
-                 "exit_check": "auto"}
-DRAFT_DEFAULTS = {"draft_threshold": 0.0, "draft_backoff": 16, "draft_tokens": 3}
+# the dataclass's defaults of the fields that mean something only with exit layers, or with a draft
+_DEFAULTS = {f.name: f.default for f in fields(DepthConfig)}
+EXIT_DEFAULTS = {k: _DEFAULTS[k] for k in ("exit_criterion", "exit_threshold", "min_layer", "kv_fill", "exit_check")}
+DRAFT_DEFAULTS = {k: _DEFAULTS[k] for k in ("draft_threshold", "draft_backoff", "draft_tokens")}
 
 
 def _fail(field: str, problem: str) -> DepthConfigError:
@@ -357,6 +367,16 @@ def depth_config_of(hf_config: Any) -> DepthConfig:
     """Read and validate ``hf_config.depth`` (absent means the identity schedule)."""
     raw = getattr(hf_config, "depth", None)
     return parse_depth_config(raw, hf_config.num_hidden_layers, getattr(hf_config, "hidden_size", None))
+
+
+def require_draft(depth: DepthConfig) -> tuple[int, ...]:
+    """The draft's schedule positions; refuses a depth config that names none."""
+    draft = depth.draft_positions()
+    if draft is None:
+        raise ValueError(f"speculative_config.model={PROPOSER!r}: the depth config names no draft; allowed: "
+                         "depth.draft_layers (int) or depth.draft_schedule (list), in the checkpoint's "
+                         "config.json or hf_overrides={'depth': {...}}")
+    return draft
 
 
 def check_parallel(depth: DepthConfig, tensor_parallel_size: int, pipeline_parallel_size: int,

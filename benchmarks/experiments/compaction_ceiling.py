@@ -52,9 +52,9 @@ def main() -> None:
 
     from vllm import LLM, SamplingParams
 
-    from vllm_depth.bench import DEFAULT_ENGINE_ARGS, load_prompts
-    from vllm_depth.checkpoints import resolve_model
-    from vllm_depth.exits import ExitRun
+    from vllm_depth.early_exit.step import ExitRun
+    from vllm_depth.tools.bench import DEFAULT_ENGINE_ARGS, load_prompts
+    from vllm_depth.tools.checkpoints import resolve_model
 
     prompts = load_prompts(args.prompts)
     texts = [q.text for q in prompts]

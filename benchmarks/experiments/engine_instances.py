@@ -18,7 +18,7 @@ import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from vllm_depth.drafting import self_spec_engine_args  # noqa: E402
+from vllm_depth.spec_decode.engine_args import self_spec_engine_args  # noqa: E402
 
 # what vllm-depth bench --self-spec '{"draft_layers": 24, "num_speculative_tokens": 3}' runs
 _DEPTH, _SPEC = self_spec_engine_args(None, {"draft_layers": 24, "num_speculative_tokens": 3})
@@ -29,8 +29,14 @@ DEFAULT = {f"{name}{i}": kw for i in (1, 2) for name, kw in
 
 
 def main() -> None:
-    from vllm_depth.bench import DEFAULT_ENGINE_ARGS, load_prompts, run_round, start_engine, stop_engine
-    from vllm_depth.checkpoints import resolve_model
+    from vllm_depth.tools.bench import (
+        DEFAULT_ENGINE_ARGS,
+        load_prompts,
+        run_round,
+        start_engine,
+        stop_engine,
+    )
+    from vllm_depth.tools.checkpoints import resolve_model
 
     p = argparse.ArgumentParser()
     p.add_argument("variants", nargs="?", type=json.loads, default=DEFAULT)

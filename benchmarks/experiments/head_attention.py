@@ -19,23 +19,26 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vllm_depth.analysis import load_hf
-from vllm_depth.data import stdlib_texts, token_chunks
-from vllm_depth.exit_heads import Vocab, distill_loss, frequent_tokens
+
+from vllm_depth.tools.analysis import load_hf
+from vllm_depth.tools.data import stdlib_texts, token_chunks
+from vllm_depth.tools.train_exit_heads import OutputSpace, distill_loss, frequent_tokens
+
 torch.manual_seed(0); torch.set_num_threads(2)
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 NTRAIN = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 STEPS = int(sys.argv[3]) if len(sys.argv) > 3 else 400
 KV = (sys.argv[4] if len(sys.argv) > 4 else "own")
 KVL = L - 1 if KV == "own" else L
-from vllm_depth.checkpoints import resolve_model
+from vllm_depth.tools.checkpoints import resolve_model
+
 model, tok = load_hf(resolve_model("smollm2-135m"))
 cfg = model.config
 texts = stdlib_texts("calib")
 t0 = time.time()
 train = token_chunks(tok, texts, 256, NTRAIN)
 held = token_chunks(tok, stdlib_texts("eval"), 256, 16)
-space = Vocab(model, frequent_tokens(tok, texts, 8192))
+space = OutputSpace(model, frequent_tokens(tok, texts, 8192))
 print("data", time.time() - t0, flush=True)
 def feats(chunks):
     out = []

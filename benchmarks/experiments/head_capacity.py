@@ -20,10 +20,15 @@ import time
 import torch
 from torch import nn
 
-from vllm_depth.analysis import load_hf
-from vllm_depth.checkpoints import resolve_model
-from vllm_depth.data import stdlib_texts, token_chunks
-from vllm_depth.exit_heads import TorchExitHead, Vocab, distill_loss, frequent_tokens
+from vllm_depth.tools.analysis import load_hf
+from vllm_depth.tools.checkpoints import resolve_model
+from vllm_depth.tools.data import stdlib_texts, token_chunks
+from vllm_depth.tools.train_exit_heads import (
+    OutputSpace,
+    TorchExitHead,
+    distill_loss,
+    frequent_tokens,
+)
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -35,7 +40,7 @@ cfg = model.config
 texts = stdlib_texts("calib")
 train = token_chunks(tok, texts, 256, NTRAIN)
 held = token_chunks(tok, stdlib_texts("eval"), 256, 16)
-space = Vocab(model, frequent_tokens(tok, texts, 8192))
+space = OutputSpace(model, frequent_tokens(tok, texts, 8192))
 pos = torch.arange(256)[None]
 rope = model.model.rotary_emb(torch.zeros(1, 256, cfg.hidden_size), pos)
 

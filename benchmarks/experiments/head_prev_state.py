@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vllm_depth.analysis import load_hf
-from vllm_depth.checkpoints import resolve_model
-from vllm_depth.data import stdlib_texts, token_chunks
-from vllm_depth.distill import distill
-from vllm_depth.exit_heads import (
+from vllm_depth.tools.analysis import load_hf
+from vllm_depth.tools.checkpoints import resolve_model
+from vllm_depth.tools.data import stdlib_texts, token_chunks
+from vllm_depth.tools.distill import distill
+from vllm_depth.tools.train_exit_heads import (
+    OutputSpace,
     TorchExitHead,
-    Vocab,
     distill_loss,
     frequent_tokens,
     held_out_features,
@@ -53,7 +53,7 @@ path = resolve_model("smollm2-135m")
 model, tok = load_hf(path)
 teacher = load_hf(path, torch.bfloat16)[0]
 texts = stdlib_texts("calib")
-space = Vocab(model, frequent_tokens(tok, texts, 8192))
+space = OutputSpace(model, frequent_tokens(tok, texts, 8192))
 HIDDEN = model.config.hidden_size
 FINAL = model.config.num_hidden_layers  # HF's last hidden state: after the final norm
 

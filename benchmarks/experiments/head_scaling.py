@@ -16,10 +16,17 @@ import time
 
 import torch
 
-from vllm_depth.analysis import load_hf
-from vllm_depth.checkpoints import resolve_model
-from vllm_depth.data import stdlib_texts, token_chunks
-from vllm_depth.exit_heads import Vocab, agreement, frequent_tokens, held_out_features, teacher_features, train_heads
+from vllm_depth.tools.analysis import load_hf
+from vllm_depth.tools.checkpoints import resolve_model
+from vllm_depth.tools.data import stdlib_texts, token_chunks
+from vllm_depth.tools.train_exit_heads import (
+    OutputSpace,
+    agreement,
+    frequent_tokens,
+    held_out_features,
+    teacher_features,
+    train_heads,
+)
 
 LAYER = 16
 torch.manual_seed(0)
@@ -31,7 +38,7 @@ path = resolve_model("smollm2-135m")
 model, tok = load_hf(path)
 teacher = load_hf(path, torch.bfloat16)[0]
 texts = stdlib_texts("calib")
-space = Vocab(model, frequent_tokens(tok, texts, 8192))
+space = OutputSpace(model, frequent_tokens(tok, texts, 8192))
 held = held_out_features(model, tok, [LAYER], space, 256, 32)
 t0 = time.time()
 train = teacher_features(teacher, token_chunks(tok, texts, 256, n_max), [LAYER], space, "teacher (bfloat16)")

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-
 HEADS_CHECKPOINT = "out/smollm2-exits"
 DRAFT_CHECKPOINT = "out/smollm2-draft"  # benchmarks/draft_heads.sh: heads that read the previous final state
 
@@ -27,7 +26,7 @@ DRAFT_CHECKPOINT = "out/smollm2-draft"  # benchmarks/draft_heads.sh: heads that 
 def variants() -> dict[str, dict]:
     """Each variant's ``LLM()`` arguments over the bench's defaults; the self-draft's are what
     ``vllm-depth bench --self-spec '{"draft_layers": 24, "num_speculative_tokens": 3}'`` runs."""
-    from vllm_depth.drafting import self_spec_engine_args
+    from vllm_depth.spec_decode.engine_args import self_spec_engine_args
 
     depth, spec = self_spec_engine_args(None, {"draft_layers": 24, "num_speculative_tokens": 3})
     heads, heads_spec = self_spec_engine_args(None, {"draft_layers": 12, "num_speculative_tokens": 1})
@@ -50,14 +49,14 @@ def variants() -> dict[str, dict]:
 def child(name: str, reps: int, prompts_file: str) -> None:
     from vllm import LLM, SamplingParams
 
-    from vllm_depth.bench import DEFAULT_ENGINE_ARGS, load_prompts
-    from vllm_depth.checkpoints import resolve_model
+    from vllm_depth.tools.bench import DEFAULT_ENGINE_ARGS, load_prompts
+    from vllm_depth.tools.checkpoints import resolve_model
 
     prompts = [p.text for p in load_prompts(prompts_file)[:4]]
     args = dict(variants()[name])
     model = args.pop("model", None) or resolve_model("smollm2-135m")
     if model in (HEADS_CHECKPOINT, DRAFT_CHECKPOINT):  # its heads, not its calibrated early exit
-        from vllm_depth.checkpoints import checkpoint_config
+        from vllm_depth.tools.checkpoints import checkpoint_config
 
         heads = checkpoint_config(model)["depth"]["exit_heads"]
         args["hf_overrides"] = {"depth": {"exit_heads": heads, **args["hf_overrides"]["depth"]}}

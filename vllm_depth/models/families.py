@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from torch import nn
 
 
+def depth_arch(architecture: str) -> str:
+    """The name the plugin registers for a HF architecture with vLLM (``--model-impl depth``)."""
+    return "Depth" + architecture
+
+
 @dataclass(frozen=True)
 class Family:
     name: str

@@ -15,6 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm_depth.compat.requests import user_request_id
+from vllm_depth.config import depth_config_of
+from vllm_depth.request_args import parse_request_args
+from vllm_depth.spec_decode.policy import ratio
+from vllm_depth.tools.checkpoints import resolve_model
+
 # Keys of --engine-args that belong to the depth engine only.
 DEPTH_ONLY_ARGS = ("speculative_config", "hf_overrides", "model_impl")
 DEFAULT_ENGINE_ARGS = {"gpu_memory_utilization": 0.3, "max_model_len": 2048, "seed": 0}
@@ -77,46 +83,19 @@ def _peak_rss_mb(pids: set[int]) -> float | None:
     return round(total / 1024, 1) if total else None
 
 
-def model_weight_bytes(model) -> int:
-    """Bytes of a loaded vLLM model's unique weights, each shared or tied tensor once.
-
-    vLLM's CPU build repacks a linear layer's weight for its GEMM (vLLM 0.32
-    ``dispatch_cpu_unquantized_gemm``) and leaves ``weight`` empty; such a layer
-    is counted by its logical shape, which the packed copy occupies.
-    """
-    seen: set[int] = set()
-    total = 0
-    for module in model.modules():  # unique modules: a shared layer is visited once
-        for p in module.parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            if p.numel() == 0 and hasattr(module, "cpu_linear"):
-                out_size = getattr(module, "output_size_per_partition", None) or sum(module.output_partition_sizes)
-                in_size = getattr(module, "input_size_per_partition", None) or module.input_size
-                total += out_size * in_size * p.element_size()
-            else:
-                total += p.numel() * p.element_size()
-    return total
-
-
 def _model_param_bytes(worker) -> int:
-    """Runs inside the engine's worker."""
+    """Runs inside the engine's worker, where vLLM is loaded."""
+    from vllm_depth.compat.kernels import (
+        model_weight_bytes,  # vLLM's modules: only in the worker
+    )
+
     return model_weight_bytes(worker.model_runner.model)
 
 
 def _exit_counters(worker, reset: bool) -> dict | None:
     """Runs inside the engine's worker: the depth model's exit counters (None: not a depth model)."""
-    from vllm_depth.exits import ExitCounters
-
-    model = getattr(worker.model_runner.model, "model", None)
-    counters = getattr(model, "exit_counters", None)
-    if counters is None:
-        return None
-    out = counters.as_dict()
-    if reset:
-        model.exit_counters = ExitCounters()
-    return out
+    take = getattr(worker.model_runner.model, "take_exit_counters", None)
+    return take(reset) if take is not None else None
 
 
 def exit_counters(llm, reset: bool = False) -> dict | None:
@@ -125,10 +104,7 @@ def exit_counters(llm, reset: bool = False) -> dict | None:
 
 
 def _exit_trace(worker, start: bool) -> dict | None:
-    model = worker.model_runner.model.model
-    out = model.exit_trace
-    model.exit_trace = {} if start else None
-    return out
+    return worker.model_runner.model.trace_exits(start)
 
 
 def start_exit_trace(llm) -> None:
@@ -139,8 +115,7 @@ def start_exit_trace(llm) -> None:
 def take_exit_trace(llm) -> dict[str, list[int]]:
     """{request id (as ``RequestOutput.request_id``): exit layer of each decode token}; stops recording."""
     raw = llm.collective_rpc(_exit_trace, args=(False,))[0] or {}
-    # the engine's ids are the user's plus "-<8 hex>" (vLLM 0.32 InputProcessor.assign_request_id)
-    return {key.rsplit("-", 1)[0]: layers for key, layers in raw.items()}
+    return {user_request_id(key): layers for key, layers in raw.items()}
 
 
 def mean_exit_layer(counters: dict, generated_tokens: int, full_depth: int) -> float | None:
@@ -316,14 +291,13 @@ def _draft_report(d: dict | None) -> dict:
     if d is None:
         return {"acceptance_rate": None}
     return {
-        "acceptance_rate": round(d["accepted"] / d["drafted"], 4) if d["drafted"] else 0.0,
-        "mean_accepted_length": round(d["accepted"] / d["proposals"], 4) if d["proposals"] else 0.0,
+        "acceptance_rate": ratio(d["accepted"], d["drafted"]),
+        "mean_accepted_length": ratio(d["accepted"], d["proposals"]),
         "drafts": {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()},
     }
 
 
 def _full_depth(llm) -> int:
-    from vllm_depth.config import depth_config_of
 
     cfg = llm.llm_engine.model_config.hf_config
     return len(depth_config_of(cfg).schedule(cfg.num_hidden_layers))
@@ -339,7 +313,6 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
         parsed = [keys[name][1](v) for v in values.split(",")]
     except ValueError:
         raise ValueError(f"--sweep: {name} values must be {keys[name][1].__name__}s, got {values!r}") from None
-    from vllm_depth.request_args import parse_request_args
 
     for v in parsed:
         parse_request_args({keys[name][0]: v})  # the same checks as a request's
@@ -372,8 +345,6 @@ def run_bench(
     sweep: tuple[str, list] | None = None,
 ) -> dict:
     from tqdm import tqdm
-
-    from vllm_depth.checkpoints import resolve_model
 
     prompts = load_prompts(prompts_path)
     model_dir = resolve_model(model)

@@ -1,21 +1,11 @@
-"""Exit criteria and the bookkeeping of token-level early exit in one decode step.
+"""One decode step with token-level early exit: its requests, its exit candidates, and the
+bookkeeping of the tokens that leave (``ExitRun``).
 
-Exit layers are layer counts: exit layer ``L`` means "after the first ``L``
-schedule positions have run".  A decode token (its request's last token in the
-step, which samples the next one; with ``kv_fill: "recompute"`` the token
-before it may be an exited one run again) may exit at an exit layer
-``L >= min_layer`` when its confidence is strictly greater than its request's
-threshold:
-
-- ``softmax``: max probability of the exit distribution (final norm + LM head);
-- ``margin``: top-1 minus top-2 probability of that distribution;
-- ``saturation``: cosine similarity of the hidden state with the one at the
-  previous exit point checked for this token (the embedding for the first);
-  it needs no LM head.
-
-``CRITERIA`` is the extension point: a criterion is a function of
-``(logits, state, previous_state, rest)`` and says whether it needs the logits
-(``rest``: the "other" logit of a reduced-vocabulary exit head, else None).
+Exit layers are layer counts: exit layer ``L`` means "after the first ``L`` schedule positions have
+run".  A decode token (its request's last token in the step, which samples the next one; with
+``kv_fill: "recompute"`` the token before it may be an exited one run again) may exit at an exit
+layer ``L >= min_layer`` when its confidence (``early_exit.criteria``) is strictly greater than its
+request's threshold.
 """
 
 from __future__ import annotations
@@ -23,62 +13,11 @@ from __future__ import annotations
 import bisect
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from vllm_depth.kernels.exit_check import probs_of_logits, saturation_values
+from vllm_depth.early_exit.criteria import CRITERIA
 from vllm_depth.request_args import RequestDepth
-
-
-def _softmax(logits, state, prev, rest=None):
-    """Max probability of the exit distribution (the mass outside a reduced vocabulary counted)."""
-    return probs_of_logits(logits, rest)
-
-
-def _margin(logits, state, prev, rest=None):
-    """Top-1 minus top-2 probability ("other" never a top token, its mass counted)."""
-    return probs_of_logits(logits, rest, margin=True)
-
-
-def _saturation(logits, state, prev, rest=None):
-    return saturation_values(prev, state)
-
-
-def _never(threshold: float) -> bool:
-    return False
-
-
-def _at_zero(threshold: float) -> bool:
-    """A probability is > 0: threshold 0.0 always exits (its logits come with the step's, at the end)."""
-    return threshold <= 0.0
-
-
-@dataclass(frozen=True)
-class Criterion:
-    confidence: Callable  # (logits | None, state, previous state, rest=None) -> [T] float32, tensor or list
-    needs_logits: bool
-    # (threshold) -> whether the confidence always exceeds it: the token exits with no check computed
-    certain: Callable = _never
-    # the confidence from the exit check's ExitStats (a vocabulary-parallel LM head: no full logits)
-    from_stats: Callable | None = None
-
-
-def _max_prob(stats):
-    return stats.max_prob
-
-
-def _top2_margin(stats):
-    return stats.margin
-
-
-CRITERIA: dict[str, Criterion] = {
-    "softmax": Criterion(_softmax, True, _at_zero, _max_prob),
-    "margin": Criterion(_margin, True, from_stats=_top2_margin),
-    "saturation": Criterion(_saturation, False),
-    # softmax of the trained exit head's distribution (the config requires a head at every exit layer)
-    "head": Criterion(_softmax, True, _at_zero, _max_prob),
-}
 
 
 @dataclass
@@ -88,6 +27,22 @@ class StepRequest:
     req_id: str
     depth: RequestDepth
     decode: bool  # its last scheduled token samples a new token after the prompt
+
+
+@dataclass
+class DepthStep:
+    """One step's state, handed by the model runner (``patches.worker.model_runner``) to the depth
+    model before its forward, and read back when the step's output is sampled."""
+
+    requests: list[StepRequest]  # in token-layout order
+    groups: dict  # layer name -> its attention group (``compat.attention.attention_groups_by_layer``)
+    query_start_loc: torch.Tensor | None  # CPU; None in profiling runs
+    # set by the model: {request id: layers run} of the step's decode tokens (for the depth scheduler)
+    exits: dict[str, int] | None = None
+    # set by the model: (request indices, logits) of exited tokens whose exit logits were computed; the
+    # runner's next ``compute_logits`` is the step's sampling (one row per request: early exit runs
+    # without speculative decoding), which takes them instead of the LM head's
+    exit_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -159,7 +114,7 @@ class ExitRun:
                  exit_layers: tuple[int, ...]):
         t = input_ids.shape[0]
         self.criterion = CRITERIA[criterion]
-        self.checkpoints = exit_layers  # the model's exit layers (threshold columns)
+        self.exit_points = exit_layers  # the model's exit layers (threshold columns)
         self.qsl = step.qsl
         self.num_reqs = step.num_reqs
         self.row_list = list(range(t))  # the active rows (token rows of the step), in order
@@ -220,7 +175,7 @@ class ExitRun:
         and no logits are kept.
         Returns the kept active rows (an index tensor; the run is compacted), or None when none exits.
         """
-        col = self.checkpoints.index(layer)
+        col = self.exit_points.index(layer)
         eligible = [(a, thr[col]) for a, thr, m in self.candidates if thr[col] < 1.0 and m <= layer]
         if not eligible:
             return None

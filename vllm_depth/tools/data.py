@@ -101,27 +101,3 @@ def token_chunks(tokenizer, texts, seq_len: int, max_chunks: int, per_text: int 
     if not chunks:
         raise ValueError(f"the data is shorter than one chunk of {seq_len} tokens")
     return chunks
-
-
-def stdlib_prompts(split: str, n: int, seed: int = 0) -> list[str]:
-    """Code-completion prompts from the standard library: a function's ``def`` line and
-    docstring, to be completed with its body.  ``calib`` and ``eval`` never share a module."""
-    import random
-
-    found = []
-    for source in _split_sources(split):
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        lines = source.splitlines()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef) and node.col_offset == 0 and ast.get_docstring(node):
-                doc = node.body[0]
-                text = "\n".join(lines[node.lineno - 1 : doc.end_lineno]) + "\n"
-                if 40 < len(text) < 600:
-                    found.append(text)
-    random.Random(seed).shuffle(found)
-    if len(found) < n:
-        raise ValueError(f"only {len(found)} {split} prompts in the standard library, asked for {n}")
-    return found[:n]

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from vllm_depth.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 CHUNK_LEN = 8192  # logits per chunk: they stay in L2 between its passes; one row's chunks run in parallel
@@ -256,8 +258,6 @@ def _cpu_flags() -> str:
 
 
 def _cache_dir() -> Path:
-    from vllm_depth.checkpoints import cache_dir
-
     return cache_dir() / "kernels"
 
 

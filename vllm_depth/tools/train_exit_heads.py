@@ -34,8 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vllm_depth.arguments import TrainExitsError, check_train_exits
-from vllm_depth.checkpoints import checkpoint_config
+from vllm_depth.config import ExitHeads
+from vllm_depth.early_exit.kernels.exit_check import rms_norm
+from vllm_depth.tools.analysis import load_hf
+from vllm_depth.tools.arguments import TrainExitsError, check_train_exits
+from vllm_depth.tools.checkpoints import checkpoint_config, update_depth_config
+from vllm_depth.tools.data import stdlib_held_out_code, stdlib_texts, token_chunks
+from vllm_depth.tools.distill import distill
 
 HEADS_FILE = "depth/exit_heads.safetensors"
 # where versions before stop 23 wrote them: beside the weights, where stock vLLM's loader (every top-level
@@ -78,8 +83,7 @@ class TorchExitHead(nn.Module):
             nn.init.zeros_(self.prev.weight)
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.float()
-        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm.weight
+        h = rms_norm(x, self.norm.weight, self.eps)
         h = h + self.proj(h)
         if self.mlp_width:
             h = h + self.down(F.silu(self.up(h)))
@@ -120,7 +124,7 @@ def frequent_tokens(tokenizer, texts: list[str], n: int) -> torch.Tensor:
     return torch.tensor(sorted(t for t, _ in ranked), dtype=torch.long)
 
 
-class Vocab:
+class OutputSpace:
     """The heads' output space: all tokens (``ids`` None) or a reduced set plus "other"."""
 
     def __init__(self, model, ids: torch.Tensor | None):
@@ -174,7 +178,7 @@ class ChunkFeatures:
 
     states: list[torch.Tensor]  # per exit layer, the residual stream after it, [T, hidden]
     tokens: torch.Tensor  # [T] the final top-1 as token ids (evaluation)
-    top: torch.Tensor  # [T] the same as classes of the heads' space (``Vocab.index_of``)
+    top: torch.Tensor  # [T] the same as classes of the heads' space (``OutputSpace.index_of``)
     teacher_lp: torch.Tensor | None = None  # [T, TOP_K] the teacher's log-probabilities of its top classes
     teacher_ix: torch.Tensor | None = None  # [T, TOP_K] those classes
     prev: torch.Tensor | None = None  # [T, hidden] the previous position's final (normed) state (draft heads)
@@ -197,7 +201,7 @@ def _forward(model, ids: torch.Tensor, exit_layers: list[int], prev_state: bool 
     return states, out.logits[0].float(), prev
 
 
-def teacher_features(model, chunks, exit_layers: list[int], vocab: Vocab, desc: str = "teacher",
+def teacher_features(model, chunks, exit_layers: list[int], vocab: OutputSpace, desc: str = "teacher",
                      progress: bool = True, with_teacher: bool = True, prev_state: bool = False) -> list[ChunkFeatures]:
     """Run the base model once over each chunk and keep what training or evaluation needs."""
     from tqdm import tqdm
@@ -215,11 +219,10 @@ def teacher_features(model, chunks, exit_layers: list[int], vocab: Vocab, desc: 
     return out
 
 
-def held_out_features(model, tokenizer, exit_layers: list[int], vocab: Vocab, seq_len: int, n: int,
+def held_out_features(model, tokenizer, exit_layers: list[int], vocab: OutputSpace, seq_len: int, n: int,
                       progress: bool = True, prev_state: bool = False) -> dict[str, list[ChunkFeatures]]:
     """train-exits' held-out sets, read by ``model`` (float32): standard-library code of the held-out
     modules (``n`` chunks) and their docstrings (half as many)."""
-    from vllm_depth.data import stdlib_held_out_code, stdlib_texts, token_chunks
 
     held = {"code": stdlib_held_out_code(tokenizer, seq_len, n),
             "docstrings": token_chunks(tokenizer, stdlib_texts("eval"), seq_len, max(1, n // 2))}
@@ -229,11 +232,11 @@ def held_out_features(model, tokenizer, exit_layers: list[int], vocab: Vocab, se
 
 
 def agreement(model, heads: dict[int, nn.Module] | None, held: list[ChunkFeatures], exit_layers: list[int],
-              vocab: Vocab | None = None) -> dict[int, float]:
+              vocab: OutputSpace | None = None) -> dict[int, float]:
     """Per exit layer, the fraction of tokens whose head top-1 is the model's final top-1
     (``heads`` None: the plain final norm + full LM head)."""
     hits, n = dict.fromkeys(exit_layers, 0), 0
-    full = Vocab(model, None)
+    full = OutputSpace(model, None)
     with torch.no_grad():
         for f in held:
             n += f.tokens.numel()
@@ -249,7 +252,7 @@ def agreement(model, heads: dict[int, nn.Module] | None, held: list[ChunkFeature
 def distill_loss(student_logits: torch.Tensor, teacher_lp: torch.Tensor, top: torch.Tensor,
                  teacher_ix: torch.Tensor | None = None) -> torch.Tensor:
     """train-exits' loss: the KL divergence from the teacher's log-probabilities plus the
-    cross-entropy of its top-1 class (both in the heads' output space, ``Vocab.target``).
+    cross-entropy of its top-1 class (both in the heads' output space, ``OutputSpace.target``).
     ``teacher_ix``: ``teacher_lp`` holds only these classes (its top-k; the rest of the KL is dropped)."""
     student = torch.log_softmax(student_logits, -1)
     lp = teacher_lp.float()
@@ -258,11 +261,10 @@ def distill_loss(student_logits: torch.Tensor, teacher_lp: torch.Tensor, top: to
 
 
 def train_heads(model, features: list[ChunkFeatures], exit_layers: list[int], steps: int, mlp_width: int,
-                vocab: Vocab, lr: float = 3e-3, seed: int = 0, dtype: torch.dtype = torch.float32,
+                vocab: OutputSpace, lr: float = 3e-3, seed: int = 0, dtype: torch.dtype = torch.float32,
                 progress: bool = True, prev_state: bool = False) -> tuple[dict[int, TorchExitHead], list[float]]:
     """Train one head per exit layer on the teacher's cached features (one chunk per step, cycling);
     ``dtype``: of the product with the LM head rows (the head's parameters stay float32)."""
-    from vllm_depth.distill import distill
 
     g = torch.Generator().manual_seed(seed)
     eps = model.config.rms_norm_eps
@@ -295,9 +297,6 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
                dtype: torch.dtype, prev_state: bool = False) -> None:
     """Write the heads into ``depth/exit_heads.safetensors`` and reference them from ``depth.exit_heads``."""
     from safetensors.torch import save_file
-
-    from vllm_depth.checkpoints import update_depth_config
-    from vllm_depth.config import ExitHeads
 
     root = Path(model_dir)
     state = head_state_dict(heads, vocab_ids, dtype)
@@ -363,16 +362,13 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
 
     from transformers import AutoConfig
 
-    from vllm_depth.analysis import load_hf
-    from vllm_depth.data import stdlib_texts, token_chunks
-
     check_train_exits(model_dir, exit_layers, steps, mlp_width, vocab, texts, out, chunks, dtype, prev_state)
     cfg = AutoConfig.from_pretrained(model_dir)
     t0 = time.perf_counter()
     model, tok = load_hf(model_dir)
     teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0]
     texts = texts if texts is not None else stdlib_texts("calib")
-    space = Vocab(model, frequent_tokens(tok, texts, vocab) if vocab else None)
+    space = OutputSpace(model, frequent_tokens(tok, texts, vocab) if vocab else None)
     held = held_out_features(model, tok, exit_layers, space, seq_len, eval_chunks, progress, prev_state)
     features = teacher_features(teacher, token_chunks(tok, texts, seq_len, chunks), exit_layers, space,
                                 f"teacher ({dtype})", progress, prev_state=prev_state)

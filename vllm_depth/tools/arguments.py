@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vllm_depth.checkpoints import checkpoint_config
+from vllm_depth.config import parse_depth_config
+from vllm_depth.tools.checkpoints import checkpoint_config
 
 
 class TrainExitsError(ValueError):
@@ -77,7 +78,6 @@ def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float
                     prompts_path: str, min_layers: list[int] | None, thresholds: list[float]):
     """``calibrate``: the guarantee's target and delta, the prompts file, exit layers within the
     checkpoint's schedule; returns the checkpoint's depth config and its number of positions."""
-    from vllm_depth.config import parse_depth_config
 
     cfg = checkpoint_config(model_dir)
     depth = parse_depth_config(cfg.get("depth"), cfg["num_hidden_layers"], cfg.get("hidden_size"))

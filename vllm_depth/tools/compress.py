@@ -33,8 +33,11 @@ from pathlib import Path
 
 import torch
 
-from vllm_depth.arguments import CompressError, check_compress
-from vllm_depth.checkpoints import checkpoint_config
+from vllm_depth.tools.analysis import analyze, load_hf
+from vllm_depth.tools.arguments import CompressError, check_compress
+from vllm_depth.tools.checkpoints import checkpoint_config
+from vllm_depth.tools.data import stdlib_texts, token_chunks
+from vllm_depth.tools.distill import distill, kl_per_token
 
 DELTA_NAMES = {  # delta parameter prefix -> HF projection
     "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -226,7 +229,6 @@ def fit_deltas(model, plan: Plan, chunks, steps: int, lr: float = 1e-3, seed: in
                progress: bool = True) -> list[float]:
     """Train a rank-``plan.relax_rank`` delta per changed position by distillation
     from ``model`` (the original); stores them in ``plan.deltas``; returns the losses."""
-    from vllm_depth.distill import distill, kl_per_token
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -314,9 +316,6 @@ def checkpoint_bytes(path: str) -> int:
 def compress(model_dir: str, out: str, prune: int | None = None, share: int | None = None,
              relax_rank: int | None = None, merge: str = "auto", texts: list[str] | None = None,
              samples: int = 16, seq_len: int = 256, relax_steps: int = 150, progress: bool = True) -> tuple[Plan, dict]:
-    from vllm_depth.analysis import analyze, load_hf
-    from vllm_depth.data import stdlib_texts, token_chunks
-
     check_compress(model_dir, out, prune, share, relax_rank, merge, relax_steps)
     model, tok = load_hf(model_dir)
     texts = texts if texts is not None else stdlib_texts("calib")

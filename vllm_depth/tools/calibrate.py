@@ -26,7 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from vllm_depth.arguments import CalibrateError, check_calibrate
+from vllm_depth.tools import bench
+from vllm_depth.tools.arguments import CalibrateError, check_calibrate
+from vllm_depth.tools.checkpoints import update_depth_config
 
 THRESHOLDS = (0.999, 0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
@@ -83,8 +85,6 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
     such points are never valid)."""
     from tqdm import tqdm
 
-    from vllm_depth import bench
-
     thresholds = sorted(thresholds or THRESHOLDS, reverse=True)
     depth, positions = check_calibrate(model_dir, exit_layers, target, delta, prompts_path, min_layers, thresholds)
     heads = depth.exit_heads.layers if depth.exit_heads else ()
@@ -140,8 +140,6 @@ def calibrate(model_dir: str, prompts_path: str, target: float = 0.9, delta: flo
         result.written = {"exit_layers": chosen_layers, "exit_criterion": criterion,
                           "exit_threshold": [result.chosen.threshold] * len(chosen_layers)}
         if write:
-            from vllm_depth.checkpoints import update_depth_config
-
             update_depth_config(model_dir, result.written, drop=("min_layer",))
     return result
 

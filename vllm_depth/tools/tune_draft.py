@@ -19,8 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm_depth.bench import DEFAULT_ENGINE_ARGS, Prompt, round_order, run_round, start_engine, stop_engine
-from vllm_depth.drafting import PROPOSER
+from vllm_depth.config import PROPOSER, depth_config_of
+from vllm_depth.tools.bench import (
+    DEFAULT_ENGINE_ARGS,
+    Prompt,
+    round_order,
+    run_round,
+    start_engine,
+    stop_engine,
+)
+from vllm_depth.tools.checkpoints import update_depth_config
 
 
 @dataclass
@@ -130,8 +138,6 @@ def tune(model_dir: str, prompts: list[Prompt], k_max: int = 4, max_tokens: int 
     from tqdm import tqdm
     from transformers import AutoConfig
 
-    from vllm_depth.config import depth_config_of
-
     cfg = AutoConfig.from_pretrained(model_dir)
     config = depth_config_of(cfg)
     n = len(config.schedule(cfg.num_hidden_layers))
@@ -159,7 +165,6 @@ def tune(model_dir: str, prompts: list[Prompt], k_max: int = 4, max_tokens: int 
 
 def write_best(model_dir: str, best: dict) -> dict:
     """Put the chosen draft into the checkpoint's depth config (replacing any earlier draft)."""
-    from vllm_depth.checkpoints import update_depth_config
 
     settings = {k: best[k] for k in ("draft_layers", "draft_schedule") if k in best}
     settings["draft_tokens"] = best["k"]

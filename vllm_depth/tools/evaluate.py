@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from vllm_depth.tools.bench import shutdown
+
 ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.3, "max_model_len": 2048,
                "seed": 0, "enable_prefix_caching": False}
 
@@ -16,8 +18,6 @@ ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.3, "max_model_len
 def _score(model_dir: str, chunks: list[list[int]], depth: bool, engine_args: dict | None):
     """Per chunk: (sum of log p(actual), list of top-1 ids), with one engine."""
     from vllm import LLM, SamplingParams, TokensPrompt
-
-    from vllm_depth.bench import shutdown
 
     kwargs = {**ENGINE_ARGS, **(engine_args or {})}
     if depth:

@@ -1,7 +1,7 @@
 """The depth-aware scheduler: vLLM's scheduler, carrying per-request depth statistics back.
 
 Installed for ``--model-impl depth`` when no other scheduler class is asked
-for (``vllm_compat._patch_engine_args``).  Each step the worker reports the
+for (``patches.engine_args``).  Each step the worker reports the
 exit layer of every decode token (``ModelRunnerOutput.depth_exits``); this
 scheduler sums them per request and, when the request finishes, returns
 ``{"depth": {"mean_exit_layer": ..., "decode_tokens": ...}}`` in the output's
@@ -23,29 +23,27 @@ from __future__ import annotations
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from vllm_depth.vllm_compat import NO_HANDOFF, is_self_draft, patch_draft_handoff_engine
+from vllm_depth.compat.requests import recompute_last_token
+from vllm_depth.config import depth_config_of
+
+_NONE = object()  # the step's output brought no drafts
 
 
 class _DepthStats:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from vllm_depth.config import depth_config_of
-
         hf = self.vllm_config.model_config.hf_config
         depth = depth_config_of(hf)
         self._full = len(depth.schedule(hf.num_hidden_layers))
         # kv_fill 'recompute': an exited token is scheduled again with the next one
         self._recompute = depth.recomputes()
         self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens, tokens re-run]
-        # the self-draft's drafts, when they came back with the step's output (read by the engine
-        # core's post_step instead of asking the worker again)
-        self.depth_drafts = NO_HANDOFF
-        if is_self_draft(self.vllm_config.speculative_config):
-            patch_draft_handoff_engine()
+        # the self-draft's drafts, when they came back with the step's output (``take_depth_drafts``)
+        self._drafts = _NONE
 
     def update_from_output(self, scheduler_output, model_runner_output):
         exits = getattr(model_runner_output, "depth_exits", None) or {}
-        self.depth_drafts = getattr(model_runner_output, "depth_drafts", NO_HANDOFF)
+        self._drafts = getattr(model_runner_output, "depth_drafts", _NONE)
         for req_id, layer in exits.items():
             acc = self._depth.setdefault(req_id, [0, 0, 0])
             acc[0] += layer
@@ -68,20 +66,22 @@ class _DepthStats:
 
     def _rerun_exited(self, exits: dict[str, int]) -> None:
         """kv_fill 'recompute': a running request whose last token exited early counts that token as
-        not computed, so the next step schedules it again, before the new token, at full depth.
-
-        Adapts vLLM 0.32 ``Scheduler.update_from_output``'s own rollback of rejected draft tokens
-        (``request.num_computed_tokens -= num_rejected``): the runner then re-reads the token from
-        its cached ids, and its K/V is written again at every layer (exact where propagation had
-        filled it).  The depth engine runs without async scheduling here (``vllm_compat``).
-        """
+        not computed (``compat.requests.recompute_last_token``), so the next step schedules it again,
+        before the new token, at full depth: its K/V is written again at every layer (exact where
+        propagation had filled it).  The depth engine runs without async scheduling here
+        (``patches.engine_args``)."""
         for req_id, layer in exits.items():
             request = self.requests.get(req_id)
             if layer >= self._full or request is None or request.is_finished():
                 continue
-            if request.num_computed_tokens == request.num_tokens - 1:  # all but the token just sampled
-                request.num_computed_tokens -= 1
+            if recompute_last_token(request):
                 self._depth[req_id][2] += 1
+
+    def take_depth_drafts(self):
+        """``(True, drafts)`` when the last step's output brought the self-draft's drafts (a
+        ``DraftTokenIds`` or None), for the engine core (``patches.engine_core``); else ``(False, None)``."""
+        drafts, self._drafts = self._drafts, _NONE
+        return (False, None) if drafts is _NONE else (True, drafts)
 
     def finish_requests(self, request_ids, finished_status):
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids or [])

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from vllm_depth.kernels import cpu_reduce
+from vllm_depth.early_exit.kernels import cpu_reduce
 
 
 class ExitStats(NamedTuple):
@@ -96,9 +96,11 @@ def use_triton(device: torch.device) -> bool:
 # -- torch path ----------------------------------------------------------------------------
 
 
-def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm in float32 (``weight`` None: no gain)."""
     h = hidden.float()
-    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return h if weight is None else h * weight.float()
 
 
 def exit_partials_torch(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, offset=0, tile=8192) -> Partials:

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 from vllm.model_executor.layers.linear import ReplicatedLinear
 
-from vllm_depth.vllm_compat import write_kv
+from vllm_depth.compat.attention import write_kv
+from vllm_depth.early_exit.kernels.exit_check import rms_norm
+from vllm_depth.models.layers import per_head
 
 
 class KVPropagator(nn.Module):
@@ -68,8 +70,7 @@ class KVPropagator(nn.Module):
         if start >= stop:
             return
         k0 = next(k for k, (a, _) in enumerate(self.spans) if a == start)
-        h = states.float()
-        normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(states.dtype)
+        normed = rms_norm(states, None, self.eps).to(states.dtype)
         parts = [self.stacks[k](normed)[0] for k in range(k0, len(self.spans)) if self.spans[k][1] > self.spans[k][0]]
         kv = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         t, n = states.shape[0], stop - start
@@ -85,8 +86,7 @@ class KVPropagator(nn.Module):
             if not self.shared_rope:
                 sa = decoder.layers[decoder.schedule.physical[i]].self_attn
                 if hasattr(sa, "k_norm"):  # Qwen3: per-head norm of k before rotary
-                    hd = sa.head_dim
-                    k = sa.k_norm(k.view(-1, k.shape[-1] // hd, hd)).view(k.shape)
+                    k = per_head(sa.k_norm, k, sa.head_dim)
                 _, k = sa.rotary_emb(positions, k.clone(), k)
             attn = decoder.position_attn[i]
             write_kv(attn, k, v, slots_of(attn))

@@ -1,0 +1,105 @@
+"""The package's structure, read from its source with ``ast``: no import circles, engine code that
+never imports the offline tools, and function-local imports of the package only where they must be."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vllm_depth"
+ENGINE = ("models", "early_exit", "spec_decode", "core", "compat", "patches")
+OFFLINE = ("vllm_depth.tools", "vllm_depth.cli", "matplotlib")
+MAX_LAZY = 15
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(path: Path):
+    """(imported module, line, whether inside a function) of every import in ``path``."""
+    tree = ast.parse(path.read_text())
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    local_lines = {n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno, node.lineno in local_lines
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                yield (sub if sub in MODULES else base), node.lineno, node.lineno in local_lines
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: {m for m, _, _ in imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles_among_the_packages_modules():
+    assert cycles(graph()) == []
+
+
+def test_engine_code_never_imports_the_offline_tools():
+    bad = []
+    for name, path in MODULES.items():
+        if name.split(".")[1:2] and name.split(".")[1] in ENGINE:
+            bad += [f"{name}:{line} imports {m}" for m, line, _ in imports(path)
+                    if any(m == o or m.startswith(o + ".") for o in OFFLINE)]
+    assert not bad, bad
+
+
+def test_function_local_imports_of_the_package_are_few_and_say_why():
+    local = []
+    for name, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for m, line, inside in imports(path):
+            if inside and m.startswith("vllm_depth"):
+                said = "#" in lines[line - 1] or lines[line - 2].strip().startswith("#")
+                local.append((f"{name}:{line} {m}", said))
+    assert len({where.split(" ")[0] for where, _ in local}) <= MAX_LAZY, [w for w, _ in local]
+    assert all(said for _, said in local), [w for w, said in local if not said]

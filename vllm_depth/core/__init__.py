@@ -1,0 +1,1 @@
+"""The scheduler vLLM is given for a depth engine."""

@@ -1,0 +1,1 @@
+"""The patches of vLLM's worker-side classes."""

@@ -1,0 +1,223 @@
+"""Self-speculative decoding: drafts from the model's own layers, verified by the full model.
+
+Turned on with vLLM's own switch, a custom proposer class::
+
+    vllm serve MODEL --model-impl depth \\
+        --hf-overrides '{"depth": {"draft_layers": 20}}' \\
+        --speculative-config '{"model": "vllm_depth.SelfDraft", "num_speculative_tokens": 3}'
+
+The draft runs the depth config's ``draft_layers`` (the first E positions,
+LayerSkip) or ``draft_schedule`` (any positions in order, Draft & Verify /
+SWIFT) of the *same* model object the verifier runs: no second copy of any
+weight.  Each draft position attends with the verifier's own attention module
+and paged cache, so a draft writes its K/V for the positions it runs into the
+verifier's cache at the draft tokens' slots; those slots lie at or past the
+request's computed tokens, and the verifier's next pass, which checks the
+draft, overwrites every one of them before anything reads it.  Verification,
+rejection sampling (lossless also at temperature > 0: a greedy draft is a
+deterministic proposal) and the bookkeeping of accepted and rejected tokens are
+vLLM's.
+
+The draft length adapts per request (``spec_decode.policy``).  A draft also stops at the first token whose draft confidence is not above
+``draft_threshold``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from vllm.forward_context import set_forward_context
+
+from vllm_depth.compat.attention import draft_attention
+from vllm_depth.config import PROPOSER, require_draft
+from vllm_depth.patches.worker import rejection_sampler
+from vllm_depth.spec_decode.policy import DraftCounters, DraftPolicy
+
+
+class SelfDraft:
+    """vLLM 0.32 ``custom_class`` proposer (``speculative_config.model = "vllm_depth.SelfDraft"``).
+
+    vLLM builds it with the engine config, hands it the loaded target model
+    (``load_model``), and after each step asks it for the next drafts
+    (``propose``).  What it can do beyond a plain proposer, which the runner's patches
+    (``patches.worker.model_runner``) look for: ``bind_runner`` (the runner, after the KV cache
+    exists: block tables and attention metadata builders), ``take_verifier_states`` (the
+    verifier's final states, for draft heads that read them), ``plain_step`` (a step that verifies
+    no draft runs as a plain decode step) and ``drafts_in_step_output``.  The model is reached only
+    through its methods (``draft_forward``, ``draft_logits``, ``draft_reads_prev_state``).
+    """
+
+    drafts_in_step_output = True
+
+    def __init__(self, vllm_config):
+        self.vllm_config = vllm_config
+        self.k = vllm_config.speculative_config.num_speculative_tokens
+        self.max_model_len = vllm_config.model_config.max_model_len
+        self.model = None
+        self.runner = None
+        self.draft: tuple[int, ...] = ()
+        self.threshold = 0.0
+        self.policy = DraftPolicy(self.k, 0)
+        self._last_end = None  # when the last propose returned (the verifier step runs in between)
+        self.counters = DraftCounters()
+        self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
+        self._verifier = None  # the step's final states at its sampled rows, and its spec metadata
+        rejection_sampler.use_for_self_draft()
+
+    def load_model(self, target_model) -> None:
+        depth = getattr(target_model, "depth_config", None)
+        if depth is None or not hasattr(target_model, "draft_logits"):
+            raise ValueError(f"speculative_config.model={PROPOSER!r} drafts from a depth model; "
+                             "allowed: with model_impl='depth'")
+        self.model, self.draft = target_model, require_draft(depth)
+        self.threshold = depth.draft_threshold
+        self.policy = DraftPolicy(self.k, depth.draft_backoff)
+
+    def bind_runner(self, runner) -> None:
+        self.runner = runner
+
+    def plain_step(self) -> None:
+        """The runner runs a step that verifies no draft as a plain decode step."""
+        self.counters.plain_steps += 1
+
+    def take_verifier_states(self, sample_hidden_states, spec_decode_metadata) -> None:
+        """The verifier step's final states at its sampled rows."""
+        self._verifier = (sample_hidden_states, spec_decode_metadata)
+
+    def _prev_states(self, sampled_token_ids, rows: list[int]) -> torch.Tensor:
+        """Per drafting row, the verifier's final state at the position before its last sampled
+        token: the state that sampled it (a request has 1 + its draft tokens' rows, in batch order)."""
+        states, meta = self._verifier
+        if meta is None:
+            return states[rows]
+        start, offset = [], 0
+        for num_draft in meta.num_draft_tokens:
+            start.append(offset)
+            offset += num_draft + 1
+        return states[[start[i] + len(sampled_token_ids[i]) - 1 for i in rows]]
+
+    def _draft_positions(self) -> tuple[int, ...]:
+        return self.eager_draft if self.eager_draft is not None else self.draft
+
+    def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
+        t0 = time.perf_counter()
+        batch = self.runner.input_batch
+        req_ids = batch.req_ids
+        drafts: list[list[int]] = [[] for _ in sampled_token_ids]
+        step_seconds = t0 - self._last_end if self._last_end is not None else 0.0
+        rows, tokens, positions, lengths = [], [], [], []
+        verified = 0  # draft tokens the step just run checked
+        decode_only = True  # the step ran no prefill (its time says what verification costs)
+        for i, sampled in enumerate(sampled_token_ids):
+            if not sampled:  # a prefill chunk: no token sampled yet
+                decode_only = False
+                continue
+            req_id = req_ids[i]
+            decode_only &= req_id in self.policy.states  # a request's first token: its prefill ran
+            accepted, proposed = self.policy.observe(req_id, len(sampled))
+            verified += proposed
+            self.counters.accepted += accepted
+            if proposed == self.policy.k_max:
+                full = self.counters.accepted_of_full
+                full[accepted] = full.get(accepted, 0) + 1
+            position = int(num_tokens_no_spec[i]) - 1  # the position of the token just sampled
+            k = min(self.policy.length(req_id), self.max_model_len - 1 - position)
+            if k <= 0:
+                continue
+            rows.append(i)
+            tokens.append(sampled[-1])
+            positions.append(position)
+            lengths.append(k)
+        self.policy.forget_except(set(req_ids))
+        if decode_only:
+            self.policy.stepped(step_seconds, verified)
+        if rows:
+            forwards = self._draft(rows, tokens, positions, lengths, drafts, sampled_token_ids)
+            for i in rows:
+                if drafts[i]:
+                    self.policy.proposed(req_ids[i], len(drafts[i]))
+                    self.counters.proposals += 1
+                    self.counters.drafted += len(drafts[i])
+            self.policy.measured((time.perf_counter() - t0) / forwards, step_seconds)
+        self._last_end = time.perf_counter()
+        self.counters.seconds += self._last_end - t0
+        return drafts
+
+    @torch.inference_mode()
+    def _draft(self, rows: list[int], tokens: list[int], positions: list[int], lengths: list[int],
+               drafts: list[list[int]], sampled_token_ids) -> int:
+        """Up to ``lengths[j]`` greedy draft tokens for request row ``rows[j]``, stopping a row at low
+        confidence; returns the draft forwards run.  A ``prev_state`` head reads, per row, the
+        verifier's final state that sampled its last token (``_prev_states``); a later draft token
+        reads the head's output for the one before (it has no final state: EAGLE's approximation of
+        a feature by the draft's own)."""
+        active = torch.tensor(rows, dtype=torch.long)
+        # the dtypes of the runner's inputs: the compiled draft is traced once (vLLM's warm-up), unguarded
+        ids = torch.tensor(tokens, dtype=torch.int32)
+        pos = torch.tensor(positions, dtype=torch.long)
+        limit = torch.tensor(lengths)
+        positions_run = self._draft_positions()
+        layer = head_layer(positions_run)
+        prev = self._prev_states(sampled_token_ids, rows) if self.model.draft_reads_prev_state(layer) else None
+        for step in range(max(lengths)):
+            if not positions_run:  # a head over the embedding: no layer runs, no K/V is written
+                state = self.model.draft_forward(ids, pos, ())
+            else:
+                metadata, slots = draft_attention(self.runner, active, pos)
+                with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
+                    state = self.model.draft_forward(ids, pos, self.eager_draft)
+            logits, rest, columns, normed = self.model.draft_logits(state, layer, prev)
+            self.counters.draft_forwards += 1
+            token, confident = draft_choice(logits, rest, self.threshold, columns)
+            go = confident & (limit > step)
+            for r, t in zip(active[go].tolist(), token[go].tolist()):
+                drafts[r].append(t)
+            go &= limit > step + 1
+            if not bool(go.any()):
+                break
+            active, ids, pos, limit = active[go], token[go].to(torch.int32), pos[go] + 1, limit[go]
+            prev = None if prev is None else normed[go]
+        return step + 1
+
+    def configure(self, draft: tuple[int, ...] | None = None, k: int | None = None, probe: int | None = None,
+                  threshold: float | None = None) -> None:
+        """Change the draft in a running engine (``vllm-depth tune-draft``, over ``collective_rpc``).
+
+        ``draft``: schedule positions run eagerly instead of the compiled draft
+        (None: the compiled one); ``k``: draft length, at most the engine's
+        ``num_speculative_tokens``; ``probe``: ``draft_backoff``.
+        """
+        self.eager_draft = tuple(draft) if draft is not None else None
+        if threshold is not None:
+            self.threshold = threshold
+        k = self.policy.k_max if k is None else min(k, self.k)
+        self.policy = DraftPolicy(k, self.policy.probe if probe is None else probe)
+
+    def take_counters(self, reset: bool = False) -> dict:
+        out = self.counters.as_dict()
+        if reset:
+            self.counters = DraftCounters()
+        return out
+
+
+def head_layer(draft: tuple[int, ...]) -> int | None:
+    """A prefix draft's layer count (where an exit head may sit); None for a skip set."""
+    return len(draft) if tuple(draft) == tuple(range(len(draft))) else None
+
+
+def draft_choice(logits: torch.Tensor, rest: torch.Tensor | None, threshold: float,
+                 ids: torch.Tensor | None = None):
+    """Greedy draft tokens and whether each is confident: softmax max probability (a reduced
+    head's "other" mass counted) strictly above ``threshold``.  ``ids``: the token of each column
+    (a reduced vocabulary's logits), None when the columns are the vocabulary."""
+    logits = logits.float()
+    column = logits.argmax(dim=-1)
+    token = column if ids is None else ids[column]
+    if threshold <= 0.0:
+        return token, torch.ones_like(token, dtype=torch.bool)
+    top = logits.gather(-1, column[:, None])[:, 0]
+    z = torch.logsumexp(logits, dim=-1)
+    if rest is not None:
+        z = torch.logaddexp(z, rest.float().reshape(-1))
+    return token, torch.exp(top - z) > threshold

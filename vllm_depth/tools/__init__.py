@@ -1,0 +1,1 @@
+"""Offline tools: checkpoints, data, analysis, compression, training, calibration, tuning, the bench. Engine code never imports them."""
