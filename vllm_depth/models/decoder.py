@@ -391,6 +391,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         self._step: DepthStep | None = None
         self._kernels = None  # platform kernels for the eager early-exit steps and drafts
         self._head_kernels = None  # those of the draft head and the final norm alone
+        self._exit_ops = None  # those an exit step runs eagerly (``_exit_kernels``)
 
     @property
     def takes_depth_steps(self) -> bool:
@@ -419,10 +420,20 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         return out
 
     def native_kernels(self) -> NativeKernels:
-        """vLLM's platform kernels for the model's custom ops, for steps that run eagerly."""
+        """vLLM's platform kernels for the model's custom ops, for layers run eagerly."""
         if self._kernels is None:
             self._kernels = NativeKernels(self)
         return self._kernels
+
+    def _exit_kernels(self) -> NativeKernels:
+        """Those of the ops an exit step runs outside its compiled segments: the final norm and exit
+        heads (the check), the embedding (saturation) and the K/V fill's rotary and k-norms."""
+        if self._exit_ops is None:
+            d = self.model
+            attns = [d.layers[d.schedule.physical[i]].self_attn for i in d.schedule.local]
+            fill = {id(m): m for a in attns for m in (a.rotary_emb, getattr(a, "k_norm", None)) if m is not None}
+            self._exit_ops = NativeKernels(nn.ModuleList([d.norm, d.exit_heads, d.embed_tokens, *fill.values()]))
+        return self._exit_ops
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -453,7 +464,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         counters = self.model.exit_counters
         checks, fill = counters.checked, counters.fill_seconds
         stats_of = self._exit_stats if self._fused_check() else None
-        with self.native_kernels():
+        with self._exit_kernels():
             hidden, run = self.model.forward_with_exits(input_ids, positions, plan, depth_step.groups,
                                                         self._exit_logits, stats_of, intermediate_tensors)
         depth_step.exit_logits = run.cached_logits()
@@ -573,7 +584,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         cached = depth_step.exit_logits if depth_step is not None else None
         if cached is None:
             return self.logits_processor(self.lm_head, hidden_states)
-        reqs, exit_logits = cached  # (computed under NativeKernels: the same LM head matmul)
+        reqs, exit_logits = cached  # (the same LM head matmul)
         todo = torch.ones(hidden_states.shape[0], dtype=torch.bool)
         todo[reqs] = False
         logits = exit_logits.new_empty(hidden_states.shape[0], exit_logits.shape[1])
