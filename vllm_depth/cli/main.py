@@ -7,13 +7,30 @@
     vllm-depth train-exits MODEL ... train exit heads by self-distillation
     vllm-depth calibrate MODEL ...   pick exit thresholds with a distribution-free guarantee
     vllm-depth tune-draft MODEL ...  find the self-draft (layers, speculation length) that is fastest
+
+A command checks its arguments (against the checkpoint's config.json where they concern it)
+before it imports torch, transformers or vLLM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from vllm_depth.config import parse_depth_config
+from vllm_depth.spec_decode.engine_args import self_spec_engine_args
+from vllm_depth.tools import bench, calibrate, tune_draft
+from vllm_depth.tools.arguments import (
+    TEACHER_DTYPES,
+    check_calibrate,
+    check_compress,
+    check_train_exits,
+)
+from vllm_depth.tools.checkpoints import checkpoint_config, resolve_model
+from vllm_depth.tools.data import read_files, stdlib_texts, token_chunks
+from vllm_depth.tools.evaluate import evaluate
 
 # train-exits defaults: SmolLM2 on a 2-core CPU within 15 minutes
 TRAIN_CHUNKS = 1000  # chunks of 256 tokens the base model reads (once)
@@ -21,7 +38,12 @@ TRAIN_STEPS = 3000  # head training steps on what it computed
 TRAIN_MLP_WIDTH = 0
 
 
+# ---- argument types and output helpers ----
+
+
 def _json_arg(name: str):
+    """An argparse type: a JSON object (``name`` prefixes the error message)."""
+
     def parse(text: str):
         try:
             value = json.loads(text)
@@ -32,6 +54,22 @@ def _json_arg(name: str):
         return value
 
     return parse
+
+
+def _list_of(kind: type, what: str):
+    """An argparse type: comma-separated values of ``kind``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
+
+
+_int_list = _list_of(int, "ints")
+_float_list = _list_of(float, "numbers")
 
 
 def _write_json(path: str | None, obj) -> None:
@@ -49,19 +87,26 @@ def _write_plot(path: str | None, draw, result) -> None:
         print(f"wrote {path}")
 
 
-def cmd_model(args) -> int:
-    from vllm_depth.checkpoints import resolve_model
+# ---- model ----
 
+
+def cmd_model(args) -> int:
     print(resolve_model(args.name))
     return 0
+
+
+def add_model_parser(sub) -> None:
+    m = sub.add_parser("model", help="build (once) and print the checkpoint of a model alias")
+    m.add_argument("name", help="an alias (smollm2-135m, tiny) or a checkpoint directory")
+    m.set_defaults(func=cmd_model)
+
+
+# ---- bench ----
 
 
 def _check_depth_early(model_dir: str, depth: dict | None):
     """Validate --depth (or the checkpoint's own) against the checkpoint before any engine starts:
     as the engine will, with the layers and hidden size of its config.json."""
-    from vllm_depth.checkpoints import checkpoint_config
-    from vllm_depth.config import parse_depth_config
-
     cfg = checkpoint_config(model_dir)
     raw = depth if depth is not None else cfg.get("depth")
     return parse_depth_config(raw, cfg["num_hidden_layers"], cfg.get("hidden_size"))
@@ -69,17 +114,10 @@ def _check_depth_early(model_dir: str, depth: dict | None):
 
 def _checkpoint_depth(model_dir: str) -> dict | None:
     """The raw ``depth`` object of a checkpoint's config.json (None: it has none)."""
-    from vllm_depth.checkpoints import checkpoint_config
-
     return checkpoint_config(model_dir).get("depth")
 
 
 def cmd_bench(args) -> int:
-    import os
-
-    from vllm_depth import bench
-    from vllm_depth.checkpoints import resolve_model
-
     if args.max_tokens < 1:
         raise SystemExit("--max-tokens: must be >= 1")
     if args.batch_size < 1:
@@ -92,8 +130,6 @@ def cmd_bench(args) -> int:
     try:
         bench.load_prompts(args.prompts)
         if args.self_spec is not None:
-            from vllm_depth.drafting import self_spec_engine_args
-
             base = args.depth if args.depth is not None else _checkpoint_depth(resolve_model(args.model))
             args.depth, spec = self_spec_engine_args(base, args.self_spec)
             engine_args = {**(engine_args or {}), "speculative_config": spec}
@@ -121,199 +157,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _texts(args, split: str):
-    from vllm_depth.data import read_files, stdlib_texts
-
-    return read_files(args.data) if args.data else stdlib_texts(split)
-
-
-def cmd_analyze(args) -> int:
-    from vllm_depth.checkpoints import resolve_model
-
-    if args.samples < 1 or args.seq_len < 2:
-        raise SystemExit("--samples: must be >= 1; --seq-len: must be >= 2")
-    try:
-        model_dir = resolve_model(args.model)
-        texts = _texts(args, "eval" if args.eval else "calib")
-    except ValueError as e:
-        raise SystemExit(f"vllm-depth analyze: {e}") from None
-    report: dict = {"model": model_dir}
-    from vllm_depth.data import token_chunks
-
-    if args.eval:
-        from vllm_depth.checkpoints import checkpoint_config
-        from vllm_depth.evaluate import evaluate
-
-        cfg = checkpoint_config(model_dir)
-        baseline = args.baseline_model or cfg.get("vllm_depth_compress", {}).get("from")
-        if baseline is None:
-            raise SystemExit("--baseline-model: needed (the checkpoint does not name its original)")
-        baseline = resolve_model(baseline)
-        from transformers import AutoTokenizer
-
-        chunks = token_chunks(AutoTokenizer.from_pretrained(model_dir), texts, args.seq_len, args.samples)
-        ev = evaluate(model_dir, baseline, chunks)
-        report["eval"] = ev
-        print(f"held-out tokens: {ev['tokens']}")
-        print(f"{'':10}  {'perplexity':>10}  {'top-1 agreement':>15}")
-        print(f"{'original':10}  {ev['baseline']['perplexity']:10.3f}  {'1.000':>15}")
-        print(f"{'this':10}  {ev['model']['perplexity']:10.3f}  {ev['model']['top1_agreement']:15.3f}")
-    else:
-        from vllm_depth.analysis import analyze, load_hf, plot
-
-        model, tok = load_hf(model_dir)
-        result = analyze(model, token_chunks(tok, texts, args.seq_len, args.samples))
-        print(result.table())
-        report["analysis"] = result.__dict__
-        _write_plot(args.plot, plot, result)
-    _write_json(args.json, report)
-    return 0
-
-
-def cmd_compress(args) -> int:
-    from vllm_depth.arguments import check_compress
-    from vllm_depth.checkpoints import resolve_model
-    from vllm_depth.data import read_files
-
-    try:
-        model_dir = resolve_model(args.model)
-        texts = read_files(args.data) if args.data else None  # None: compress() reads the stdlib
-        check_compress(model_dir, args.out, args.prune, args.share, args.relax_rank, args.merge, args.relax_steps)
-        from vllm_depth import compress as C  # torch: only once the arguments are good
-
-        plan, report = C.compress(model_dir, args.out, prune=args.prune, share=args.share,
-                                  relax_rank=args.relax_rank, merge=args.merge, texts=texts,
-                                  samples=args.samples, seq_len=args.seq_len, relax_steps=args.relax_steps)
-    except ValueError as e:
-        raise SystemExit(f"vllm-depth compress: {e}") from None
-    if plan.removed:
-        print(f"removed layers (lowest Block Influence): {plan.removed}")
-    for note in plan.notes:
-        print(note)
-    print(f"layer_schedule: {plan.schedule}")
-    ratio = report["bytes_on_disk"] / report["original_bytes_on_disk"]
-    print(f"weights on disk: {report['bytes_on_disk'] / 1e6:.1f} MB "
-          f"({ratio:.3f}x of {report['original_bytes_on_disk'] / 1e6:.1f} MB); "
-          f"parameters {report['params'] / 1e6:.2f} M of {report['original_params'] / 1e6:.2f} M")
-    print(args.out)
-    return 0
-
-
-def _list_of(kind: type, what: str):
-    """An argparse type: comma-separated values of ``kind``."""
-
-    def parse(text: str) -> list:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-
-    return parse
-
-
-_int_list = _list_of(int, "ints")
-_float_list = _list_of(float, "numbers")
-
-
-def cmd_train_exits(args) -> int:
-    from vllm_depth.arguments import check_train_exits
-    from vllm_depth.checkpoints import resolve_model
-    from vllm_depth.data import read_files
-
-    try:
-        model_dir = resolve_model(args.model)
-        texts = read_files(args.data) if args.data else None  # None: the standard library's sources
-        check_train_exits(model_dir, args.exit_layers, args.steps, args.mlp_width, args.vocab, texts, args.out,
-                          args.chunks, args.dtype, args.prev_state)
-        from vllm_depth import exit_heads as H  # torch: only once the arguments are good
-
-        target, r = H.train_exits(model_dir, args.exit_layers, texts=texts, out=args.out, steps=args.steps,
-                                  chunks=args.chunks, seq_len=args.seq_len, mlp_width=args.mlp_width,
-                                  vocab=args.vocab, dtype=args.dtype, prev_state=args.prev_state)
-    except ValueError as e:
-        raise SystemExit(f"vllm-depth train-exits: {e}") from None
-    print("\nagreement with the model's final top-1 on held-out standard-library text (plain: final norm + LM head)")
-    print("| exit layer | code, plain | code, trained head | docstrings, plain | docstrings, trained head |")
-    print("| --- | --- | --- | --- | --- |")
-    for n in r.exit_layers:
-        print(f"| {n} | {r.agreement_before[n]:.3f} | {r.agreement_after[n]:.3f} "
-              f"| {r.docstrings_before[n]:.3f} | {r.docstrings_after[n]:.3f} |")
-    print(f"\ntrained {r.steps} steps on {r.tokens_trained} tokens (teacher in {r.teacher_dtype}) in "
-          f"{r.seconds / 60:.1f} min; heads add {r.head_params / 1e6:.2f} M parameters "
-          f"({100 * r.head_params / r.model_params:.2f}% of the model)")
-    print(f"wrote {target}/{H.HEADS_FILE} and depth.exit_heads in {target}/config.json")
-    _write_json(args.json, r.__dict__)
-    return 0
-
-
-def cmd_calibrate(args) -> int:
-    from vllm_depth import calibrate as C
-    from vllm_depth.arguments import check_calibrate
-    from vllm_depth.checkpoints import resolve_model
-
-    if args.max_tokens < 1:
-        raise SystemExit("vllm-depth calibrate: --max-tokens: must be >= 1")
-    try:
-        model_dir = resolve_model(args.model)
-        check_calibrate(model_dir, args.exit_layers, args.target_agreement, args.delta, args.prompts,
-                        args.min_layers, args.thresholds or C.THRESHOLDS)
-        result = C.calibrate(model_dir, args.prompts, target=args.target_agreement, delta=args.delta,
-                             exit_layers=args.exit_layers, min_layers=args.min_layers, thresholds=args.thresholds,
-                             max_tokens=args.max_tokens, engine_args=args.engine_args, write=not args.dry_run,
-                             full_curve=args.full_curve)
-    except ValueError as e:
-        raise SystemExit(f"vllm-depth calibrate: {e}") from None
-    print(C.format_table(result))
-    print(f"\n{result.criterion} exits at {result.exit_layers}; {result.prompts} prompts; full depth "
-          f"{result.full_depth_tokens_per_s:.1f} tokens/s (batch {result.prompts}, the same engine)")
-    _write_plot(args.plot, C.plot, result)
-    _write_json(args.json, {**result.__dict__, "points": [p.__dict__ for p in result.points],
-                            "chosen": result.chosen.__dict__ if result.chosen else None})
-    if result.chosen is None:
-        print(f"no setting has agreement >= {args.target_agreement} with probability >= {1 - args.delta} "
-              "on these prompts; nothing written (more prompts make the bound tighter)")
-        return 1
-    where = "not written (--dry-run)" if args.dry_run else f"written to {model_dir}/config.json"
-    print(f"chosen: {json.dumps(result.written)}; {where}")
-    return 0
-
-
-def cmd_tune_draft(args) -> int:
-    import os
-
-    from vllm_depth import bench, tune_draft
-    from vllm_depth.checkpoints import resolve_model
-
-    for name in ("k_max", "max_tokens", "top", "rounds"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')}: must be >= 1")
-    if not os.path.isfile(args.prompts):
-        raise SystemExit(f"--prompts: no such file {args.prompts!r}")
-    try:
-        prompts = bench.load_prompts(args.prompts)
-    except ValueError as e:
-        raise SystemExit(f"vllm-depth tune-draft: {e}") from None
-    model_dir = resolve_model(args.model)
-    result = tune_draft.tune(model_dir, prompts, k_max=args.k_max, max_tokens=args.max_tokens, top=args.top,
-                             rounds=args.rounds, engine_args=args.engine_args)
-    print(tune_draft.format_table(result))
-    if not args.dry_run:
-        written = tune_draft.write_best(model_dir, result["best"])
-        print(f"wrote depth {written} into {model_dir}/config.json")
-    _write_json(args.json, result)
-    _write_plot(args.plot, tune_draft.plot, result)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from vllm_depth.arguments import TEACHER_DTYPES
-    p = argparse.ArgumentParser(prog="vllm-depth", description="depth-adaptive decoding for vLLM")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    m = sub.add_parser("model", help="build (once) and print the checkpoint of a model alias")
-    m.add_argument("name", help="an alias (smollm2-135m, tiny) or a checkpoint directory")
-    m.set_defaults(func=cmd_model)
-
+def add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="stock vLLM and a depth configuration side by side")
     b.add_argument("--model", required=True, help="alias or checkpoint directory")
     b.add_argument("--baseline-model", help="checkpoint for the stock run (default: --model)")
@@ -336,6 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", help="draw the result (PNG)")
     b.set_defaults(func=cmd_bench)
 
+
+# ---- tune-draft ----
+
+
+def cmd_tune_draft(args) -> int:
+    for name in ("k_max", "max_tokens", "top", "rounds"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: must be >= 1")
+    if not os.path.isfile(args.prompts):
+        raise SystemExit(f"--prompts: no such file {args.prompts!r}")
+    try:
+        prompts = bench.load_prompts(args.prompts)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth tune-draft: {e}") from None
+    model_dir = resolve_model(args.model)
+    result = tune_draft.tune(model_dir, prompts, k_max=args.k_max, max_tokens=args.max_tokens, top=args.top,
+                             rounds=args.rounds, engine_args=args.engine_args)
+    print(tune_draft.format_table(result))
+    if not args.dry_run:
+        written = tune_draft.write_best(model_dir, result["best"])
+        print(f"wrote depth {written} into {model_dir}/config.json")
+    _write_json(args.json, result)
+    _write_plot(args.plot, tune_draft.plot, result)
+    return 0
+
+
+def add_tune_draft_parser(sub) -> None:
     t = sub.add_parser("tune-draft", help="measure self-drafts (acceptance, then speed) and keep the fastest")
     t.add_argument("model", help="alias or checkpoint directory (the best draft is written into its config)")
     t.add_argument("--prompts", required=True, help='JSONL of sample prompts: {"prompt"|"messages"}')
@@ -349,6 +220,60 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", help="plot acceptance against draft depth (PNG)")
     t.set_defaults(func=cmd_tune_draft)
 
+
+# ---- analyze ----
+
+
+def _analyze_eval(args, model_dir: str, texts: list[str]) -> dict:
+    """``analyze --eval``: perplexity and top-1 agreement against the original, printed and returned."""
+    cfg = checkpoint_config(model_dir)
+    baseline = args.baseline_model or cfg.get("vllm_depth_compress", {}).get("from")
+    if baseline is None:
+        raise SystemExit("--baseline-model: needed (the checkpoint does not name its original)")
+    baseline = resolve_model(baseline)
+    # transformers: only once the arguments are good
+    from transformers import AutoTokenizer
+
+    chunks = token_chunks(AutoTokenizer.from_pretrained(model_dir), texts, args.seq_len, args.samples)
+    ev = evaluate(model_dir, baseline, chunks)
+    print(f"held-out tokens: {ev['tokens']}")
+    print(f"{'':10}  {'perplexity':>10}  {'top-1 agreement':>15}")
+    print(f"{'original':10}  {ev['baseline']['perplexity']:10.3f}  {'1.000':>15}")
+    print(f"{'this':10}  {ev['model']['perplexity']:10.3f}  {ev['model']['top1_agreement']:15.3f}")
+    return ev
+
+
+def _analyze_layers(args, model_dir: str, texts: list[str]) -> dict:
+    """``analyze``: the per-layer table printed (and plotted with --plot); the analysis returned."""
+    # torch and transformers: only once the arguments are good
+    from vllm_depth.tools.analysis import analyze, load_hf, plot
+
+    model, tok = load_hf(model_dir)
+    result = analyze(model, token_chunks(tok, texts, args.seq_len, args.samples))
+    print(result.table())
+    _write_plot(args.plot, plot, result)
+    return result.__dict__
+
+
+def cmd_analyze(args) -> int:
+    if args.samples < 1 or args.seq_len < 2:
+        raise SystemExit("--samples: must be >= 1; --seq-len: must be >= 2")
+    try:
+        model_dir = resolve_model(args.model)
+        split = "eval" if args.eval else "calib"
+        texts = read_files(args.data) if args.data else stdlib_texts(split)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth analyze: {e}") from None
+    report: dict = {"model": model_dir}
+    if args.eval:
+        report["eval"] = _analyze_eval(args, model_dir, texts)
+    else:
+        report["analysis"] = _analyze_layers(args, model_dir, texts)
+    _write_json(args.json, report)
+    return 0
+
+
+def add_analyze_parser(sub) -> None:
     a = sub.add_parser("analyze", help="per-layer Block Influence, angular distances, weight similarity")
     a.add_argument("model", help="alias or checkpoint directory")
     a.add_argument("--data", nargs="+", help="text files (default: Python standard-library text)")
@@ -361,6 +286,37 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--baseline-model", help="with --eval: the original (default: the one a compressed checkpoint names)")
     a.set_defaults(func=cmd_analyze)
 
+
+# ---- compress ----
+
+
+def cmd_compress(args) -> int:
+    try:
+        model_dir = resolve_model(args.model)
+        texts = read_files(args.data) if args.data else None  # None: compress() reads the stdlib
+        check_compress(model_dir, args.out, args.prune, args.share, args.relax_rank, args.merge, args.relax_steps)
+        # torch: only once the arguments are good
+        from vllm_depth.tools import compress
+
+        plan, report = compress.compress(model_dir, args.out, prune=args.prune, share=args.share,
+                                         relax_rank=args.relax_rank, merge=args.merge, texts=texts,
+                                         samples=args.samples, seq_len=args.seq_len, relax_steps=args.relax_steps)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth compress: {e}") from None
+    if plan.removed:
+        print(f"removed layers (lowest Block Influence): {plan.removed}")
+    for note in plan.notes:
+        print(note)
+    print(f"layer_schedule: {plan.schedule}")
+    ratio = report["bytes_on_disk"] / report["original_bytes_on_disk"]
+    print(f"weights on disk: {report['bytes_on_disk'] / 1e6:.1f} MB "
+          f"({ratio:.3f}x of {report['original_bytes_on_disk'] / 1e6:.1f} MB); "
+          f"parameters {report['params'] / 1e6:.2f} M of {report['original_params'] / 1e6:.2f} M")
+    print(args.out)
+    return 0
+
+
+def add_compress_parser(sub) -> None:
     c = sub.add_parser("compress", help="prune or share layers into a smaller checkpoint")
     c.add_argument("model", help="alias or checkpoint directory")
     c.add_argument("--prune", type=int, help="remove the K least important layers")
@@ -375,6 +331,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory (new or empty)")
     c.set_defaults(func=cmd_compress)
 
+
+# ---- train-exits ----
+
+
+def cmd_train_exits(args) -> int:
+    try:
+        model_dir = resolve_model(args.model)
+        texts = read_files(args.data) if args.data else None  # None: the standard library's sources
+        check_train_exits(model_dir, args.exit_layers, args.steps, args.mlp_width, args.vocab, texts, args.out,
+                          args.chunks, args.dtype, args.prev_state)
+        # torch: only once the arguments are good
+        from vllm_depth.tools import train_exit_heads
+
+        target, r = train_exit_heads.train_exits(
+            model_dir, args.exit_layers, texts=texts, out=args.out, steps=args.steps, chunks=args.chunks,
+            seq_len=args.seq_len, mlp_width=args.mlp_width, vocab=args.vocab, dtype=args.dtype,
+            prev_state=args.prev_state)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth train-exits: {e}") from None
+    print("\nagreement with the model's final top-1 on held-out standard-library text (plain: final norm + LM head)")
+    print("| exit layer | code, plain | code, trained head | docstrings, plain | docstrings, trained head |")
+    print("| --- | --- | --- | --- | --- |")
+    for n in r.exit_layers:
+        print(f"| {n} | {r.agreement_before[n]:.3f} | {r.agreement_after[n]:.3f} "
+              f"| {r.docstrings_before[n]:.3f} | {r.docstrings_after[n]:.3f} |")
+    print(f"\ntrained {r.steps} steps on {r.tokens_trained} tokens (teacher in {r.teacher_dtype}) in "
+          f"{r.seconds / 60:.1f} min; heads add {r.head_params / 1e6:.2f} M parameters "
+          f"({100 * r.head_params / r.model_params:.2f}% of the model)")
+    print(f"wrote {target}/{train_exit_heads.HEADS_FILE} and depth.exit_heads in {target}/config.json")
+    _write_json(args.json, r.__dict__)
+    return 0
+
+
+def add_train_exits_parser(sub) -> None:
     t = sub.add_parser("train-exits", help="train an exit head per exit layer (base model frozen)")
     t.add_argument("model", help="alias or checkpoint directory (heads are written into it unless --out)")
     t.add_argument("--exit-layers", type=_int_list, required=True, help="layer counts, e.g. 8,12,16,20,24")
@@ -395,6 +385,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", help="write the report as JSON here")
     t.set_defaults(func=cmd_train_exits)
 
+
+# ---- calibrate ----
+
+
+def cmd_calibrate(args) -> int:
+    if args.max_tokens < 1:
+        raise SystemExit("vllm-depth calibrate: --max-tokens: must be >= 1")
+    try:
+        model_dir = resolve_model(args.model)
+        check_calibrate(model_dir, args.exit_layers, args.target_agreement, args.delta, args.prompts,
+                        args.min_layers, args.thresholds or calibrate.THRESHOLDS)
+        result = calibrate.calibrate(
+            model_dir, args.prompts, target=args.target_agreement, delta=args.delta, exit_layers=args.exit_layers,
+            min_layers=args.min_layers, thresholds=args.thresholds, max_tokens=args.max_tokens,
+            engine_args=args.engine_args, write=not args.dry_run, full_curve=args.full_curve)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth calibrate: {e}") from None
+    print(calibrate.format_table(result))
+    print(f"\n{result.criterion} exits at {result.exit_layers}; {result.prompts} prompts; full depth "
+          f"{result.full_depth_tokens_per_s:.1f} tokens/s (batch {result.prompts}, the same engine)")
+    _write_plot(args.plot, calibrate.plot, result)
+    _write_json(args.json, {**result.__dict__, "points": [p.__dict__ for p in result.points],
+                            "chosen": result.chosen.__dict__ if result.chosen else None})
+    if result.chosen is None:
+        print(f"no setting has agreement >= {args.target_agreement} with probability >= {1 - args.delta} "
+              "on these prompts; nothing written (more prompts make the bound tighter)")
+        return 1
+    where = "not written (--dry-run)" if args.dry_run else f"written to {model_dir}/config.json"
+    print(f"chosen: {json.dumps(result.written)}; {where}")
+    return 0
+
+
+def add_calibrate_parser(sub) -> None:
     k = sub.add_parser("calibrate", help="pick exit thresholds (Learn-then-Test) and write them into the checkpoint")
     k.add_argument("model", help="alias or checkpoint directory (its depth config gets the thresholds)")
     k.add_argument("--prompts", required=True, help='JSONL calibration prompts: {"prompt"|"messages"}')
@@ -411,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--plot", help="agreement and speed against threshold (PNG)")
     k.add_argument("--json", help="write the result as JSON here")
     k.set_defaults(func=cmd_calibrate)
+
+
+# ---- the command line ----
+
+SUBCOMMANDS = (add_model_parser, add_bench_parser, add_tune_draft_parser, add_analyze_parser,
+               add_compress_parser, add_train_exits_parser, add_calibrate_parser)  # in the order --help lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-depth", description="depth-adaptive decoding for vLLM")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add_parser in SUBCOMMANDS:
+        add_parser(sub)
     return p
 
 
