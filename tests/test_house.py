@@ -104,3 +104,22 @@ def test_function_local_imports_of_the_package_are_few_and_say_why():
                 local.append((f"{name}:{first} {m}", said))
     assert len({where.split(" ")[0] for where, _ in local}) <= MAX_LAZY, [w for w, _ in local]
     assert all(said for _, said in local), [w for w, said in local if not said]
+
+
+# vLLM internals (runner, batch, forward context, op dispatch, compile cache, CPU GEMM) the plugin
+# reaches only through compat/ and patches/, whose uses tests/test_vllm_compat.py guards
+INTERNALS = ("input_batch", "kv_cache_config", "attn_groups", "model_runner", "get_forward_context",
+             "_forward_method", "num_computed_tokens", "dispatch_cpu_unquantized_gemm", "set_model_tag",
+             "build_metadata", "do_kv_cache_update", "cudagraph_runtime_mode")
+
+
+def test_vllm_internals_are_reached_only_through_compat_and_patches():
+    bad = []
+    for name, path in MODULES.items():
+        if name.split(".")[1:2] and name.split(".")[1] in ("compat", "patches"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            used = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if used in INTERNALS:
+                bad.append(f"{name}:{node.lineno} {used}")
+    assert not bad, bad

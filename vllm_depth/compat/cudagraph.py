@@ -20,7 +20,8 @@ def cudagraph_policy(mode, *, exits: bool, self_draft: bool = False):
     - Self-draft: the verifier runs at full depth and keeps every mode; the draft forwards run
       under their own forward context, without graphs.
     """
-
+    if mode == CUDAGraphMode.NONE:
+        return mode, "NONE: no CUDA graphs are captured (enforce_eager, or a platform without them)"
     if exits and mode.has_full_cudagraphs():
         kept = CUDAGraphMode.PIECEWISE if mode.has_mode(CUDAGraphMode.PIECEWISE) else CUDAGraphMode.NONE
         return kept, (f"{mode.name} -> {kept.name}: a full graph would replay the forward without its exit "

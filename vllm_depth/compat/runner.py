@@ -19,3 +19,31 @@ def step_rows(runner, qsl) -> list[tuple[str, dict | None, bool]]:
         decode = done >= int(batch.num_prompt_tokens[i]) and done + qlen[i] >= int(batch.num_tokens_no_spec[i])
         out.append((req_id, params.extra_args if params is not None else None, decode))
     return out
+
+
+def request_ids(runner) -> list[str]:
+    """The step's request ids, in the runner's batch order (vLLM 0.32 ``InputBatch.req_ids``)."""
+    return runner.input_batch.req_ids
+
+
+def worker_model(worker):
+    """The model a vLLM worker runs (for ``collective_rpc`` functions)."""
+    return worker.model_runner.model
+
+
+def worker_drafter(worker):
+    """The worker's speculative proposer, or None."""
+    return getattr(worker.model_runner, "drafter", None)
+
+
+def kv_cache_layout(worker) -> dict:
+    """The worker's paged KV cache: blocks, block size, bytes per token slot, attention layers
+    (vLLM 0.32 ``KVCacheConfig``; each distinct cache tensor counted once)."""
+    runner = worker.model_runner
+    config = runner.kv_cache_config
+    tensors = {t.data_ptr(): t for t in runner.kv_caches if hasattr(t, "data_ptr")}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    block_size = config.kv_cache_groups[0].kv_cache_spec.block_size
+    return {"num_blocks": config.num_blocks, "block_size": block_size,
+            "bytes_per_token": total // (config.num_blocks * block_size),
+            "layers": sum(len(g.layer_names) for g in config.kv_cache_groups)}

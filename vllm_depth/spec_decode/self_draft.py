@@ -30,6 +30,7 @@ import torch
 from vllm.forward_context import set_forward_context
 
 from vllm_depth.compat.attention import draft_attention
+from vllm_depth.compat.runner import request_ids
 from vllm_depth.config import PROPOSER, require_draft
 from vllm_depth.patches.worker import rejection_sampler
 from vllm_depth.spec_decode.policy import DraftCounters, DraftPolicy
@@ -102,8 +103,7 @@ class SelfDraft:
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
         t0 = time.perf_counter()
-        batch = self.runner.input_batch
-        req_ids = batch.req_ids
+        req_ids = request_ids(self.runner)
         drafts: list[list[int]] = [[] for _ in sampled_token_ids]
         step_seconds = t0 - self._last_end if self._last_end is not None else 0.0
         rows, tokens, positions, lengths = [], [], [], []

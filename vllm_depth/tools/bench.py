@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_depth.compat.requests import user_request_id
+from vllm_depth.compat.runner import kv_cache_layout, worker_drafter, worker_model
 from vllm_depth.config import depth_config_of
 from vllm_depth.request_args import parse_request_args
 from vllm_depth.spec_decode.policy import ratio
@@ -89,12 +90,12 @@ def _model_param_bytes(worker) -> int:
         model_weight_bytes,  # vLLM's modules: only in the worker
     )
 
-    return model_weight_bytes(worker.model_runner.model)
+    return model_weight_bytes(worker_model(worker))
 
 
 def _exit_counters(worker, reset: bool) -> dict | None:
     """Runs inside the engine's worker: the depth model's exit counters (None: not a depth model)."""
-    take = getattr(worker.model_runner.model, "take_exit_counters", None)
+    take = getattr(worker_model(worker), "take_exit_counters", None)
     return take(reset) if take is not None else None
 
 
@@ -104,7 +105,7 @@ def exit_counters(llm, reset: bool = False) -> dict | None:
 
 
 def _exit_trace(worker, start: bool) -> dict | None:
-    return worker.model_runner.model.trace_exits(start)
+    return worker_model(worker).trace_exits(start)
 
 
 def start_exit_trace(llm) -> None:
@@ -129,7 +130,7 @@ def mean_exit_layer(counters: dict, generated_tokens: int, full_depth: int) -> f
 
 def _draft_counters(worker, reset: bool) -> dict | None:
     """Runs inside the engine's worker: the self-draft proposer's counters (None: no self-draft)."""
-    take = getattr(getattr(worker.model_runner, "drafter", None), "take_counters", None)
+    take = getattr(worker_drafter(worker), "take_counters", None)
     return take(reset) if take is not None else None
 
 
@@ -140,14 +141,7 @@ def draft_counters(llm, reset: bool = False) -> dict | None:
 
 def _kv_cache(worker) -> dict:
     """Runs inside the engine's worker: the paged KV cache's blocks and bytes per token slot."""
-    runner = worker.model_runner
-    config = runner.kv_cache_config
-    tensors = {t.data_ptr(): t for t in runner.kv_caches if hasattr(t, "data_ptr")}
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    block_size = config.kv_cache_groups[0].kv_cache_spec.block_size
-    return {"num_blocks": config.num_blocks, "block_size": block_size,
-            "bytes_per_token": total // (config.num_blocks * block_size),
-            "layers": sum(len(g.layer_names) for g in config.kv_cache_groups)}
+    return kv_cache_layout(worker)
 
 
 def kv_cache(llm) -> dict | None:

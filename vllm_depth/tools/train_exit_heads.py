@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE, heads_file
 from vllm_depth.config import ExitHeads
 from vllm_depth.early_exit.kernels.exit_check import rms_norm
 from vllm_depth.tools.analysis import load_hf
@@ -41,19 +42,6 @@ from vllm_depth.tools.arguments import TrainExitsError, check_train_exits
 from vllm_depth.tools.checkpoints import checkpoint_config, update_depth_config
 from vllm_depth.tools.data import stdlib_held_out_code, stdlib_texts, token_chunks
 from vllm_depth.tools.distill import distill
-
-HEADS_FILE = "depth/exit_heads.safetensors"
-# where versions before stop 23 wrote them: beside the weights, where stock vLLM's loader (every top-level
-# *.safetensors, or the index's files) picked them up and failed on the unknown names
-LEGACY_HEADS_FILE = "exit_heads.safetensors"
-
-
-def heads_file(model_dir: str) -> Path | None:
-    """The checkpoint's heads file (or the legacy one), None when it has neither."""
-    for name in (HEADS_FILE, LEGACY_HEADS_FILE):
-        if (Path(model_dir) / name).is_file():
-            return Path(model_dir) / name
-    return None
 
 
 class TorchExitHead(nn.Module):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vllm_depth.compat.runner import worker_drafter
 from vllm_depth.config import PROPOSER, depth_config_of
 from vllm_depth.tools.bench import (
     DEFAULT_ENGINE_ARGS,
@@ -63,11 +64,11 @@ def candidates(n: int, head_layers: tuple[int, ...] = ()) -> list[Candidate]:
 
 
 def _configure(worker, draft, k, probe, threshold):
-    worker.model_runner.drafter.configure(draft, k, probe, threshold)
+    worker_drafter(worker).configure(draft, k, probe, threshold)
 
 
 def _counters(worker):
-    return worker.model_runner.drafter.take_counters(reset=True)
+    return worker_drafter(worker).take_counters(reset=True)
 
 
 def measure_acceptance(model_dir: str, depth: dict, cands: list[Candidate], prompts: list[Prompt],
