@@ -17,26 +17,16 @@ from vllm.v1.attention.backends.registry import AttentionBackendEnum
 # The compat tests fail when vLLM adds a field that is in none of these.
 _PER_REQUEST = ("seq_lens", "seq_lens_cpu_upper_bound", "block_table_tensor", "is_prefilling", "req_idx",
                 "rswa_prefix_lens", "replayssm_decode_base_cpu")
-
-
 _PER_TOKEN = ("slot_mapping", "positions")
-
-
 _DERIVED = ("query_start_loc", "query_start_loc_cpu", "num_reqs", "num_actual_tokens", "max_query_len",
             "max_seq_len", "causal")
-
-
 # features a subset cannot carry (fast-prefill KV sharing, cross attention, decode context parallelism,
 # multimodal bidirectional ranges): the step must not use them
 _UNSUPPORTED = ("logits_indices_padded", "num_logits_indices", "max_logits_per_req", "encoder_seq_lens",
                 "encoder_seq_lens_cpu", "dcp_local_seq_lens", "dcp_local_seq_lens_cpu_upper_bound",
                 "mm_req_doc_ranges")
-
-
 # memoised values of the full batch, computed again by whoever asks the subset
 _CACHES = ("_num_computed_tokens_cache", "_token_to_req_indices_cache")
-
-
 SUBSET_FIELDS = _PER_REQUEST + _PER_TOKEN + _DERIVED + _UNSUPPORTED + _CACHES
 
 
@@ -132,7 +122,6 @@ class AttentionViews:
     """
 
     def __init__(self, groups: dict):
-
         self.groups = groups  # attention_groups_by_layer
         self.ctx = get_forward_context()
         self.attn_metadata = self.ctx.attn_metadata

@@ -22,7 +22,6 @@ class NativeKernels:
     """
 
     def __init__(self, module):
-
         kind = "cpu" if current_platform.is_cpu() else "hip" if current_platform.is_rocm() else "cuda"
         self.ops = [
             (m, m._forward_method, getattr(m, f"forward_{kind}"))
