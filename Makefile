@@ -1,6 +1,7 @@
 # The two commands of the README:
-#   make demo   set up what is missing, build SmolLM2-135M, run stock vLLM and a depth
-#               configuration side by side, print the table
+#   make demo   set up what is missing, build SmolLM2-135M, time stock vLLM against vLLM's n-gram
+#               speculation, the self-draft, forced exit at layer 15 and a pruned schedule in one
+#               run, print the table
 #   make test   the test suite (what CI runs)
 # Both reuse .venv and the model cache (~/.cache/vllm-depth) when they are there.
 
@@ -8,8 +9,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
-# SmolLM2 without 6 of its 30 layers (12..17): static pruning through the layer schedule.
-DEMO_DEPTH := {"layer_schedule": [0,1,2,3,4,5,6,7,8,9,10,11,18,19,20,21,22,23,24,25,26,27,28,29]}
+# The demo's arms: vLLM's n-gram speculation and the self-draft (lossless), every decode token
+# leaving at layer 15, and SmolLM2 without 6 of its 30 layers (12..17, the layer schedule).
+EXIT15 := exit15={"depth": {"exit_layers": [15], "exit_threshold": 0.0}}
+PRUNED := pruned={"depth": {"layer_schedule": [0,1,2,3,4,5,6,7,8,9,10,11,18,19,20,21,22,23,24,25,26,27,28,29]}}
+DEMO_OUT ?= out
 
 .PHONY: setup models demo test test-fast clean
 
@@ -33,9 +37,10 @@ models: setup
 	$(BIN)/vllm-depth model tiny
 
 demo: models
-	mkdir -p out
-	$(BIN)/vllm-depth bench --model smollm2-135m --prompts benchmarks/prompts/mixed.jsonl \
-		--max-tokens 64 --depth '$(DEMO_DEPTH)' --json out/demo.json --plot out/demo.png
+	mkdir -p $(DEMO_OUT)
+	$(BIN)/vllm-depth bench --model smollm2-135m --prompts benchmarks/prompts/mixed.jsonl --max-tokens 64 \
+		--arm ngram --arm self-draft --arm '$(EXIT15)' --arm '$(PRUNED)' \
+		--json $(DEMO_OUT)/demo.json --plot $(DEMO_OUT)/demo.png
 
 test: models
 	$(BIN)/python -m pytest -v -rfE --durations=15 tests

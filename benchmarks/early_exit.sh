@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Early-exit bars of issue 3: SmolLM2-135M, held-out prompts, 64 new tokens, stock vLLM and the
+# Early exit on SmolLM2-135M: held-out prompts, 64 new tokens, stock vLLM and the
 # depth engine side by side in each run (alternating rounds).  Results: benchmarks/results/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Exit heads and calibrated early exit (issue 5): SmolLM2-135M.  Results: benchmarks/results/
-#   1. train-exits at default settings into a copy of the checkpoint (timed: the bar is 15 minutes)
+# Exit heads and calibrated early exit on SmolLM2-135M.  Results: benchmarks/results/
+#   1. train-exits at default settings into a copy of the checkpoint (timed; the script prints how long it took)
 #   2. calibrate its thresholds on 128 standard-library prompts (target 0.9, delta 0.1)
 #   3. bench the calibrated checkpoint (no --depth: its own config) against stock vLLM on the held-out
 #      code prompts, batch 1, 64 new tokens

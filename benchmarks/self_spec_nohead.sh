@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's no-heads bar: self-drafting on SmolLM2-135M as downloaded (no exit heads), with the draft
+# Self-drafting on SmolLM2-135M as downloaded (no exit heads), with the draft
 # tune-draft finds; bf16, batch 1, the 8 held-out code prompts, 128 new tokens.  Results: benchmarks/results/
 #   1. tune-draft --dry-run: acceptance of prefix and skip-set drafts, the best three (draft, k) timed
 #      against stock (nothing is written into the cached checkpoint)

@@ -139,6 +139,24 @@ def test_each_request_in_a_mixed_batch_behaves_as_if_alone(case, stock):
             assert a[0] == stock[i]
 
 
+def test_bad_depth_args_are_refused_before_the_engine_and_it_still_serves(case):
+    llm, _, _ = case
+    with pytest.raises(ValueError, match=r"extra_args.depth_min_layer: -3 is not allowed; allowed: an int >= 0"):
+        llm.generate(PROMPTS[:1], _params({"depth_min_layer": -3}), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"depth_exti"):
+        llm.generate(PROMPTS[:1], _params({"depth_exti": 1}), use_tqdm=False)
+    assert len(llm.generate(PROMPTS[:1], _params(), use_tqdm=False)[0].outputs[0].token_ids) == N
+
+
+def test_a_stock_engine_ignores_depth_args_as_any_unknown_extra_arg(tiny_dir, stock_llm):
+    """With the plugin installed, an engine without ``--model-impl depth`` stays stock: ``depth_*``
+    keys, even ones a depth engine refuses, change nothing."""
+    llm = stock_llm(tiny_dir)
+    plain = llm.generate(PROMPTS, _params(), use_tqdm=False)
+    with_args = llm.generate(PROMPTS, _params({"depth_min_layer": -3, "depth_foo": 1}), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in with_args] == [o.outputs[0].token_ids for o in plain]
+
+
 def test_per_request_depth_statistics_reach_the_request_output(case):
     """The depth scheduler returns each request's mean exit layer with its output."""
     llm, _, _ = case

@@ -122,7 +122,7 @@ def test_heads_round_trip_through_the_checkpoint(trained, tiny_dir):
 
 
 def test_a_legacy_top_level_heads_file_is_read_and_moved_on_the_next_save(trained, tmp_path):
-    """Before stop 23 the heads sat beside the weights: they still load, and saving again moves them."""
+    """Heads in the legacy layout (a top-level file beside the weights) still load, and saving again moves them."""
     import shutil
 
     from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE, heads_file

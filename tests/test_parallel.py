@@ -221,8 +221,8 @@ PP_CASES = {
     # weights, built on both); an exit point on each stage
     "tiny": ({"layer_schedule": [0, 1, 2, 3, 1, 2], "exit_layers": [2, 4], "exit_criterion": "softmax",
               "exit_threshold": 0.002}, 2, 6),
-    # (a SmolLM2 case, its real weights over 6 or 12 positions, took CI 95-100 s more for the same
-    # code path; dropped at stop 24 to keep CI under 40 minutes)
+    # (no SmolLM2 case: its real weights over 6 or 12 positions take CI 95-100 s more for the same
+    # code path, and CI stays under 40 minutes without it)
 }
 
 

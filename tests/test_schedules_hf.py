@@ -17,7 +17,7 @@ SCHEDULES = {
     "tiny-pruned": ("tiny", [0, 1, 3, 5]),
     "tiny-reordered": ("tiny", [0, 2, 1, 3, 5, 4]),
     "tiny-repeated": ("tiny", [0, 1, 1, 2, 3, 3, 3, 4, 5]),
-    # SmolLM2 has 30 layers; drop 6 middle ones (the foundation bar)
+    # SmolLM2 has 30 layers; drop 6 middle ones
     "smollm2-pruned": ("smollm2", [i for i in range(30) if not 12 <= i < 18]),
     "smollm2-shared": ("smollm2", [i if i % 2 == 0 or i < 10 else i - 1 for i in range(30)]),
 }
@@ -66,7 +66,7 @@ def test_one_weight_set_per_physical_layer_one_kv_cache_per_position(case):
     assert facts["kv_caches"] == len(schedule)
     # weights: each used physical layer once, pruned layers not at all.  The
     # rearranged HF model holds exactly those (repeats are one module object,
-    # the tied LM head is the embedding), so its unique parameters are the bar.
+    # the tied LM head is the embedding), so its unique parameters are the expected bytes.
     expected = sum(p.numel() * p.element_size() for p in model.parameters())
     assert facts["weight_bytes"] == expected
 

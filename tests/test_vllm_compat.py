@@ -372,11 +372,16 @@ def test_recompute_rolls_back_like_rejected_drafts_and_runs_synchronously(tiny_d
         config(async_scheduling=True)
 
 
-def test_sampling_params_verify_hook_and_request_id_suffix():
+def test_input_processor_validate_hook_and_request_id_suffix():
     from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.input_processor import InputProcessor
 
-    assert "self._verify_args()" in inspect.getsource(SamplingParams.__post_init__)
+    # patches.sampling_params: the front end checks every request's params here, model config at hand
+    assert list(inspect.signature(InputProcessor._validate_params).parameters)[:3] == ["self", "params",
+                                                                                     "supported_tasks"]
+    assert "self._validate_params(params, supported_tasks)" in inspect.getsource(InputProcessor.process_inputs)
+    assert "self.model_config" in inspect.getsource(InputProcessor._validate_params)
+    assert hasattr(SamplingParams, "extra_args")
     # the engine's request ids are the user's plus "-<8 hex>" (compat.requests.user_request_id strips it)
     assert 'f"{request.external_req_id}-{random_uuid():.8}"' in inspect.getsource(InputProcessor.assign_request_id)
 

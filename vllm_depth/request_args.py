@@ -6,8 +6,9 @@ Flat keys, all optional:
 - ``depth_exit_threshold`` (float in [0, 1]): overrides the model's ``exit_threshold``;
 - ``depth_min_layer`` (int >= 0): overrides the model's ``min_layer``.
 
-They are checked when the ``SamplingParams`` is built (so before the request
-reaches the engine; HTTP 400 on the server).  Other ``depth_*`` keys are refused.
+They are checked by the front end of an engine that serves the depth model, before the request
+reaches the engine core (HTTP 400 on the server); other ``depth_*`` keys are refused there.  A stock
+engine ignores them all, as it ignores every unknown extra arg.
 """
 
 from __future__ import annotations

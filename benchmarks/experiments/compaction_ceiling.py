@@ -1,4 +1,4 @@
-"""Experiment: how much token-level compaction can buy at batch 16 on this machine (issue 3's half-and-half bar).
+"""Experiment: how much token-level compaction can buy at batch 16 on this machine (half the requests exit).
 
     python benchmarks/experiments/compaction_ceiling.py [--passes 3]
 

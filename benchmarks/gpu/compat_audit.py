@@ -826,14 +826,14 @@ _OUTPUTS = (
 )
 
 _SAMPLING = (
-    E("vllm.sampling_params", "SamplingParams._verify_args", "patches.sampling_params: after it, the depth_* "
-      f"extra_args are parsed (bad values: ValueError, HTTP 400); {_PATCHED}",
-      "test_sampling_params_verify_hook_and_request_id_suffix"),
-    E("vllm.sampling_params", "SamplingParams.__post_init__", "calls self._verify_args()",
-      "test_sampling_params_verify_hook_and_request_id_suffix: source string"),
+    E("vllm.v1.engine.input_processor", "InputProcessor._validate_params", "patches.sampling_params: after it, "
+      f"a depth engine parses the depth_* extra_args (bad values: ValueError, HTTP 400); {_PATCHED}",
+      "test_input_processor_validate_hook_and_request_id_suffix: (self, params, supported_tasks)"),
+    E("vllm.v1.engine.input_processor", "InputProcessor.process_inputs", "calls self._validate_params(params, "
+      "supported_tasks)", "test_input_processor_validate_hook_and_request_id_suffix: source string"),
     E("vllm.sampling_params", "SamplingParams.extra_args", "per-request depth controls (depth_*)", "test_server"),
     E("vllm.v1.engine.input_processor", "InputProcessor.assign_request_id", "compat.requests.user_request_id strips the "
-      "'-<8 hex>' suffix", "test_sampling_params_verify_hook_and_request_id_suffix: source string"),
+      "'-<8 hex>' suffix", "test_input_processor_validate_hook_and_request_id_suffix: source string"),
     E("vllm.v1.sample.rejection_sampler", "expand_batch_to_tokens", "patches.worker.rejection_sampler (CPU only): "
       f"replaced by a repeat_interleave version; {_PATCHED}", "test_self_draft_hooks_exist_with_their_signatures: "
       "(x, cu_num_tokens, num_tokens, replace_from, replace_to)"),

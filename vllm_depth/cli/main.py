@@ -21,7 +21,7 @@ import sys
 
 from vllm_depth.config import parse_depth_config
 from vllm_depth.spec_decode.engine_args import self_spec_engine_args
-from vllm_depth.tools import bench, calibrate, tune_draft
+from vllm_depth.tools import bench, bench_arms, calibrate, tune_draft
 from vllm_depth.tools.arguments import (
     TEACHER_DTYPES,
     check_calibrate,
@@ -126,6 +126,8 @@ def cmd_bench(args) -> int:
         raise SystemExit("--rounds: must be >= 1")
     if not os.path.isfile(args.prompts):
         raise SystemExit(f"--prompts: no such file {args.prompts!r}")
+    if args.arm:
+        return _bench_arms(args)
     engine_args = args.engine_args
     try:
         bench.load_prompts(args.prompts)
@@ -157,6 +159,37 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _bench_arms(args) -> int:
+    """``bench --arm ...``: every arm against stock in one run."""
+    single = [f for f, v in (("--depth", args.depth), ("--self-spec", args.self_spec), ("--sweep", args.sweep),
+                             ("--baseline-model", args.baseline_model)) if v is not None]
+    if single:
+        raise SystemExit(f"vllm-depth bench: {', '.join(single)} cannot be combined with --arm; "
+                         "put the setting into an arm's JSON")
+    shared = sorted(set(args.engine_args or {}) & set(bench.DEPTH_ONLY_ARGS))
+    if shared:
+        raise SystemExit(f"vllm-depth bench: --engine-args {shared} would reach stock too; "
+                         "put them into an arm's engine_args")
+    try:
+        bench.load_prompts(args.prompts)
+        model_dir = resolve_model(args.model)
+        arms = [bench_arms.parse_arm(text, model_dir) for text in args.arm]
+        names = [name for name, _ in arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--arm: names must differ, got {names}")
+        common = {**bench.DEFAULT_ENGINE_ARGS, **(args.engine_args or {})}
+        for name, spec in arms:  # every depth config checked before any engine starts
+            bench_arms.arm_kwargs(name, spec, model_dir, common)
+    except ValueError as e:
+        raise SystemExit(f"vllm-depth bench: {e}") from None
+    result = bench_arms.run_arms(args.model, args.prompts, arms, max_tokens=args.max_tokens,
+                                 batch_size=args.batch_size, rounds=args.rounds, engine_args=args.engine_args)
+    print(bench_arms.format_table(result))
+    _write_json(args.json, result)
+    _write_plot(args.plot, bench_arms.plot, result)
+    return 0
+
+
 def add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="stock vLLM and a depth configuration side by side")
     b.add_argument("--model", required=True, help="alias or checkpoint directory")
@@ -176,6 +209,10 @@ def add_bench_parser(sub) -> None:
                    help="self-speculative decoding in the depth run: the draft the checkpoint's depth config "
                         "names, or '{\"draft_layers\": E, \"num_speculative_tokens\": K}' (or draft_schedule, "
                         "draft_threshold, draft_backoff)")
+    b.add_argument("--arm", action="append", metavar="NAME[=JSON]",
+                   help="repeatable: one more arm against stock in the same run, a preset (ngram, suffix, "
+                        "self-draft, hf-early-exit) or NAME='{\"depth\": {...}, \"engine_args\": {...}, "
+                        "\"self_spec\": {...}}' or NAME='{\"hf_early_exit\": E}'")
     b.add_argument("--json", help="write the result as JSON here")
     b.add_argument("--plot", help="draw the result (PNG)")
     b.set_defaults(func=cmd_bench)

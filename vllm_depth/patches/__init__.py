@@ -9,7 +9,7 @@ compares them across vLLM releases.
 | module | vLLM function (0.32, 0.33) | why | what would let it go |
 | --- | --- | --- | --- |
 | ``registry`` | ``_ModelRegistry.inspect_model_cls``, ``resolve_model_cls`` | route ``--model-impl depth`` to ``Depth<Arch>`` and validate the depth config before any process starts | a registry hook for out-of-tree ``model_impl`` values |
-| ``sampling_params`` | ``SamplingParams._verify_args`` | refuse bad ``depth_*`` extra args where the request is built (HTTP 400), before the engine | per-plugin validation of ``extra_args`` |
+| ``sampling_params`` | ``InputProcessor._validate_params`` | a depth engine refuses bad ``depth_*`` extra args in its front end (HTTP 400), before the engine core; a stock engine ignores them | per-plugin validation of ``extra_args`` |
 | ``engine_args`` | ``EngineArgs.create_engine_config`` | the depth scheduler, the CUDA-graph policy, the recompute and self-draft checks, all before any process starts | a plugin hook on the built engine config |
 | ``vllm_config`` | ``VllmConfig.num_lookahead_tokens`` | reserve KV slots for the self-draft's tokens, as vLLM does for EAGLE | ``custom_class`` proposers declaring their lookahead |
 | ``worker.model_runner`` | ``GPUModelRunner._model_forward``, ``sample_tokens``, ``initialize_kv_cache``, ``_prepare_inputs``, ``propose_draft_token_ids`` | hand the depth model its step (requests, per-request controls, attention groups) and return its exits; give the self-draft the runner, the verifier's states, plain steps when it does not draft, and its drafts with the step's output | a model-runner extension interface for per-step inputs and proposer hooks |

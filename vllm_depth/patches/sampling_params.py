@@ -1,24 +1,28 @@
-"""vLLM 0.32 ``SamplingParams._verify_args``: refuse bad ``depth_*`` extra_args up front.
+"""vLLM 0.32 ``InputProcessor._validate_params``: refuse bad ``depth_*`` extra_args up front.
 
-Runs where the request is built (``LLM.generate``, the OpenAI server's request conversion, which
-answers HTTP 400), so a bad value never reaches the engine.  Requests without ``depth_*`` keys are
-untouched.
+Runs where the engine front end checks a request's parameters (``LLM.generate``, the OpenAI
+server, which answers HTTP 400), so a bad value never reaches the engine.  Only an engine that
+serves the depth model (``--model-impl depth``) checks them: a stock engine with the plugin
+installed ignores ``depth_*`` keys as it ignores every unknown extra arg.
 """
 
 from __future__ import annotations
 
 from vllm.sampling_params import SamplingParams
+from vllm.v1.engine.input_processor import InputProcessor
 
-from vllm_depth.patches.base import patch
+from vllm_depth.patches.base import is_depth, patch
 from vllm_depth.request_args import parse_request_args
 
 
 def install() -> None:
     def wrap(original):
-        def method(self, *args, **kwargs):
-            original(self, *args, **kwargs)
-            parse_request_args(self.extra_args)
+        def method(self, params, *args, **kwargs):
+            result = original(self, params, *args, **kwargs)
+            if isinstance(params, SamplingParams) and is_depth(self.model_config):
+                parse_request_args(params.extra_args)
+            return result
 
         return method
 
-    patch(SamplingParams, "_verify_args", wrap)
+    patch(InputProcessor, "_validate_params", wrap)

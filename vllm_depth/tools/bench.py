@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm import tqdm
+
 from vllm_depth.compat.requests import user_request_id
 from vllm_depth.compat.runner import kv_cache_layout, worker_drafter, worker_model
 from vllm_depth.config import depth_config_of
@@ -338,8 +340,6 @@ def run_bench(
     rounds: int = 2,
     sweep: tuple[str, list] | None = None,
 ) -> dict:
-    from tqdm import tqdm
-
     prompts = load_prompts(prompts_path)
     model_dir = resolve_model(model)
     baseline_dir = resolve_model(baseline_model) if baseline_model else model_dir

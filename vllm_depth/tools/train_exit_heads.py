@@ -292,7 +292,7 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
     save_file(state, str(root / HEADS_FILE), metadata={"format": "pt"})
     (root / LEGACY_HEADS_FILE).unlink(missing_ok=True)
     index = root / "model.safetensors.index.json"
-    if index.exists():  # the legacy file's names, where an earlier version listed them
+    if index.exists():  # drop the legacy file's names, where the index lists them
         idx = json.loads(index.read_text())
         kept = {k: v for k, v in idx["weight_map"].items() if v != LEGACY_HEADS_FILE}
         if kept != idx["weight_map"]:

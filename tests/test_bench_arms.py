@@ -1,0 +1,72 @@
+"""The multi-arm bench's pure logic: the round order, the groups that fit, arm parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_depth.tools import bench_arms as ba
+
+
+@pytest.mark.parametrize("n_arms, rounds", [(1, 2), (3, 2), (4, 3)])
+def test_stock_separates_every_two_arm_rounds_and_every_arm_runs_each_round(n_arms, rounds):
+    seq = ba.round_schedule(n_arms, rounds)
+    assert seq[0] is None and seq[-1] is None
+    assert all((a is None) != (b is None) for a, b in zip(seq, seq[1:]))  # stock, arm, stock, arm, ...
+    arm_rounds = [s for s in seq if s is not None]
+    assert len(arm_rounds) == n_arms * rounds
+    for r in range(rounds):
+        assert sorted(arm_rounds[r * n_arms:(r + 1) * n_arms]) == list(range(n_arms))
+
+
+@pytest.mark.parametrize("n_arms, rounds", [(3, 2), (3, 4), (4, 6)])
+def test_every_arm_has_the_same_mean_position_over_each_pair_of_rounds(n_arms, rounds):
+    """Rounds run an order and its reverse (ABBA), so linear drift falls on all arms alike."""
+    arm_rounds = [s for s in ba.round_schedule(n_arms, rounds) if s is not None]
+    orders = [arm_rounds[i:i + n_arms] for i in range(0, len(arm_rounds), n_arms)]
+    for pair in zip(orders[::2], orders[1::2]):
+        assert {pair[0].index(a) + pair[1].index(a) for a in range(n_arms)} == {n_arms - 1}
+    assert len({tuple(o) for o in orders[::2]}) == min(n_arms, rounds // 2)  # the order rotates between pairs
+
+
+def test_groups_that_fit_the_free_memory():
+    assert ba.groups_that_fit(4, 2000, 3072 + 8000) == 4
+    assert ba.groups_that_fit(4, 2000, 3072 + 4100) == 2
+    assert ba.groups_that_fit(4, 2000, 1000) == 1  # at least one arm at a time
+    assert ba.groups_that_fit(2, 100, 1e6) == 2
+
+
+def test_middle_skip_schedule_scales_the_skip_set():
+    assert ba.middle_skip_schedule(30) == [*range(13), *range(20, 30)]
+    assert ba.middle_skip_schedule(6) == [0, 1, 2, 4, 5]  # 6 * 13/30 rounds to 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stock", "needs a name other than 'stock'"),
+        ("=ngram", "needs a name other than 'stock'"),
+        ("nope", "unknown preset 'nope'; allowed: ngram, suffix, self-draft, hf-early-exit"),
+        ('a={"depht": {}}', r"unknown key\(s\) \['depht'\]; allowed: \['depth', 'engine_args', 'self_spec', "
+                            r"'hf_early_exit'\]"),
+        ('a={"depth": [1]}', "'depth' must be an object"),
+        ("a={bad json", "not valid JSON"),
+        ('a={"hf_early_exit": 6}', r"'hf_early_exit' must be the only key, an int in \[1, 5\]"),
+        ('a={"hf_early_exit": 2, "depth": {}}', "'hf_early_exit' must be the only key"),
+    ],
+)
+def test_bad_arms_name_the_field_and_the_allowed_values(tiny_dir, text, message):
+    with pytest.raises(ValueError, match=message):
+        ba.parse_arm(text, tiny_dir)
+
+
+def test_presets_and_custom_arms(tiny_dir):
+    assert ba.parse_arm("ngram", tiny_dir) == ("ngram", {"engine_args": {"speculative_config": ba.NGRAM}})
+    name, spec = ba.parse_arm("mine=self-draft", tiny_dir)
+    assert name == "mine" and spec["self_spec"]["draft_schedule"] == ba.middle_skip_schedule(6)
+    assert ba.parse_arm("hf-early-exit", tiny_dir) == ("hf-early-exit", {"hf_early_exit": 5})
+    arm = ba.arm_kwargs("e", {"depth": {"exit_layers": [2]}}, tiny_dir, {"seed": 0})
+    assert arm.kwargs["model_impl"] == "depth" and arm.kwargs["hf_overrides"] == {"depth": {"exit_layers": [2]}}
+    # vLLM counts its own drafts only with stats on
+    assert ba.arm_kwargs("n", ba.preset("ngram", tiny_dir), tiny_dir, {}).kwargs["disable_log_stats"] is False
+    with pytest.raises(ValueError, match=r"--arm e: depth.exit_layers: entry 0 is 9"):
+        ba.arm_kwargs("e", {"depth": {"exit_layers": [9]}}, tiny_dir, {})
