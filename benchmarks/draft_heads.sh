@@ -3,8 +3,7 @@
 # SmolLM2-135M, bf16, batch 1, the 8 held-out code prompts, 128 new tokens.  Results: benchmarks/results/
 #   1. train-exits --prev-state: heads at 0 (the token's embedding) and 2 layers, into a copy of the checkpoint
 #   2. bench the draft over the embedding (no layer runs) at k = 1 and 2 against stock vLLM, side by side
-#      (ROUNDS=4 timed rounds each, in ABBA order, into self_spec_prev0_k*_r4.json; the files without _r4 hold
-#      2-round runs with stock first in each round)
+#      (ROUNDS=4 timed rounds each, in ABBA order, into self_spec_prev0_k*_r4.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results

@@ -47,11 +47,13 @@ def test_middle_skip_schedule_scales_the_skip_set():
         ("=ngram", "needs a name other than 'stock'"),
         ("nope", "unknown preset 'nope'; allowed: ngram, suffix, self-draft, hf-early-exit"),
         ('a={"depht": {}}', r"unknown key\(s\) \['depht'\]; allowed: \['depth', 'engine_args', 'self_spec', "
-                            r"'hf_early_exit'\]"),
+                            r"'hf_early_exit', 'model'\]"),
         ('a={"depth": [1]}', "'depth' must be an object"),
         ("a={bad json", "not valid JSON"),
         ('a={"hf_early_exit": 6}', r"'hf_early_exit' must be the only key, an int in \[1, 5\]"),
         ('a={"hf_early_exit": 2, "depth": {}}', "'hf_early_exit' must be the only key"),
+        ('a={"model": "/nonexistent", "self_spec": {}}', "--arm a: model '/nonexistent' is neither an alias"),
+        ('a={"model": 3}', "'model' must be an alias or a checkpoint directory"),
     ],
 )
 def test_bad_arms_name_the_field_and_the_allowed_values(tiny_dir, text, message):
@@ -70,3 +72,21 @@ def test_presets_and_custom_arms(tiny_dir):
     assert ba.arm_kwargs("n", ba.preset("ngram", tiny_dir), tiny_dir, {}).kwargs["disable_log_stats"] is False
     with pytest.raises(ValueError, match=r"--arm e: depth.exit_layers: entry 0 is 9"):
         ba.arm_kwargs("e", {"depth": {"exit_layers": [9]}}, tiny_dir, {})
+
+
+def test_an_arm_serves_its_own_copy_of_the_model_and_no_other(tiny_dir, smollm2_dir, tmp_path):
+    """An arm's ``model``: the bench's model with something added (trained heads); another model is refused."""
+    import json
+    import shutil
+
+    copy = tmp_path / "tiny-with-heads"
+    copy.mkdir()
+    shutil.copy(f"{tiny_dir}/config.json", copy / "config.json")
+    name, spec = ba.parse_arm(f'h={{"model": "{copy}", "depth": {{"exit_layers": [2]}}}}', tiny_dir)
+    assert ba.arm_kwargs(name, spec, tiny_dir, {}).model_dir == str(copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 7}))
+    with pytest.raises(ValueError, match=r"is not the bench's model: \['num_hidden_layers'\] differ"):
+        ba.parse_arm(f'h={{"model": "{copy}"}}', tiny_dir)
+    with pytest.raises(ValueError, match="is not the bench's model"):
+        ba.parse_arm(f'h={{"model": "{smollm2_dir}"}}', tiny_dir)

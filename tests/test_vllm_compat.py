@@ -523,3 +523,28 @@ def test_native_kernels_swap_the_platform_kernel_in_and_restore_the_default():
         assert torch.allclose(norms[0](x), norms[0].forward_native(x), atol=1e-5)
     assert [n._forward_method for n in norms] == default
     assert "_forward_method" not in model[0]._modules and "_forward_method" not in model[0]._parameters
+
+
+def test_aot_cache_loader_still_finalizes_and_torch_callable_lacks_it():
+    """patches.compile_cache: vLLM's loader calls ``finalize_loading`` on the cached artifact's callable,
+    which on this build is torch's ``BundledAOTAutogradSerializableCallable`` (no such method); the
+    loader is reached through the module global its caller uses."""
+    from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable
+    from vllm.compilation import decorators
+    from vllm.model_executor.models.llama import LlamaModel
+
+    import vllm_depth
+    from vllm_depth.models.decoder import DepthDecoderModel
+    from vllm_depth.patches import compile_cache
+
+    vllm_depth.register()
+
+    src = inspect.getsource(decorators._try_load_aot_compiled_fn.__wrapped__)
+    assert "loaded_fn._artifacts.compiled_fn.finalize_loading(model.vllm_config)" in src
+    assert list(inspect.signature(decorators._try_load_aot_compiled_fn).parameters) == ["model",
+                                                                                       "aot_compilation_path"]
+    assert "_try_load_aot_compiled_fn(self, aot_compilation_path)" in inspect.getsource(decorators)
+    assert not hasattr(BundledAOTAutogradSerializableCallable, "finalize_loading")
+    # only the depth model's graphs take the patched path
+    assert compile_cache.is_depth_graph(object.__new__(DepthDecoderModel))
+    assert not compile_cache.is_depth_graph(object.__new__(LlamaModel))

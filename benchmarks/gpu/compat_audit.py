@@ -834,6 +834,9 @@ _SAMPLING = (
     E("vllm.sampling_params", "SamplingParams.extra_args", "per-request depth controls (depth_*)", "test_server"),
     E("vllm.v1.engine.input_processor", "InputProcessor.assign_request_id", "compat.requests.user_request_id strips the "
       "'-<8 hex>' suffix", "test_input_processor_validate_hook_and_request_id_suffix: source string"),
+    E("vllm.compilation.decorators", "_try_load_aot_compiled_fn", "patches.compile_cache: for the depth model's "
+      f"graphs, torch's loaded callable gets a no-op finalize_loading while vLLM loads it; {_PATCHED}",
+      "test_aot_cache_loader_still_finalizes_and_torch_callable_lacks_it"),
     E("vllm.v1.sample.rejection_sampler", "expand_batch_to_tokens", "patches.worker.rejection_sampler (CPU only): "
       f"replaced by a repeat_interleave version; {_PATCHED}", "test_self_draft_hooks_exist_with_their_signatures: "
       "(x, cu_num_tokens, num_tokens, replace_from, replace_to)"),

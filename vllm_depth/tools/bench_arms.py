@@ -27,13 +27,15 @@ from vllm_depth.spec_decode.policy import ratio
 from vllm_depth.tools import bench
 from vllm_depth.tools.checkpoints import checkpoint_config, resolve_model
 
-ARM_KEYS = ("depth", "engine_args", "self_spec", "hf_early_exit")
+ARM_KEYS = ("depth", "engine_args", "self_spec", "hf_early_exit", "model")
 NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 SUFFIX = {"method": "suffix", "num_speculative_tokens": 3}
 HF_EARLY_EXIT_LAYER = 15
 # Each arm engine's KV cache: a bench needs a few thousand slots, and several engines share the host memory.
 ARM_KV_CACHE_BYTES = 512 * 2**20
 MEMORY_RESERVE_MB = 3072  # left free for the bench process, the tokenizer and the page cache
+# an arm's own checkpoint must agree with the bench's model on these
+SAME_MODEL_KEYS = ("architectures", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
 SPEC_METRICS = ("vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
 
 
@@ -84,6 +86,8 @@ def parse_arm(text: str, model_dir: str) -> tuple[str, dict]:
     for key in ("depth", "engine_args", "self_spec"):
         if key in spec and not isinstance(spec[key], dict):
             raise ValueError(f"--arm {name}: {key!r} must be an object")
+    if "model" in spec:
+        spec["model"] = _same_model(name, spec["model"], model_dir)
     if "hf_early_exit" in spec:
         e = spec["hf_early_exit"]
         layers = checkpoint_config(model_dir)["num_hidden_layers"]
@@ -92,12 +96,29 @@ def parse_arm(text: str, model_dir: str) -> tuple[str, dict]:
     return name, spec
 
 
+def _same_model(name: str, model, model_dir: str) -> str:
+    """An arm's own checkpoint (``"model"``): the bench's model with something added (trained heads,
+    a depth config), so it must have the same architecture and shapes."""
+    if not isinstance(model, str):
+        raise ValueError(f"--arm {name}: 'model' must be an alias or a checkpoint directory")
+    try:
+        path = resolve_model(model)
+    except ValueError as e:
+        raise ValueError(f"--arm {name}: {e}") from None
+    mine, base = checkpoint_config(path), checkpoint_config(model_dir)
+    differ = [k for k in SAME_MODEL_KEYS if mine.get(k) != base.get(k)]
+    if differ:
+        raise ValueError(f"--arm {name}: model {model!r} is not the bench's model: {differ} differ")
+    return path
+
+
 @dataclass
 class Arm:
     """One arm: how its engine starts (``kwargs`` for ``LLM``, or ``hf_early_exit``) and what it measured."""
 
     name: str
     spec: dict
+    model_dir: str  # the checkpoint it serves
     kwargs: dict = field(default_factory=dict)
     hf_early_exit: int | None = None
     engine: bench.Engine | None = None
@@ -120,7 +141,8 @@ class Arm:
 def arm_kwargs(name: str, spec: dict, model_dir: str, common: dict) -> Arm:
     """The ``LLM`` keyword arguments of an arm, its depth config checked against the checkpoint."""
     if "hf_early_exit" in spec:
-        return Arm(name, spec, hf_early_exit=spec["hf_early_exit"])
+        return Arm(name, spec, model_dir, hf_early_exit=spec["hf_early_exit"])
+    model_dir = spec.get("model", model_dir)
     cfg = checkpoint_config(model_dir)
     kwargs = {**common, "kv_cache_memory_bytes": ARM_KV_CACHE_BYTES, **spec.get("engine_args", {})}
     depth = spec.get("depth")
@@ -137,7 +159,7 @@ def arm_kwargs(name: str, spec: dict, model_dir: str, common: dict) -> Arm:
         kwargs["hf_overrides"] = {**kwargs.get("hf_overrides", {}), "depth": depth}
     if "speculative_config" in kwargs and kwargs.get("model_impl") != "depth":
         kwargs["disable_log_stats"] = False  # vLLM counts its own drafts only with stats on
-    return Arm(name, spec, kwargs=kwargs)
+    return Arm(name, spec, model_dir, kwargs=kwargs)
 
 
 class HfGenerator:
@@ -179,12 +201,12 @@ class _Output:
     outputs: list
 
 
-def start_arm(arm: Arm, model_dir: str, dtype: str) -> None:
+def start_arm(arm: Arm, dtype: str) -> None:
     if arm.hf_early_exit is not None:
-        gen = HfGenerator(model_dir, arm.hf_early_exit, dtype)
+        gen = HfGenerator(arm.model_dir, arm.hf_early_exit, dtype)
         arm.engine = bench.Engine(arm.name, gen, {os.getpid()}, gen.tokenizer)
         return
-    arm.engine = bench.start_engine(arm.name, model=model_dir, **arm.kwargs)
+    arm.engine = bench.start_engine(arm.name, model=arm.model_dir, **arm.kwargs)
     llm = arm.engine.llm
     if arm.is_depth:
         arm.engine.counters = {"exits": {}} if bench.exit_counters(llm) is not None else None
@@ -315,7 +337,7 @@ def run_arms(model: str, prompts_path: str, arms: list[tuple[str, dict]], max_to
             for group in groups:
                 try:
                     for arm in group:
-                        start_arm(arm, model_dir, dtype)
+                        start_arm(arm, dtype)
                         warm_up(arm, prompts)
                     _time_group(stock, group, prompts, max_tokens, batch_size, rounds, progress)
                     for arm in group:
