@@ -96,8 +96,9 @@ def test_real_smollm2_shapes_and_weights(smollm2_dir):
     from safetensors import safe_open
 
     with safe_open(os.path.join(smollm2_dir, "model.safetensors"), "pt") as f:
-        head = f.get_tensor("model.embed_tokens.weight")  # tied LM head: 49152 x 576
-        norm_w = f.get_tensor("model.norm.weight")
+        # tied LM head: 49152 x 576 (stored in bf16; the kernels are checked in fp32 here)
+        head = f.get_tensor("model.embed_tokens.weight").float()
+        norm_w = f.get_tensor("model.norm.weight").float()
         emb = head[torch.tensor([504, 2021, 9])]  # a few real token embeddings as states
     hidden = torch.cat([emb * 20, torch.randn(1, 576)]).to(DEVICE)
     norm_w, head = norm_w.to(DEVICE), head.to(DEVICE)

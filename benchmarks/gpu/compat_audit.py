@@ -831,6 +831,9 @@ _SAMPLING = (
       "test_input_processor_validate_hook_and_request_id_suffix: (self, params, supported_tasks)"),
     E("vllm.v1.engine.input_processor", "InputProcessor.process_inputs", "calls self._validate_params(params, "
       "supported_tasks)", "test_input_processor_validate_hook_and_request_id_suffix: source string"),
+    E("vllm.exceptions", "VLLMValidationError", "patches.sampling_params raises a subclass of it (and of "
+      "ValueError) for a bad depth_* arg: HTTP 400 from the OpenAI app's VLLMError handler", "test_server, "
+      "test_ray_serve"),
     E("vllm.sampling_params", "SamplingParams.extra_args", "per-request depth controls (depth_*)", "test_server"),
     E("vllm.v1.engine.input_processor", "InputProcessor.assign_request_id", "compat.requests.user_request_id strips the "
       "'-<8 hex>' suffix", "test_input_processor_validate_hook_and_request_id_suffix: source string"),

@@ -8,6 +8,7 @@ installed ignores ``depth_*`` keys as it ignores every unknown extra arg.
 
 from __future__ import annotations
 
+from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import SamplingParams
 from vllm.v1.engine.input_processor import InputProcessor
 
@@ -15,12 +16,20 @@ from vllm_depth.patches.base import is_depth, patch
 from vllm_depth.request_args import parse_request_args
 
 
+class DepthArgsError(VLLMValidationError, ValueError):
+    """A bad ``depth_*`` extra arg: vLLM's validation error (HTTP 400 from every OpenAI app,
+    ``vllm serve``'s and one built in process), and a ``ValueError`` for ``LLM.generate`` callers."""
+
+
 def install() -> None:
     def wrap(original):
         def method(self, params, *args, **kwargs):
             result = original(self, params, *args, **kwargs)
             if isinstance(params, SamplingParams) and is_depth(self.model_config):
-                parse_request_args(params.extra_args)
+                try:
+                    parse_request_args(params.extra_args)
+                except ValueError as e:
+                    raise DepthArgsError(str(e), parameter=str(e).split(":")[0]) from None
             return result
 
         return method
