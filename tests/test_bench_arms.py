@@ -35,6 +35,15 @@ def test_groups_that_fit_the_free_memory():
     assert ba.groups_that_fit(2, 100, 1e6) == 2
 
 
+def test_groups_hold_at_most_one_arm_that_counts_vllms_own_speculation():
+    from types import SimpleNamespace
+
+    arms = [SimpleNamespace(name=n, counts_vllm_drafts=c) for n, c in
+            [("ngram", True), ("eagle", True), ("a", False), ("b", False), ("c", False), ("suffix", True)]]
+    names = [[a.name for a in g] for g in ba.plan_groups(arms, 3)]
+    assert names == [["ngram"], ["eagle", "a", "b"], ["c", "suffix"]]
+
+
 def test_middle_skip_schedule_scales_the_skip_set():
     assert ba.middle_skip_schedule(30) == [*range(13), *range(20, 30)]
     assert ba.middle_skip_schedule(6) == [0, 1, 2, 4, 5]  # 6 * 13/30 rounds to 3
@@ -45,7 +54,8 @@ def test_middle_skip_schedule_scales_the_skip_set():
     [
         ("stock", "needs a name other than 'stock'"),
         ("=ngram", "needs a name other than 'stock'"),
-        ("nope", "unknown preset 'nope'; allowed: ngram, suffix, self-draft, hf-early-exit"),
+        ("nope", "unknown preset 'nope'; allowed: ngram, suffix, eagle, self-draft, self-draft-attention, "
+                 "hf-early-exit"),
         ('a={"depht": {}}', r"unknown key\(s\) \['depht'\]; allowed: \['depth', 'engine_args', 'self_spec', "
                             r"'hf_early_exit', 'model'\]"),
         ('a={"depth": [1]}', "'depth' must be an object"),
@@ -54,6 +64,9 @@ def test_middle_skip_schedule_scales_the_skip_set():
         ('a={"hf_early_exit": 2, "depth": {}}', "'hf_early_exit' must be the only key"),
         ('a={"model": "/nonexistent", "self_spec": {}}', "--arm a: model '/nonexistent' is neither an alias"),
         ('a={"model": 3}', "'model' must be an alias or a checkpoint directory"),
+        ("eagle", "--arm eagle: no trained head at .*-eagle; train it with vllm-depth train-exits MODEL "
+                  "--draft-attention --format eagle"),
+        ("self-draft-attention", "--arm self-draft-attention: no trained head at .*-draft-attention"),
     ],
 )
 def test_bad_arms_name_the_field_and_the_allowed_values(tiny_dir, text, message):

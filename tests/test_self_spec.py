@@ -65,7 +65,7 @@ def test_a_new_request_starts_from_the_last_finished_requests_acceptance_and_bac
     policy = DraftPolicy(k_max=3, probe=4, max_backoff=4, cost=0.2)
     assert policy.length("fresh") > 0  # the prior (acceptance 0.5) says a cheap draft pays
     policy.cost = 0.9
-    policy.states["a"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
+    policy.states["a"] = _RequestState(hits=0.0, trials=20.0, judged=True)  # measured: nothing accepted
     for _ in range(30):  # probes backed off to 16 steps
         policy.length("a")
     policy.forget_except(set())  # both finish; "a" had judged drafts, "fresh" had not
@@ -79,13 +79,34 @@ def test_a_new_request_starts_from_the_last_finished_requests_acceptance_and_bac
 def test_policy_learns_acceptance_from_accepted_counts():
     policy = DraftPolicy(k_max=3, probe=4, cost=0.2)
     for _ in range(10):
-        assert policy.length("r") == 3 or policy.states["r"].alpha(policy.prior) < 0.9
+        assert policy.length("r") == 3 or policy.states["r"].alpha() < 0.9
         policy.proposed("r", 3)
         assert policy.observe("r", 4) == (3, 3)  # all three accepted, plus the bonus token
-    assert policy.states["r"].alpha(policy.prior) > 0.9
+    assert policy.states["r"].alpha() > 0.9
     assert policy.length("r") == 3
     policy.proposed("r", 3)
     assert policy.observe("r", 1) == (0, 3)  # all rejected
+
+
+def test_first_token_acceptance_is_the_share_of_drafts_whose_first_token_was_accepted():
+    from vllm_depth.tools.bench import _draft_report
+
+    r = _draft_report({"proposals": 10, "drafted": 20, "accepted": 9, "judged": 10, "first_accepted": 6})
+    assert r["first_token_acceptance"] == 0.6 and r["acceptance_rate"] == 0.45
+    assert _draft_report({"proposals": 0, "drafted": 0, "accepted": 0})["first_token_acceptance"] is None
+
+
+def test_a_draft_never_accepted_stops_even_when_it_is_cheap():
+    # the prior's pseudo-trial fades with the evidence: the estimate falls towards 0, not to a floor
+    policy = DraftPolicy(k_max=2, probe=4, cost=0.05)
+    lengths = []
+    for _ in range(40):
+        lengths.append(policy.length("r"))
+        if lengths[-1]:
+            policy.proposed("r", lengths[-1])
+        policy.observe("r", 1)  # nothing accepted
+    assert lengths[0] == 2 and policy.states["r"].alpha() < 0.02
+    assert sum(1 for k in lengths[-30:] if k) <= 3  # probes only
 
 
 def test_policy_counts_what_verifying_a_draft_token_adds_to_a_step():

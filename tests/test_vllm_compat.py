@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import inspect
 import re
@@ -412,7 +413,13 @@ def test_self_draft_hooks_exist_with_their_signatures():
     # patch_draft_states: the step's final states at its sampled rows, 1 + draft tokens per request
     # in batch order (as vLLM's Medusa proposer indexes them)
     params = inspect.signature(inspect.unwrap(GPUModelRunner.propose_draft_token_ids)).parameters
-    assert {"sample_hidden_states", "spec_decode_metadata"} <= set(params)
+    assert {"sample_hidden_states", "spec_decode_metadata", "hidden_states", "common_attn_metadata"} <= set(params)
+    # the attention draft head: the step's final states of all rows, and the positions of its rows
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    assert "positions=self.positions[:num_tokens_padded]" in inspect.getsource(
+        inspect.unwrap(GPUModelRunner._build_attention_metadata))
+    assert "positions" in {f.name for f in dataclasses.fields(CommonAttentionMetadata)}
     assert "num_sampled_tokens = num_draft_tokens + 1" in inspect.getsource(GPUModelRunner._calc_spec_decode_metadata)
     assert "sample_hidden_states = hidden_states[logits_indices]" in inspect.getsource(
         inspect.unwrap(GPUModelRunner.execute_model))

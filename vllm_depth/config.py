@@ -38,10 +38,14 @@ class ExitHeads:
     # draft heads: each also reads the previous token's final (normed) hidden state, which the
     # verifier has just computed (EAGLE's features); they draft only, and may sit at layer 0
     prev_state: bool = False
+    # the attention draft head (EAGLE-style, ``models.draft_head``): one decoder layer with its own
+    # paged KV over [token embedding; previous final state]; layers [0] and prev_state only
+    attention: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = {"layers": list(self.layers), "mlp_width": self.mlp_width, "vocab": self.vocab}
-        return {**d, "prev_state": True} if self.prev_state else d
+        d = {**d, "prev_state": True} if self.prev_state else d
+        return {**d, "attention": True} if self.attention else d
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,8 @@ FIELDS = {
                   "kernel: no logits) or 'logits' (the LM head's logits, reused for exited tokens)",
     "exit_heads": "an object {\"layers\": [layer counts with a head], \"mlp_width\": int >= 0, "
                   "\"vocab\": int >= 0 (0: the full vocabulary), \"prev_state\": bool (draft heads that read "
-                  "the previous token's final state; layer 0 allowed)}, "
-                  "written by vllm-depth train-exits",
+                  "the previous token's final state; layer 0 allowed), \"attention\": bool (the attention draft "
+                  "head: layers [0], prev_state true)}, written by vllm-depth train-exits",
     "draft_layers": "an int E, 1 <= E < the number of positions: drafts run the first E positions",
     "draft_schedule": "a non-empty list of increasing schedule positions (int) that drafts run, "
                       "fewer than all of them (instead of draft_layers)",
@@ -300,6 +304,9 @@ def _parse_draft(raw: dict, n_positions: int, heads: ExitHeads | None = None) ->
             raise _fail("draft_layers", f"{extra} given without draft_layers or draft_schedule")
         return {}
     out: dict[str, Any] = {}
+    if heads is not None and heads.attention and layers != 0:  # the head drafts; no layer of the model runs
+        raise _fail("draft_layers", f"{layers if schedule is None else schedule!r} with the attention draft head, "
+                    "which runs none of the model's layers; allowed: draft_layers 0")
     if layers is not None:
         zero = heads is not None and heads.prev_state and 0 in heads.layers  # a head that reads the embedding
         if not _is_int(layers) or not (0 if zero else 1) <= layers < n_positions:
@@ -345,7 +352,8 @@ def _one_threshold(threshold: Any) -> float:
 def _parse_heads(raw: Any, n_positions: int) -> ExitHeads | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) - {"layers", "mlp_width", "vocab", "prev_state"} or "layers" not in raw:
+    if (not isinstance(raw, dict) or set(raw) - {"layers", "mlp_width", "vocab", "prev_state", "attention"}
+            or "layers" not in raw):
         raise _fail("exit_heads", f"{raw!r} is not such an object")
     prev = raw.get("prev_state", False)
     if not isinstance(prev, bool):
@@ -360,7 +368,13 @@ def _parse_heads(raw: Any, n_positions: int) -> ExitHeads | None:
     vocab = raw.get("vocab", 0)
     if not _is_int(vocab) or vocab < 0:
         raise _fail("exit_heads", f"vocab {vocab!r} is not an int >= 0")
-    return ExitHeads(tuple(layers), width, vocab, prev)
+    attention = raw.get("attention", False)
+    if not isinstance(attention, bool):
+        raise _fail("exit_heads", f"attention {attention!r} is not true or false")
+    if attention and (list(layers) != [0] or not prev or width):
+        raise _fail("exit_heads", "the attention draft head sits at layer 0 and reads the previous final state; "
+                    "allowed with attention: layers [0], prev_state true, mlp_width 0")
+    return ExitHeads(tuple(layers), width, vocab, prev, attention)
 
 
 def depth_config_of(hf_config: Any) -> DepthConfig:

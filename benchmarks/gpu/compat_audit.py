@@ -574,7 +574,8 @@ _RUNNER_HOOKS = (
     E(_RUNNER, "GPUModelRunner._sample", "a step without spec_decode_metadata samples plainly",
       "test_self_draft_hooks_exist_with_their_signatures: 'if spec_decode_metadata is None:'"),
     E(_RUNNER, "GPUModelRunner.propose_draft_token_ids", "patches.worker.model_runner (propose_draft_token_ids): binds the call's "
-      "sample_hidden_states and spec_decode_metadata by name and hands them to the drafter; the custom_class "
+      "sample_hidden_states, spec_decode_metadata, hidden_states and common_attn_metadata by name and hands them "
+      "to the drafter; the custom_class "
       f"branch calls drafter.propose(...); {_PATCHED}", "test_self_draft_hooks_exist_with_their_signatures"),
     E(_RUNNER, "GPUModelRunner._calc_spec_decode_metadata", "the sampled rows are 1 + num_draft_tokens per "
       "request in batch order, the layout SelfDraft._prev_states indexes", "test_self_draft_hooks_exist_with_"

@@ -171,31 +171,36 @@ class AttentionViews:
         self.ctx.cudagraph_runtime_mode = self.graph_mode
 
 
-def draft_attention(runner, rows, positions):
-    """Attention metadata for one draft token per request row at ``positions`` (decode-shaped).
+def draft_attention(runner, rows, positions, query_lens=None):
+    """Attention metadata for draft tokens of request rows ``rows`` at ``positions``: one token per
+    row (decode-shaped), or ``query_lens[j]`` consecutive positions for row ``rows[j]`` (``positions``
+    concatenated in row order; the attention draft head's pass over a step's rows).
 
     vLLM 0.32 ``GPUModelRunner._build_attention_metadata`` for a step the
     runner did not schedule: the rows' block tables (``InputBatch.block_table``),
-    seq_lens ``position + 1``, and each attention group's own metadata builder
+    seq_lens ``last position + 1``, and each attention group's own metadata builder
     (``AttentionGroup.build_metadata``), as for a subset of a step's rows.
     Returns (per-layer metadata, per-layer slot mapping) for ``set_forward_context``.
     """
 
-    n = rows.numel()
+    n, t = rows.numel(), positions.numel()
     device = runner.device
     metadata, slot_mapping = {}, {}
-    seq_lens_cpu = (positions + 1).to(torch.int32)
-    qsl_cpu = torch.arange(n + 1, dtype=torch.int32)
+    qlen = torch.ones(n, dtype=torch.int32) if query_lens is None else query_lens.to(torch.int32)
+    qsl_cpu = torch.zeros(n + 1, dtype=torch.int32)
+    torch.cumsum(qlen, 0, out=qsl_cpu[1:])
+    row_of_token = torch.repeat_interleave(torch.arange(n), qlen.long())
+    seq_lens_cpu = (positions[qsl_cpu[1:].long() - 1] + 1).to(torch.int32)
     seq_lens, qsl, pos = (_to(x, device) for x in (seq_lens_cpu, qsl_cpu, positions))
     for gid, group in enumerate(runner.kv_cache_config.kv_cache_groups):
         table = runner.input_batch.block_table[gid]
         blocks_cpu = table.get_cpu_tensor()[rows]
         bs = table.block_size
-        slots = blocks_cpu.gather(1, (positions // bs)[:, None])[:, 0].long() * bs + positions % bs
+        slots = blocks_cpu[row_of_token].gather(1, (positions // bs)[:, None])[:, 0].long() * bs + positions % bs
         slots = _to(slots, device)
         common = CommonAttentionMetadata(
             query_start_loc=qsl, query_start_loc_cpu=qsl_cpu, seq_lens=seq_lens, num_reqs=n,
-            num_actual_tokens=n, max_query_len=1, max_seq_len=int(seq_lens_cpu.max()),
+            num_actual_tokens=t, max_query_len=int(qlen.max()), max_seq_len=int(seq_lens_cpu.max()),
             block_table_tensor=_to(blocks_cpu, device), slot_mapping=slots, causal=True,
             seq_lens_cpu_upper_bound=seq_lens_cpu, positions=pos,
         )

@@ -62,6 +62,7 @@ from vllm_depth.early_exit.step import (
     ExitStep,
     plan_step,
 )
+from vllm_depth.models.draft_head import AttentionDraftHead
 from vllm_depth.models.exit_head import ExitHead, ExitVocab
 from vllm_depth.models.families import family_of
 from vllm_depth.models.layers import (
@@ -127,9 +128,14 @@ class DepthDecoderModel(nn.Module):
         self.make_empty_intermediate_tensors = make_empty_intermediate_tensors
         self.exit_heads = nn.ModuleDict()
         self.exit_vocab = None
+        self.draft_head = None
         if self.depth.exit_heads is not None:
             spec = self.depth.exit_heads
-            for n in spec.layers:
+            if spec.attention and vllm_config.speculative_config is not None and self.last_stage:
+                self.draft_head = AttentionDraftHead(vllm_config, self.family.make_layer,
+                                                     config.num_hidden_layers + len(physical), spec.vocab > 0,
+                                                     f"{prefix}.draft_head")
+            for n in () if spec.attention else spec.layers:
                 self.exit_heads[str(n)] = ExitHead(config.hidden_size, config.rms_norm_eps, spec.mlp_width,
                                                    reduced=spec.vocab > 0, prefix=f"{prefix}.exit_heads.{n}",
                                                    prev_state=spec.prev_state)
@@ -390,7 +396,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         # the step the runner handed over (``begin_depth_step``), until its logits are computed
         self._step: DepthStep | None = None
         self._kernels = None  # platform kernels for the eager early-exit steps and drafts
-        self._head_kernels = None  # those of the draft head and the final norm alone
+        self._head_kernels = None  # those of the draft heads and the final norm alone (``_draft_kernels``)
         self._exit_ops = None  # those an exit step runs eagerly (``_exit_kernels``)
 
     @property
@@ -556,15 +562,39 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         token's final (normed) state, which a ``prev_state`` head reads.  Run eagerly with the
         platform kernels of the head's own ops (switching every layer's, about 120, would cost
         ~0.2 ms a draft token)."""
-        if self._head_kernels is None:
-            self._head_kernels = NativeKernels(nn.ModuleList([self.model.exit_heads, self.model.norm]))
         head = self._draft_head(point)
-        with self._head_kernels:
+        with self._draft_kernels():
             normed = self.model.norm(state) if head is None else head(state, prev)
             vocab = self.model.exit_vocab
             if head is None or vocab is None:
                 return DraftLogits(self.logits_processor(self.lm_head, normed), None, None, normed)
             logits, rest = vocab.reduced_logits(self.lm_head, head, normed)
+        return DraftLogits(logits, rest, vocab.ids.data, normed)
+
+    def _draft_kernels(self) -> NativeKernels:
+        """The platform kernels of the draft heads' ops and the final norm (made on first use)."""
+        if self._head_kernels is None:
+            d = self.model
+            self._head_kernels = NativeKernels(nn.ModuleList([d.exit_heads, d.norm, *filter(None, [d.draft_head])]))
+        return self._head_kernels
+
+    def draft_attends(self) -> bool:
+        """Whether the self-draft drafts through the attention draft head (``draft_attend``)."""
+        return self.model.draft_head is not None
+
+    def draft_attend(self, input_ids: torch.Tensor, positions: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """The attention draft head's normed states (in the forward context of its attention metadata):
+        row ``j`` reads token ``input_ids[j]`` and ``prev[j]``, the final state at ``positions[j]``."""
+        head = self.model.draft_head
+        with self._draft_kernels():
+            return head(positions, self.model.embed_input_ids(input_ids), prev)
+
+    def draft_head_logits(self, normed: torch.Tensor) -> DraftLogits:
+        """Logits of the attention draft head's normed states (over its reduced vocabulary, if any)."""
+        vocab = self.model.exit_vocab
+        if vocab is None:
+            return DraftLogits(self.logits_processor(self.lm_head, normed), None, None, normed)
+        logits, rest = vocab.reduced_logits(self.lm_head, self.model.draft_head, normed)
         return DraftLogits(logits, rest, vocab.ids.data, normed)
 
     def _draft_head(self, point: int | None) -> ExitHead | None:
@@ -597,12 +627,15 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         return AutoWeightsLoader(self).load_weights(self._with_exit_heads(weights))
 
     def _with_exit_heads(self, weights):
-        """The checkpoint's weights, then its exit heads' (``_exit_heads_file``)."""
+        """The checkpoint's weights, then its exit heads' (``_exit_heads_file``; the attention draft
+        head's only where it was built: with speculative decoding)."""
         yield from weights
         if self._heads_file is not None:
+            skip = "model.draft_head." if self.model.draft_head is None else None
             with safe_open(str(self._heads_file), framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    if skip is None or not name.startswith(skip):
+                        yield name, f.get_tensor(name)
 
 
 def _exit_heads_file(depth, model_dir: str) -> Path | None:

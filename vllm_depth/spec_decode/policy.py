@@ -25,6 +25,8 @@ class DraftCounters:
     proposals: int = 0  # request-steps that drafted at least one token
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens the verifier accepted
+    judged: int = 0  # drafts the verifier judged ...
+    first_accepted: int = 0  # ... and those whose first token it accepted (a one-token draft's acceptance)
     draft_forwards: int = 0  # draft forward passes (each one token per drafting request)
     seconds: float = 0.0  # time spent drafting
     plain_steps: int = 0  # steps that verified no draft, run as plain decode steps (patches.worker.model_runner)
@@ -36,6 +38,7 @@ class DraftCounters:
         d["accepted_of_full"] = dict(self.accepted_of_full)
         d["acceptance_rate"] = ratio(self.accepted, self.drafted)
         d["mean_accepted_length"] = ratio(self.accepted, self.proposals)
+        d["first_token_acceptance"] = ratio(self.first_accepted, self.judged)
         return d
 
 
@@ -54,13 +57,17 @@ def best_length(alpha: float, cost: float, k_max: int) -> int:
 @dataclass
 class _RequestState:
     proposed: int = 0  # draft tokens proposed at the last step
-    hits: float = 0.0  # decayed counts of accepted draft tokens ...
-    trials: float = 0.0  # ... and of draft tokens judged (accepted, or the first rejected)
+    # decayed counts of accepted draft tokens and of draft tokens judged (accepted, or the first
+    # rejected), from one pseudo-trial at the prior, which fades with them: a draft that is never
+    # accepted has its estimate fall towards 0
+    hits: float = 0.0
+    trials: float = 0.0
     wait: int = 0  # steps left before the next probe
     backoff: int = 0  # the wait after the next probe (0: the policy's ``probe``)
+    judged: bool = False  # the verifier has judged a draft of this request
 
-    def alpha(self, prior: float) -> float:
-        return (self.hits + prior) / (self.trials + 1.0)
+    def alpha(self) -> float:
+        return self.hits / self.trials if self.trials > 0 else 0.0
 
 
 @dataclass
@@ -98,7 +105,8 @@ class DraftPolicy:
         st = self.states.get(req_id)
         if st is None:
             s = self.start
-            st = _RequestState() if s is None else _RequestState(hits=s.hits, trials=s.trials, backoff=s.backoff)
+            st = (_RequestState(hits=self.prior, trials=1.0) if s is None
+                  else _RequestState(hits=s.hits, trials=s.trials, backoff=s.backoff))
             self.states[req_id] = st
         return st
 
@@ -108,7 +116,7 @@ class DraftPolicy:
         st = self.state(req_id)
         if not st.proposed:
             return 0, 0
-        proposed, st.proposed = st.proposed, 0
+        proposed, st.proposed, st.judged = st.proposed, 0, True
         accepted = max(0, min(proposed, num_sampled - 1))
         st.hits = self.decay * st.hits + accepted
         st.trials = self.decay * st.trials + accepted + (accepted < proposed)
@@ -119,7 +127,7 @@ class DraftPolicy:
         st = self.state(req_id)
         if self.probe == 0:
             return self.k_max
-        k = best_length(st.alpha(self.prior), self.cost + self.verify, self.k_max)
+        k = best_length(st.alpha(), self.cost + self.verify, self.k_max)
         if k:
             st.wait = st.backoff = 0
             return k
@@ -152,5 +160,5 @@ class DraftPolicy:
     def forget_except(self, live: set[str]) -> None:
         for req_id in [r for r in self.states if r not in live]:
             st = self.states.pop(req_id)
-            if st.trials > 0:
+            if st.judged:
                 self.start = st

@@ -18,14 +18,21 @@ rejection sampling (lossless also at temperature > 0: a greedy draft is a
 deterministic proposal) and the bookkeeping of accepted and rejected tokens are
 vLLM's.
 
-The draft length adapts per request (``spec_decode.policy``).  A draft also stops at the first token whose draft confidence is not above
-``draft_threshold``.
+With the attention draft head (``models.draft_head``, ``exit_heads.attention``) the draft runs none
+of the model's layers: after each step the head first runs over every row of the step whose next
+token is known (the verifier's final states there), which writes the head's own K/V at those
+positions, then drafts from the last one, one head forward per further token.  Its K/V past the
+accepted tokens is written again, from the verifier's states, after the next step.
+
+The draft length adapts per request (``spec_decode.policy``).  A draft also stops at the first token
+whose draft confidence is not above ``draft_threshold``.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from vllm.forward_context import set_forward_context
 
@@ -63,7 +70,10 @@ class SelfDraft:
         self._last_end = None  # when the last propose returned (the verifier step runs in between)
         self.counters = DraftCounters()
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
-        self._verifier = None  # the step's final states at its sampled rows, and its spec metadata
+        self.attends = False  # the attention draft head drafts (``_draft_attending``)
+        # the step's final states at its sampled rows, its spec metadata, the final states of all its
+        # rows and its common attention metadata
+        self._verifier = None
         rejection_sampler.use_for_self_draft()
 
     def load_model(self, target_model) -> None:
@@ -73,6 +83,7 @@ class SelfDraft:
                              "allowed: with model_impl='depth'")
         self.model, self.draft = target_model, require_draft(depth)
         self.threshold = depth.draft_threshold
+        self.attends = target_model.draft_attends()
         self.policy = DraftPolicy(self.k, depth.draft_backoff)
 
     def bind_runner(self, runner) -> None:
@@ -82,14 +93,15 @@ class SelfDraft:
         """The runner runs a step that verifies no draft as a plain decode step."""
         self.counters.plain_steps += 1
 
-    def take_verifier_states(self, sample_hidden_states, spec_decode_metadata) -> None:
-        """The verifier step's final states at its sampled rows."""
-        self._verifier = (sample_hidden_states, spec_decode_metadata)
+    def take_verifier_states(self, sample_hidden_states, spec_decode_metadata, hidden_states=None,
+                             common_attn_metadata=None) -> None:
+        """The verifier step's final states at its sampled rows, and at all its rows."""
+        self._verifier = (sample_hidden_states, spec_decode_metadata, hidden_states, common_attn_metadata)
 
     def _prev_states(self, sampled_token_ids, rows: list[int]) -> torch.Tensor:
         """Per drafting row, the verifier's final state at the position before its last sampled
         token: the state that sampled it (a request has 1 + its draft tokens' rows, in batch order)."""
-        states, meta = self._verifier
+        states, meta = self._verifier[:2]
         if meta is None:
             return states[rows]
         start, offset = [], 0
@@ -118,6 +130,9 @@ class SelfDraft:
             accepted, proposed = self.policy.observe(req_id, len(sampled))
             verified += proposed
             self.counters.accepted += accepted
+            if proposed:
+                self.counters.judged += 1
+                self.counters.first_accepted += accepted > 0
             if proposed == self.policy.k_max:
                 full = self.counters.accepted_of_full
                 full[accepted] = full.get(accepted, 0) + 1
@@ -132,8 +147,11 @@ class SelfDraft:
         self.policy.forget_except(set(req_ids))
         if decode_only:
             self.policy.stepped(step_seconds, verified)
-        if rows:
+        if self.attends:  # the head's pass over the step's rows runs also when no request drafts
+            forwards = self._draft_attending(rows, positions, lengths, drafts, num_tokens_no_spec, token_ids_cpu)
+        elif rows:
             forwards = self._draft(rows, tokens, positions, lengths, drafts, sampled_token_ids)
+        if rows:
             for i in rows:
                 if drafts[i]:
                     self.policy.proposed(req_ids[i], len(drafts[i]))
@@ -167,18 +185,81 @@ class SelfDraft:
                 metadata, slots = draft_attention(self.runner, active, pos)
                 with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
                     state = self.model.draft_forward(ids, pos, self.eager_draft)
-            logits, rest, columns, normed = self.model.draft_logits(state, layer, prev)
-            self.counters.draft_forwards += 1
-            token, confident = draft_choice(logits, rest, self.threshold, columns)
-            go = confident & (limit > step)
-            for r, t in zip(active[go].tolist(), token[go].tolist()):
-                drafts[r].append(t)
-            go &= limit > step + 1
+            out = self.model.draft_logits(state, layer, prev)
+            token, go = self._choose(out, active, limit, step, drafts)
             if not bool(go.any()):
                 break
             active, ids, pos, limit = active[go], token[go].to(torch.int32), pos[go] + 1, limit[go]
-            prev = None if prev is None else normed[go]
+            prev = None if prev is None else out.normed[go]
         return step + 1
+
+    @torch.inference_mode()
+    def _draft_attending(self, rows: list[int], positions: list[int], lengths: list[int], drafts: list[list[int]],
+                         num_tokens_no_spec, token_ids_cpu) -> int:
+        """The attention draft head: its pass over the step's rows (``_attend_step``), whose last row per
+        drafting request gives its first draft token; each further token is one head forward over one
+        row, reading the head's own output in place of a final state.  Returns the head forwards run."""
+        normed = self._attend_step(rows, num_tokens_no_spec, token_ids_cpu)
+        if normed is None or not rows:
+            return 0 if normed is None else 1
+        device = self.runner.device
+        active, limit = torch.tensor(rows, dtype=torch.long), torch.tensor(lengths)
+        pos = torch.tensor(positions, dtype=torch.long)  # the head's row for a first draft: its last sampled token's
+        forwards = 1
+        for step in range(max(lengths)):
+            token, go = self._choose(self.model.draft_head_logits(normed), active, limit, step, drafts)
+            if not bool(go.any()):
+                break
+            active, pos, limit, prev = active[go], pos[go], limit[go], normed[go.to(normed.device)]
+            metadata, slots = draft_attention(self.runner, active, pos)
+            with set_forward_context(metadata, self.vllm_config, num_tokens=active.numel(), slot_mapping=slots):
+                normed = self.model.draft_attend(token[go].to(device, torch.int32), pos.to(device), prev)
+            pos = pos + 1
+            forwards += 1
+        return forwards
+
+    def _attend_step(self, rows: list[int], num_tokens_no_spec, token_ids_cpu) -> torch.Tensor | None:
+        """The head over every row of the step whose next token is known (the head at position ``p``
+        reads token ``p + 1`` and the verifier's final state at ``p``), for every request, drafting or
+        not: it writes the head's K/V there.  Returns its output at each drafting row's last such row
+        (None: no row ran)."""
+        _, _, hidden, common = self._verifier
+        qsl = common.query_start_loc_cpu.tolist()
+        step_positions = common.positions[: qsl[-1]].cpu()
+        reqs, counts, starts = [], [], []
+        for i in range(len(qsl) - 1):
+            if qsl[i + 1] == qsl[i]:
+                continue
+            first = int(step_positions[qsl[i]])
+            m = min(qsl[i + 1] - qsl[i], int(num_tokens_no_spec[i]) - 1 - first)  # rows whose next token is known
+            if m > 0:
+                reqs.append(i)
+                counts.append(m)
+                starts.append(first)
+        if not reqs:
+            return None
+        step_rows = torch.cat([torch.arange(qsl[i], qsl[i] + m) for i, m in zip(reqs, counts)])
+        pos = torch.cat([torch.arange(p, p + m) for p, m in zip(starts, counts)])
+        ids = torch.from_numpy(np.concatenate([token_ids_cpu[i, p + 1 : p + 1 + m]
+                                               for i, p, m in zip(reqs, starts, counts)])).to(torch.int32)
+        metadata, slots = draft_attention(self.runner, torch.tensor(reqs), pos, torch.tensor(counts))
+        device = self.runner.device
+        with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
+            normed = self.model.draft_attend(ids.to(device), pos.to(device), hidden[step_rows.to(hidden.device)])
+        last = dict(zip(reqs, (torch.tensor(counts).cumsum(0) - 1).tolist()))
+        return normed[torch.tensor([last[r] for r in rows], dtype=torch.long, device=normed.device)]
+
+    def _choose(self, out, active: torch.Tensor, limit: torch.Tensor, step: int, drafts: list[list[int]]):
+        """The greedy draft token of each active row from its head's ``DraftLogits``, appended to the
+        row's draft where confident and within its length; returns the tokens (on the CPU) and which
+        rows draft another."""
+        self.counters.draft_forwards += 1
+        token, confident = draft_choice(out.logits, out.rest, self.threshold, out.columns)
+        token, confident = token.cpu(), confident.cpu()
+        go = confident & (limit > step)
+        for r, t in zip(active[go].tolist(), token[go].tolist()):
+            drafts[r].append(t)
+        return token, go & (limit > step + 1)
 
     def configure(self, draft: tuple[int, ...] | None = None, k: int | None = None, probe: int | None = None,
                   threshold: float | None = None) -> None:

@@ -74,6 +74,35 @@ def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_wi
         _check_out(model_dir, out, TrainExitsError, " (leave it out to write into the model)")
 
 
+DRAFT_ATTENTION_FORMATS = ("depth", "eagle")
+DRAFT_ATTENTION_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")  # trained with HF's Llama layer
+
+
+def check_train_draft_attention(model_dir: str, exit_layers: list[int] | None, mlp_width: int, fmt: str,
+                                out: str | None, steps: int, chunks: int, vocab: int, texts: list[str] | None,
+                                dtype: str, self_text: int) -> None:
+    """``train-exits --draft-attention``: the head sits at layer 0 (no other ``--exit-layers``, no MLP),
+    a known ``--format`` (``eagle``: a new ``--out``), a Llama-family checkpoint, then what
+    ``check_train_exits`` checks of a draft head."""
+    if exit_layers not in (None, [0]):
+        raise TrainExitsError(f"--exit-layers: {exit_layers}; the attention draft head sits at layer 0 "
+                              "(leave --exit-layers out, or give 0)")
+    if mlp_width:
+        raise TrainExitsError(f"--mlp-width: {mlp_width}; the attention draft head has its decoder layer's MLP "
+                              "(leave --mlp-width out)")
+    if fmt not in DRAFT_ATTENTION_FORMATS:
+        raise TrainExitsError(f"--format: {fmt!r}; allowed: {', '.join(DRAFT_ATTENTION_FORMATS)}")
+    if fmt == "eagle" and out is None:
+        raise TrainExitsError("--out: --format eagle writes vLLM's EAGLE draft checkpoint; give its new directory")
+    if self_text < 0:
+        raise TrainExitsError(f"--self-text: {self_text}; allowed: an int >= 0 (0: standard-library text only)")
+    arch = (checkpoint_config(model_dir).get("architectures") or ["?"])[0]
+    if arch not in DRAFT_ATTENTION_ARCHITECTURES:
+        raise TrainExitsError(f"--draft-attention: {model_dir} is {arch}; allowed: "
+                              f"{', '.join(DRAFT_ATTENTION_ARCHITECTURES)}")
+    check_train_exits(model_dir, [0], steps, 0, vocab, texts, out, chunks, dtype, prev_state=True)
+
+
 def check_calibrate(model_dir: str, exit_layers: list[int] | None, target: float, delta: float,
                     prompts_path: str, min_layers: list[int] | None, thresholds: list[float]):
     """``calibrate``: the guarantee's target and delta, the prompts file, exit layers within the

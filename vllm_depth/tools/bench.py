@@ -250,7 +250,7 @@ def run_round(engine: Engine, prompts: list[Prompt], max_tokens: int, batch_size
             _add_counters(engine.counters, exit_counters(engine.llm, reset=True))
         if engine.drafts is not None:
             new = draft_counters(engine.llm, reset=True)
-            for k in ("proposals", "drafted", "accepted", "draft_forwards", "seconds"):
+            for k in ("proposals", "drafted", "accepted", "judged", "first_accepted", "draft_forwards", "seconds"):
                 engine.drafts[k] = engine.drafts.get(k, 0) + new[k]
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         engine.seconds += dt
@@ -289,6 +289,8 @@ def _draft_report(d: dict | None) -> dict:
     return {
         "acceptance_rate": ratio(d["accepted"], d["drafted"]),
         "mean_accepted_length": ratio(d["accepted"], d["proposals"]),
+        # of the drafts judged, the share whose first token was accepted: about a one-token draft's acceptance
+        "first_token_acceptance": ratio(d.get("first_accepted", 0), d.get("judged", 0)),
         "drafts": {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()},
     }
 

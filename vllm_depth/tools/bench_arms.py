@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -30,6 +31,13 @@ from vllm_depth.tools.checkpoints import checkpoint_config, resolve_model
 ARM_KEYS = ("depth", "engine_args", "self_spec", "hf_early_exit", "model")
 NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 SUFFIX = {"method": "suffix", "num_speculative_tokens": 3}
+# trained heads beside the bench's checkpoint (``benchmarks/peers.sh`` writes them there): preset -> (folder
+# suffix, the command that trains it)
+TRAINED = {
+    "eagle": ("-eagle", "train-exits MODEL --draft-attention --format eagle --out MODEL-eagle"),
+    "self-draft-attention": ("-draft-attention", "train-exits MODEL --draft-attention --out MODEL-draft-attention"),
+}
+PRESETS = ("ngram", "suffix", "eagle", "self-draft", "self-draft-attention", "hf-early-exit")
 HF_EARLY_EXIT_LAYER = 15
 # Each arm engine's KV cache: a bench needs a few thousand slots, and several engines share the host memory.
 ARM_KV_CACHE_BYTES = 512 * 2**20
@@ -61,7 +69,16 @@ def preset(name: str, model_dir: str) -> dict:
                               "num_speculative_tokens": 2}}
     if name == "hf-early-exit":
         return {"hf_early_exit": min(HF_EARLY_EXIT_LAYER, cfg["num_hidden_layers"] - 1)}
-    raise ValueError(f"--arm: unknown preset {name!r}; allowed: ngram, suffix, self-draft, hf-early-exit, "
+    if name in TRAINED:
+        suffix, command = TRAINED[name]
+        path = model_dir.rstrip("/") + suffix
+        if not Path(path).is_dir():
+            raise ValueError(f"--arm {name}: no trained head at {path}; train it with vllm-depth {command}")
+        if name == "eagle":
+            spec = {"method": "eagle", "model": path, "num_speculative_tokens": 2}
+            return {"engine_args": {"speculative_config": spec}}
+        return {"model": path, "self_spec": {"draft_layers": 0, "num_speculative_tokens": 2}}
+    raise ValueError(f"--arm: unknown preset {name!r}; allowed: {', '.join(PRESETS)}, "
                      "or NAME=JSON with keys " + ", ".join(ARM_KEYS))
 
 
@@ -255,6 +272,19 @@ def groups_that_fit(n_arms: int, per_engine_mb: float, available_mb: float) -> i
     return max(1, min(n_arms, int((available_mb - MEMORY_RESERVE_MB) // max(per_engine_mb, 1.0))))
 
 
+def plan_groups(arms: list, fit: int) -> list[list]:
+    """The arms in order, in groups of at most ``fit``, with at most one arm that counts vLLM's own
+    speculation per group: an engine with stats on unregisters every earlier engine's Prometheus
+    collectors from the process's registry, so only the last one started can be read."""
+    groups: list[list] = []
+    for arm in arms:
+        if not groups or len(groups[-1]) == fit or (arm.counts_vllm_drafts and any(a.counts_vllm_drafts
+                                                                                   for a in groups[-1])):
+            groups.append([])
+        groups[-1].append(arm)
+    return groups
+
+
 def _available_mb() -> float:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -312,6 +342,8 @@ def arm_report(stock: bench.Engine, arm: Arm) -> dict:
         "n": len(e.token_ids),
         "token_agreement": round(sum(agreements) / len(agreements), 4),
         "acceptance_rate": _acceptance(arm),
+        "first_token_acceptance": (bench._draft_report(e.drafts)["first_token_acceptance"]
+                                   if e.drafts is not None else None),
         "mean_exit_layer": (round(bench.mean_exit_layer(e.counters, e.tokens, full_depth), 3)
                             if full_depth and e.tokens else None),
         "outputs": e.outputs,
@@ -331,7 +363,7 @@ def run_arms(model: str, prompts_path: str, arms: list[tuple[str, dict]], max_to
         bench.run_round(stock, prompts[:1], 4, 1, per_request=False, record=False)
         stock_mb = bench._peak_rss_mb(stock.pids) or 2048.0
         fit = groups_that_fit(len(planned), stock_mb * 1.25, _available_mb())
-        groups = [planned[i : i + fit] for i in range(0, len(planned), fit)]
+        groups = plan_groups(planned, fit)
         total = sum(len(g) * rounds * 2 + 1 for g in groups) * len(prompts)
         with tqdm(total=total, desc="bench", unit="prompt") as progress:
             for group in groups:

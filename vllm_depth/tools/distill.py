@@ -32,11 +32,12 @@ def distill(
     desc: str,
     progress: bool = True,
     one_cycle: bool = False,
+    clip: float | None = None,
 ) -> list[float]:
     """Adam on ``params`` for ``steps`` steps, one item (a chunk of text, or what was computed
     from one) per step, cycling; ``loss_of(item)`` returns the loss.
     ``one_cycle``: a short warm-up to ``lr``, then a cosine decay (else, and under 40 steps, a
-    constant ``lr``).
+    constant ``lr``).  ``clip``: the gradients' largest norm (None: not clipped).
     Shows a progress bar with the running loss; returns the loss of every step.
     """
     from tqdm import tqdm
@@ -52,6 +53,8 @@ def distill(
         loss = loss_of(items[i % len(items)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         if sched is not None:
             sched.step()

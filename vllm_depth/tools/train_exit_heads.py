@@ -189,6 +189,13 @@ def _forward(model, ids: torch.Tensor, exit_layers: list[int], prev_state: bool 
     return states, out.logits[0].float(), prev
 
 
+def teacher_top(vocab: OutputSpace, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's ``TOP_K`` most likely classes of ``vocab`` and their log-probabilities (bf16, int32)."""
+    logp, _ = vocab.target(logits)
+    lp, ix = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
+    return lp.to(torch.bfloat16), ix.to(torch.int32)
+
+
 def teacher_features(model, chunks, exit_layers: list[int], vocab: OutputSpace, desc: str = "teacher",
                      progress: bool = True, with_teacher: bool = True, prev_state: bool = False) -> list[ChunkFeatures]:
     """Run the base model once over each chunk and keep what training or evaluation needs."""
@@ -200,9 +207,7 @@ def teacher_features(model, chunks, exit_layers: list[int], vocab: OutputSpace, 
         tokens = logits.argmax(-1)
         f = ChunkFeatures(states, tokens, vocab.index_of(tokens), prev=prev)
         if with_teacher:
-            logp, _ = vocab.target(logits)
-            lp, ix = logp.topk(min(TOP_K, logp.shape[-1]), dim=-1)
-            f.teacher_lp, f.teacher_ix = lp.to(torch.bfloat16), ix.to(torch.int32)
+            f.teacher_lp, f.teacher_ix = teacher_top(vocab, logits)
         out.append(f)
     return out
 

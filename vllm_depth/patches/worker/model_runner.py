@@ -25,7 +25,9 @@ it serves; otherwise it calls vLLM's method unchanged.
 - ``propose_draft_token_ids``: vLLM hands ``custom_class`` proposers the sampled tokens only; a
   drafter with ``take_verifier_states`` is also given the step's ``sample_hidden_states`` (the
   model's final, normed states at the sampled rows) and ``spec_decode_metadata`` (None: one row per
-  request), as vLLM's Medusa proposer reads them.
+  request), as vLLM's Medusa proposer reads them, and the final states of all the step's rows
+  (``hidden_states``) with the step's ``common_attn_metadata`` (their requests and positions), as
+  vLLM's EAGLE proposer reads them.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def _propose_draft_token_ids(original):
         take = getattr(getattr(self, "drafter", None), "take_verifier_states", None)
         if take is not None:
             bound = signature.bind(self, *args, **kwargs).arguments
-            take(bound["sample_hidden_states"], bound["spec_decode_metadata"])
+            take(bound["sample_hidden_states"], bound["spec_decode_metadata"], bound["hidden_states"],
+                 bound["common_attn_metadata"])
         return original(self, *args, **kwargs)
 
     return method
