@@ -20,7 +20,7 @@ SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", "
 # a URL is a reference to some other project's tracker or page: its numbers are not ours
 URL = re.compile(r"(?:https?://|www\.|github\.com/)\S+")
 PHRASES = [
-    # a numbered stop of the work, not "stop 3 tokens later"
+    # "stop" or "stops" and a number, unless a unit follows it (a count of tokens, steps, ...)
     r"\bstops? #?\d+\b(?!\s*(?:tokens?|steps?|rows?|layers?|positions?|requests?|words?|ms|seconds?|s)\b)",
     r"\bissues? #?\d+\b",  # outside a URL (URLs are blanked first)
     r"\bthe bars?\b(?!\s*(?:chart|plot|graph|heights?|widths?|colou?rs?|labels?)\b)",  # a target to meet

@@ -564,11 +564,15 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         ~0.2 ms a draft token)."""
         head = self._draft_head(point)
         with self._draft_kernels():
-            normed = self.model.norm(state) if head is None else head(state, prev)
-            vocab = self.model.exit_vocab
-            if head is None or vocab is None:
-                return DraftLogits(self.logits_processor(self.lm_head, normed), None, None, normed)
-            logits, rest = vocab.reduced_logits(self.lm_head, head, normed)
+            return self._head_logits(head, self.model.norm(state) if head is None else head(state, prev))
+
+    def _head_logits(self, head: nn.Module | None, normed: torch.Tensor) -> DraftLogits:
+        """Logits of a draft head's output ``normed``: over its reduced vocabulary (and "other"), or the
+        LM head's (no head, or no reduced vocabulary)."""
+        vocab = self.model.exit_vocab
+        if head is None or vocab is None:
+            return DraftLogits(self.logits_processor(self.lm_head, normed), None, None, normed)
+        logits, rest = vocab.reduced_logits(self.lm_head, head, normed)
         return DraftLogits(logits, rest, vocab.ids.data, normed)
 
     def _draft_kernels(self) -> NativeKernels:
@@ -591,11 +595,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
 
     def draft_head_logits(self, normed: torch.Tensor) -> DraftLogits:
         """Logits of the attention draft head's normed states (over its reduced vocabulary, if any)."""
-        vocab = self.model.exit_vocab
-        if vocab is None:
-            return DraftLogits(self.logits_processor(self.lm_head, normed), None, None, normed)
-        logits, rest = vocab.reduced_logits(self.lm_head, self.model.draft_head, normed)
-        return DraftLogits(logits, rest, vocab.ids.data, normed)
+        return self._head_logits(self.model.draft_head, normed)
 
     def _draft_head(self, point: int | None) -> ExitHead | None:
         """The exit head after ``point`` positions (None: a skip-set draft, or no head there)."""

@@ -52,11 +52,6 @@ class AttentionDraftHead(nn.Module):
         if reduced:  # the logit of the mass outside the reduced vocabulary (ExitVocab)
             self.other = nn.Parameter(torch.zeros(1, hidden), requires_grad=False)
 
-    @property
-    def attn(self):
-        """The head's ``Attention`` module (its KV cache)."""
-        return self.layer.self_attn.attn
-
     def forward(self, positions: torch.Tensor, embeds: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """The normed state ``g`` of each row, the LM head's input (in the forward context of the
         head's attention metadata)."""

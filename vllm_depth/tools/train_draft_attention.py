@@ -38,7 +38,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaRotaryEmbedding,
 )
 
-from vllm_depth.compat.loader import HEADS_FILE, heads_file
+from vllm_depth.compat.loader import heads_file
 from vllm_depth.config import ExitHeads
 from vllm_depth.early_exit.kernels.exit_check import rms_norm
 from vllm_depth.tools.analysis import load_hf
@@ -51,6 +51,7 @@ from vllm_depth.tools.train_exit_heads import (
     frequent_tokens,
     prepare_out,
     teacher_top,
+    write_heads_file,
 )
 
 REGRESSION = 0.2  # weight of the state regression beside the distillation loss
@@ -139,18 +140,10 @@ def draft_agreement(head: TorchAttentionDraftHead, embed: nn.Module, space: Outp
     with torch.no_grad():
         for f in held:
             g = head_states(head, embed, f)
-            pred = space.predict(_logits(space, head, g))
+            pred = space.predict(space.logits_of(head, g))
             hits += int((pred == f.tokens[1:]).sum())
             n += pred.numel()
     return hits / max(n, 1)
-
-
-def _logits(space: OutputSpace, head: nn.Module, g: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """[T, V'] (+ "other") logits of the head's states ``g`` in ``space``."""
-    if dtype not in space._cast:
-        space._cast[dtype] = space.weight.to(dtype)
-    logits = (g.to(dtype) @ space._cast[dtype].t()).float()
-    return logits if space.ids is None else torch.cat([logits, g @ head.other.t()], dim=-1)
 
 
 def function_prompts(n: int) -> list[str]:
@@ -250,7 +243,7 @@ def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: s
 
     def loss_of(f: SequenceFeatures):
         g = head_states(head, embed, f)
-        loss = distill_loss(_logits(space, head, g, torch.bfloat16), f.teacher_lp[1:], f.top[1:], f.teacher_ix[1:])
+        loss = distill_loss(space.logits_of(head, g, torch.bfloat16), f.teacher_lp[1:], f.top[1:], f.teacher_ix[1:])
         return loss + REGRESSION * F.smooth_l1_loss(g, f.final[1:].float())
 
     params = [p for n, p in head.named_parameters() if not n.startswith("rotary.")]
@@ -299,12 +292,10 @@ def save_draft_head(model_dir: str, head: TorchAttentionDraftHead, vocab_ids: to
                     dtype: torch.dtype) -> None:
     """Write the head into ``depth/exit_heads.safetensors``, reference it from ``depth.exit_heads`` and
     name it the checkpoint's self-draft (``draft_layers`` 0, ``draft_tokens`` 2)."""
-    root = Path(model_dir)
     state = {f"model.draft_head.{k}": v.detach().to(dtype).contiguous() for k, v in head.trained_state_dict().items()}
     if vocab_ids is not None:
         state["model.exit_vocab.ids"] = vocab_ids.to(torch.int64).contiguous()
-    (root / HEADS_FILE).parent.mkdir(exist_ok=True)
-    save_file(state, str(root / HEADS_FILE), metadata={"format": "pt"})
+    write_heads_file(model_dir, state)
     spec = ExitHeads((0,), 0, 0 if vocab_ids is None else len(vocab_ids), prev_state=True, attention=True)
     update_depth_config(model_dir, {"exit_heads": spec.to_dict(), "draft_layers": 0, "draft_tokens": 2})
 

@@ -132,7 +132,10 @@ class OutputSpace:
         """[T, V] or [T, V' + 1] (the last column: "other"), float32, of ``head(state)`` (``state`` a
         tuple: ``head(*state)``, a draft head's state and previous final state); ``dtype``: of the product with
         the LM head rows (train-exits trains in bfloat16, as the engine serves: 1.7x faster here)."""
-        h = head(*state) if isinstance(state, tuple) else head(state)
+        return self.logits_of(head, head(*state) if isinstance(state, tuple) else head(state), dtype)
+
+    def logits_of(self, head: nn.Module, h: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The same of the head's output ``h`` (the LM head's input), already computed."""
         if dtype not in self._cast:
             self._cast[dtype] = self.weight.to(dtype)
         logits = (h.to(dtype) @ self._cast[dtype].t()).float()
@@ -289,10 +292,17 @@ def head_state_dict(heads: dict[int, nn.Module], vocab_ids: torch.Tensor | None,
 def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, vocab_ids: torch.Tensor | None,
                dtype: torch.dtype, prev_state: bool = False) -> None:
     """Write the heads into ``depth/exit_heads.safetensors`` and reference them from ``depth.exit_heads``."""
+    write_heads_file(model_dir, head_state_dict(heads, vocab_ids, dtype))
+    spec = ExitHeads(tuple(sorted(heads)), mlp_width, 0 if vocab_ids is None else len(vocab_ids), prev_state)
+    update_depth_config(model_dir, {"exit_heads": spec.to_dict()})
+
+
+def write_heads_file(model_dir: str, state: dict[str, torch.Tensor]) -> None:
+    """``state`` as the checkpoint's ``depth/exit_heads.safetensors``; a legacy top-level heads file, and
+    its names in the weight index, go."""
     from safetensors.torch import save_file
 
     root = Path(model_dir)
-    state = head_state_dict(heads, vocab_ids, dtype)
     (root / HEADS_FILE).parent.mkdir(exist_ok=True)
     save_file(state, str(root / HEADS_FILE), metadata={"format": "pt"})
     (root / LEGACY_HEADS_FILE).unlink(missing_ok=True)
@@ -303,8 +313,6 @@ def save_heads(model_dir: str, heads: dict[int, nn.Module], mlp_width: int, voca
         if kept != idx["weight_map"]:
             idx["weight_map"] = kept
             index.write_text(json.dumps(idx, indent=2))
-    spec = ExitHeads(tuple(sorted(heads)), mlp_width, 0 if vocab_ids is None else len(vocab_ids), prev_state)
-    update_depth_config(model_dir, {"exit_heads": spec.to_dict()})
 
 
 def load_heads(model_dir: str) -> tuple[dict[int, TorchExitHead], torch.Tensor | None]:
