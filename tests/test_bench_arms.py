@@ -28,6 +28,16 @@ def test_every_arm_has_the_same_mean_position_over_each_pair_of_rounds(n_arms, r
     assert len({tuple(o) for o in orders[::2]}) == min(n_arms, rounds // 2)  # the order rotates between pairs
 
 
+@pytest.mark.parametrize("arm, stock", [([10.0, 30.0], [20.0, 10.0]), ([5.0, 5.2, 4.9], [5.1, 5.0, 6.0]),
+                                         ([12.0], [8.0])])
+def test_the_pooled_speedup_lies_inside_the_per_round_range(arm, stock):
+    arm_tps, stock_tps, speedup = ba.pooled_speedup(arm, stock)
+    per_round = [a / s for a, s in zip(arm, stock)]
+    assert min(per_round) - 1e-4 <= speedup <= max(per_round) + 1e-4
+    assert arm_tps == pytest.approx(sum(arm) / len(arm)) and speedup == pytest.approx(arm_tps / stock_tps, abs=1e-4)
+    assert ba.pooled_speedup([], [])[2] is None
+
+
 def test_groups_that_fit_the_free_memory():
     assert ba.groups_that_fit(4, 2000, 3072 + 8000) == 4
     assert ba.groups_that_fit(4, 2000, 3072 + 4100) == 2

@@ -327,16 +327,24 @@ def _acceptance(arm: Arm) -> float | None:
     return None
 
 
+def pooled_speedup(arm_rounds: list[float], stock_neighbours: list[float]) -> tuple[float, float, float | None]:
+    """(arm tokens/s, stock tokens/s, speedup): the means of the arm's rounds and of the stock rounds next
+    to them. Their ratio is the mediant of the per-round ratios, so it lies inside their range."""
+    arm_tps = sum(arm_rounds) / len(arm_rounds) if arm_rounds else 0.0
+    stock_tps = sum(stock_neighbours) / len(stock_neighbours) if stock_neighbours else 0.0
+    return arm_tps, stock_tps, (round(arm_tps / stock_tps, 4) if stock_tps else None)
+
+
 def arm_report(stock: bench.Engine, arm: Arm) -> dict:
     e = arm.engine
     full_depth = bench._full_depth(e.llm) if e.counters is not None else None
-    stock_tps = sum(arm.stock_neighbours) / len(arm.stock_neighbours)
+    arm_tps, stock_tps, speedup = pooled_speedup(e.round_tokens_per_s, arm.stock_neighbours)
     agreements = [bench.token_agreement(a, b) for a, b in zip(stock.token_ids, e.token_ids)]
     report = {
         "spec": arm.spec,
-        "tokens_per_s": round(e.tokens_per_s, 3),
+        "tokens_per_s": round(arm_tps, 3),
         "stock_tokens_per_s": round(stock_tps, 3),
-        "speedup": round(e.tokens_per_s / stock_tps, 4) if stock_tps else None,
+        "speedup": speedup,
         "round_speedups": arm.round_speedups,
         "identical": sum(a == b for a, b in zip(stock.token_ids, e.token_ids)),
         "n": len(e.token_ids),
@@ -427,7 +435,7 @@ def plot(result: dict, path: str) -> None:
     ax.axhline(1.0, color="#888888", lw=0.8, ls="--", label="stock vLLM")
     for name, a in result["arms"].items():
         rs = a["round_speedups"] or [a["speedup"]]
-        yerr = [[a["speedup"] - min(rs)], [max(rs) - a["speedup"]]]
+        yerr = [[max(0.0, a["speedup"] - min(rs))], [max(0.0, max(rs) - a["speedup"])]]  # 4-digit rounding
         ax.errorbar([a["token_agreement"]], [a["speedup"]], yerr=yerr, fmt="o", capsize=3)
         ax.annotate(name, (a["token_agreement"], a["speedup"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
