@@ -30,11 +30,10 @@ ENGINE_ARGS = dict(
     enable_prefix_caching=False,  # prompt logprobs are asked of the same prompts repeatedly
 )
 
-# For engines checked against the HF reference or the compiled stock engine: what
-# the model computes, not how it is compiled.  Compiling costs ~45 s (tiny) to
-# ~150 s (SmolLM2's depth model) per new engine here; the compiled depth path is
-# covered on tiny by the identity, early-exit, skip-set self-draft and one
-# compiled schedule test, and the stock engines every comparison uses are compiled.
+# For engines checked against the HF reference or a stock engine: what the model computes, not how
+# it is compiled.  Compiling costs ~45 s (tiny) to ~150 s (SmolLM2's depth model) per new engine
+# here; the compiled depth path is covered on tiny (by the identity, early-exit, skip-set self-draft,
+# compile-cache, pipeline-parallel and one compiled schedule test, against the compiled stock engine).
 EAGER = dict(enforce_eager=True)
 
 # Mixed lengths: from two tokens to a few hundred.
@@ -80,15 +79,16 @@ def make_llm(model: str, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def stock_llm():
-    """``stock_llm(path)``: stock vLLM (compiled, ``ENGINE_ARGS``) on a checkpoint, started once per
-    session and shared by the modules that compare against it (an idle engine costs no CPU here;
-    compiling one costs a minute or more)."""
+def stock_llm(tiny_dir):
+    """``stock_llm(path)``: stock vLLM (``ENGINE_ARGS``) on a checkpoint, started once per session and
+    shared by the modules that compare against it (an idle engine costs no CPU here).  Compiled on
+    tiny, as the compiled depth engines it is compared with; eager on any other checkpoint, as the
+    depth engines on real weights are (compiling SmolLM2 costs a minute and a half)."""
     engines = {}
 
     def get(path: str):
         if path not in engines:
-            engines[path] = make_llm(path)
+            engines[path] = make_llm(path, **({} if path == tiny_dir else EAGER))
         return engines[path]
 
     yield get

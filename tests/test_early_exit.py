@@ -104,15 +104,11 @@ def test_always_fires_at_first_exit_point_at_or_after_min_layer(case):
 
 @pytest.fixture(scope="module")
 def stock(case, tiny_dir, smollm2_dir, stock_llm):
-    """Stock vLLM's tokens, run as the depth engine runs: compiled for tiny, eager for SmolLM2."""
+    """Stock vLLM's tokens, run as the depth engine runs (the session's engine: compiled for tiny,
+    eager for SmolLM2)."""
     _, model, _ = case
-    if len(model.model.layers) == 6:
-        outs = stock_llm(tiny_dir).generate(PROMPTS, _params(), use_tqdm=False)
-    else:
-        llm = make_llm(smollm2_dir, **EAGER)
-        outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
-        shutdown(llm)
-    return [list(o.outputs[0].token_ids) for o in outs]
+    path = tiny_dir if len(model.model.layers) == 6 else smollm2_dir
+    return [list(o.outputs[0].token_ids) for o in stock_llm(path).generate(PROMPTS, _params(), use_tqdm=False)]
 
 
 def test_threshold_that_cannot_fire_is_stock_vllm_and_runs_no_check(case, stock):

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])
 def engines(request, tiny_dir, smollm2_dir, stock_llm):
     path = tiny_dir if request.param == "tiny" else smollm2_dir
-    # tiny: the depth model compiled, as served by default; SmolLM2 (its real weights, against
-    # the compiled stock engine): eager, as compiling its 30 layers again costs CI two minutes
+    # tiny: the depth model compiled, as served by default, against the compiled stock engine;
+    # SmolLM2 (its real weights): both eager, as compiling its 30 layers costs CI minutes
     depth = make_llm(path, model_impl="depth", **({} if request.param == "tiny" else EAGER))
     yield stock_llm(path), depth
     shutdown(depth)
