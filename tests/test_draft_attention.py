@@ -49,6 +49,31 @@ def test_the_attention_head_config_round_trips():
     assert depth.to_dict()["exit_heads"] == HEAD
 
 
+@pytest.mark.parametrize("eagle", [False, True])
+def test_the_second_draft_tokens_training_pass_is_the_head_drafting_a_second_token(tiny_dir, eagle):
+    """Row i - 1 of ``two_steps``' second pass is the head over positions 0..i whose last row reads its
+    own first state at i - 1 in place of the final state at i (the engine's second draft token)."""
+    from vllm_depth.tools.analysis import load_hf
+    from vllm_depth.tools.train_draft_attention import TorchAttentionDraftHead
+
+    model, _ = load_hf(tiny_dir)
+    torch.manual_seed(0)
+    head = TorchAttentionDraftHead(model, reduced=False, eagle=eagle)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        t, hidden = 9, model.config.hidden_size
+        embeds, prev = torch.randn(t, hidden), torch.randn(t, hidden)
+        first, second = head.two_steps(embeds, prev)
+        ref = head(embeds, prev)
+        assert first.shape == (t, hidden) and second.shape == (t - 1, hidden)
+        torch.testing.assert_close(first, ref, rtol=1e-4, atol=1e-5)
+        for i in (1, 4, t - 1):
+            alone = head(embeds[: i + 1], torch.cat([prev[:i], ref[i - 1 : i]]))[-1]
+            torch.testing.assert_close(second[i - 1], alone, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(second[3], ref[4], atol=1e-3)  # it reads its own state, not the final one
+
+
 @pytest.mark.parametrize("args, message", [
     (["--exit-layers", "2"], "--exit-layers: [2]"),
     (["--mlp-width", "64"], "--mlp-width: 64"),

