@@ -97,6 +97,16 @@ def test_presets_and_custom_arms(tiny_dir):
         ba.arm_kwargs("e", {"depth": {"exit_layers": [9]}}, tiny_dir, {})
 
 
+def test_only_suffix_decoding_forgets_its_responses_before_each_round(tiny_dir):
+    def arm(spec):
+        return ba.arm_kwargs("a", spec, tiny_dir, {})
+
+    assert arm(ba.preset("suffix", tiny_dir)).forgets_responses
+    assert not arm(ba.preset("ngram", tiny_dir)).forgets_responses
+    assert not arm(ba.preset("self-draft", tiny_dir)).forgets_responses
+    assert not arm({"depth": {"exit_layers": [2]}}).forgets_responses
+
+
 def test_an_arm_serves_its_own_copy_of_the_model_and_no_other(tiny_dir, smollm2_dir, tmp_path):
     """An arm's ``model``: the bench's model with something added (trained heads); another model is refused."""
     import json

@@ -496,6 +496,17 @@ def test_vocab_parallel_head_and_pipeline_pieces():
     assert set(t.tensors) == {"hidden_states", "residual"} and t["residual"].shape == (3, 8)
 
 
+def test_suffix_decoding_keeps_finished_responses_in_a_cache_it_can_evict():
+    """compat.runner.forget_suffix_responses (the bench times suffix decoding on prompts it has not
+    answered): vLLM's proposer holds arctic-inference's cache and evicts a cached response by id."""
+    from vllm.v1.spec_decode.suffix_decoding import SuffixDecodingProposer
+
+    init = inspect.getsource(SuffixDecodingProposer.__init__)
+    assert "self.suffix_cache = SuffixDecodingCache(" in init
+    src = inspect.getsource(SuffixDecodingProposer.propose)
+    assert "in self.suffix_cache.cached_requests" in src and "self.suffix_cache.evict_cached_response(req_id)" in src
+
+
 def test_speculative_decoding_still_needs_a_drafter_on_every_pipeline_rank():
     """Why self-drafting is refused under PP (config.check_parallel): vLLM 0.32 builds the drafter
     on the last pipeline rank only, then reads it on every rank.  When this fails, vLLM changed:

@@ -36,6 +36,19 @@ def worker_drafter(worker):
     return getattr(worker.model_runner, "drafter", None)
 
 
+def forget_suffix_responses(worker) -> int:
+    """Empties suffix decoding's cache of finished requests' responses (vLLM 0.32
+    ``SuffixDecodingProposer.suffix_cache``, arctic-inference's ``SuffixDecodingCache``); the trees of
+    running requests stay.  Returns how many responses it forgot (0 without a suffix drafter)."""
+    cache = getattr(worker_drafter(worker), "suffix_cache", None)
+    if cache is None:
+        return 0
+    done = list(cache.cached_requests)
+    for req_id in done:
+        cache.evict_cached_response(req_id)
+    return len(done)
+
+
 def kv_cache_layout(worker) -> dict:
     """The worker's paged KV cache: blocks, block size, bytes per token slot, attention layers
     (vLLM 0.32 ``KVCacheConfig``; each distinct cache tensor counted once)."""

@@ -18,7 +18,12 @@ from typing import Any
 from tqdm import tqdm
 
 from vllm_depth.compat.requests import user_request_id
-from vllm_depth.compat.runner import kv_cache_layout, worker_drafter, worker_model
+from vllm_depth.compat.runner import (
+    forget_suffix_responses,
+    kv_cache_layout,
+    worker_drafter,
+    worker_model,
+)
 from vllm_depth.config import depth_config_of
 from vllm_depth.request_args import parse_request_args
 from vllm_depth.spec_decode.policy import ratio
@@ -139,6 +144,11 @@ def _draft_counters(worker, reset: bool) -> dict | None:
 def draft_counters(llm, reset: bool = False) -> dict | None:
     """Drafts proposed and accepted by ``llm``'s self-draft since the last reset."""
     return llm.collective_rpc(_draft_counters, args=(reset,))[0]
+
+
+def forget_responses(llm) -> int:
+    """Suffix decoding forgets the responses of finished requests; how many it forgot."""
+    return llm.collective_rpc(forget_suffix_responses)[0]
 
 
 def _kv_cache(worker) -> dict:

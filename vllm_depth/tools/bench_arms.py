@@ -154,6 +154,13 @@ class Arm:
     def counts_vllm_drafts(self) -> bool:
         return "disable_log_stats" in self.kwargs
 
+    @property
+    def forgets_responses(self) -> bool:
+        """Suffix decoding drafts from the responses it has cached, and every round repeats the same
+        prompts: its cache is emptied before each of its rounds, so that each round times prompts
+        it has not answered before (within a round it learns from the round's earlier requests)."""
+        return (self.kwargs.get("speculative_config") or {}).get("method") == "suffix"
+
 
 def arm_kwargs(name: str, spec: dict, model_dir: str, common: dict) -> Arm:
     """The ``LLM`` keyword arguments of an arm, its depth config checked against the checkpoint."""
@@ -310,6 +317,8 @@ def _time_group(stock: bench.Engine, arms: list[Arm], prompts, max_tokens: int, 
             pending = []
         else:
             arm = arms[slot]
+            if arm.forgets_responses:
+                bench.forget_responses(arm.engine.llm)
             bench.run_round(arm.engine, prompts, max_tokens, batch_size,
                             per_request=arm.is_depth, progress=progress)
             pending.append(arm)
@@ -356,6 +365,8 @@ def arm_report(stock: bench.Engine, arm: Arm) -> dict:
                             if full_depth and e.tokens else None),
         "outputs": e.outputs,
     }
+    if arm.forgets_responses:
+        report["responses_forgotten_each_round"] = True
     return report
 
 
