@@ -7,14 +7,17 @@ runner did not schedule.  Both build attention metadata the way the runner does:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from vllm.config import CUDAGraphMode
 from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-# CommonAttentionMetadata fields, by how a subset of the step's rows takes them (vLLM 0.32).
-# The compat tests fail when vLLM adds a field that is in none of these.
+# CommonAttentionMetadata fields, by how a subset of the step's rows takes them (vLLM 0.32 to 0.34;
+# replayssm_decode_base_cpu is gone in 0.34).  The compat tests fail when vLLM adds a field that is in
+# none of these; a subset sets only the fields of the installed release (_FIELDS).
 _PER_REQUEST = ("seq_lens", "seq_lens_cpu_upper_bound", "block_table_tensor", "is_prefilling", "req_idx",
                 "rswa_prefix_lens", "replayssm_decode_base_cpu")
 _PER_TOKEN = ("slot_mapping", "positions")
@@ -28,6 +31,7 @@ _UNSUPPORTED = ("logits_indices_padded", "num_logits_indices", "max_logits_per_r
 # memoised values of the full batch, computed again by whoever asks the subset
 _CACHES = ("_num_computed_tokens_cache", "_token_to_req_indices_cache")
 SUBSET_FIELDS = _PER_REQUEST + _PER_TOKEN + _DERIVED + _UNSUPPORTED + _CACHES
+_FIELDS = frozenset(f.name for f in dataclasses.fields(CommonAttentionMetadata))
 
 
 def subset_common_metadata(common, req_of_row, keep_rows):
@@ -50,7 +54,7 @@ def subset_common_metadata(common, req_of_row, keep_rows):
     torch.cumsum(qlen.to(qsl_cpu.dtype), 0, out=qsl_cpu[1:])
     old_qlen = common.query_start_loc_cpu[1:] - common.query_start_loc_cpu[:-1]
     dropped = (old_qlen[keep_reqs] - qlen).to(common.seq_lens.dtype)  # rows left behind (kv_fill 'recompute')
-    fields = {name: _rows_of(getattr(common, name, None), keep_reqs) for name in _PER_REQUEST}
+    fields = {name: _rows_of(getattr(common, name, None), keep_reqs) for name in _PER_REQUEST if name in _FIELDS}
     fields.update({name: _rows_of(getattr(common, name, None), keep_rows) for name in _PER_TOKEN})
     fields["seq_lens"] = fields["seq_lens"] - _to(dropped, fields["seq_lens"].device)
     upper = fields["seq_lens_cpu_upper_bound"]

