@@ -63,6 +63,19 @@ def smollm2_dir() -> str:
     return resolve_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def attended_head(smollm2_dir, tmp_path_factory) -> str:
+    """A copy of SmolLM2 with an attention draft head trained for a minute (a tenth of train-exits'
+    default: enough for drafts that are accepted and rejected); its config names the head and the
+    draft (``draft_layers`` 0)."""
+    from vllm_depth.tools.train_draft_attention import train_draft_attention
+
+    out = str(tmp_path_factory.mktemp("attended") / "model")
+    train_draft_attention(smollm2_dir, out=out, steps=300, chunks=48, self_text=16, self_tokens=96, eval_chunks=2,
+                          progress=False)
+    return out
+
+
 def run_cli(*args, timeout=900):
     """``vllm-depth ARGS`` as a user runs it (a subprocess), output captured."""
     import subprocess

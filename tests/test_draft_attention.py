@@ -88,24 +88,12 @@ def test_train_exits_refuses_bad_draft_attention_arguments_before_any_work(tiny_
 # -- SmolLM2 with a briefly trained head: the engine against the PyTorch head --------------
 
 
-@pytest.fixture(scope="module")
-def attended(smollm2_dir, tmp_path_factory) -> str:
-    """A copy of SmolLM2 with an attention draft head trained for a minute (a tenth of train-exits'
-    default: enough for drafts that are accepted and rejected)."""
-    from vllm_depth.tools.train_draft_attention import train_draft_attention
-
-    out = str(tmp_path_factory.mktemp("attended") / "model")
-    train_draft_attention(smollm2_dir, out=out, steps=300, chunks=48, self_text=16, self_tokens=96, eval_chunks=2,
-                          progress=False)
-    return out
-
-
-def test_the_trained_head_is_in_the_checkpoint(attended):
+def test_the_trained_head_is_in_the_checkpoint(attended_head):
     from safetensors import safe_open
 
-    cfg = json.loads((Path(attended) / "config.json").read_text())
+    cfg = json.loads((Path(attended_head) / "config.json").read_text())
     assert cfg["depth"] == {"exit_heads": HEAD, "draft_layers": 0, "draft_tokens": 2}
-    with safe_open(str(Path(attended) / "depth" / "exit_heads.safetensors"), "pt") as f:
+    with safe_open(str(Path(attended_head) / "depth" / "exit_heads.safetensors"), "pt") as f:
         names = set(f.keys())
     assert {"model.draft_head.fc.weight", "model.draft_head.norm.weight", "model.draft_head.other",
             "model.draft_head.layer.self_attn.q_proj.weight", "model.exit_vocab.ids"} <= names
@@ -113,8 +101,8 @@ def test_the_trained_head_is_in_the_checkpoint(attended):
 
 
 @pytest.fixture(scope="module")
-def engine(attended):
-    llm = make_llm(attended, model_impl="depth",
+def engine(attended_head):
+    llm = make_llm(attended_head, model_impl="depth",
                    hf_overrides={"depth": {"exit_heads": HEAD, "draft_layers": 0, "draft_backoff": 0}},
                    speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **EAGER)
     yield llm
@@ -165,11 +153,11 @@ def _reference(head, model, known: list[int], k: int, rows: torch.Tensor, ids: t
     return out
 
 
-def test_every_engine_draft_is_the_pytorch_heads_and_greedy_equals_stock(attended, engine, smollm2_dir, stock_llm):
+def test_every_engine_draft_is_the_pytorch_heads_and_greedy_equals_stock(attended_head, engine, smollm2_dir, stock_llm):
     from vllm_depth.tools.train_draft_attention import load_draft_head
     from vllm_depth.tools.train_exit_heads import OutputSpace
 
-    head, ids, model = load_draft_head(attended)
+    head, ids, model = load_draft_head(attended_head)
     space = OutputSpace(model, ids)
     stock = stock_llm(smollm2_dir)
     counters(engine, reset=True)

@@ -17,9 +17,10 @@ from vllm_depth.config import PROPOSER
 from vllm_depth.spec_decode.engine_args import self_spec_engine_args
 from vllm_depth.spec_decode.policy import (
     DraftPolicy,
+    StepTimes,
     _RequestState,
-    best_length,
     expected_tokens,
+    monotone,
 )
 
 
@@ -37,53 +38,86 @@ def counters(llm, reset=False):
 # -- pure logic ---------------------------------------------------------------------------
 
 
-def test_best_length_drafts_only_when_it_pays():
+def _timed(policy: DraftPolicy, fixed: float, per_row: float, flat_rows: int = 4) -> DraftPolicy:
+    """Step times measured at 1 to 64 rows: flat up to ``flat_rows`` (memory-bound), then
+    ``per_row`` seconds a row more."""
+    for rows in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
+        for _ in range(30):
+            policy.timed_step(rows, fixed + per_row * max(0, rows - flat_rows))
+    return policy
+
+
+def test_step_times_interpolate_between_measured_row_counts():
+    times = StepTimes()
+    assert times.predict(3) is None
+    times.add(1, 0.030)
+    assert times.predict(5) == pytest.approx(0.030)  # one point: flat
+    times.add(16, 0.060)
+    assert times.predict(8) == pytest.approx(0.030 + 7 * 0.002)
+    assert times.predict(32) == pytest.approx(0.060 + 16 * 0.002)  # past the range: the nearest slope
+    times.add(4, 0.080)  # noise: 4 rows measured slower than 16
+    assert times.predict(4) == times.predict(16) == pytest.approx(0.070)  # made non-decreasing
+    assert monotone([(1, 3.0), (2, 1.0), (3, 2.0), (4, 5.0)]) == [(1, 2.0), (2, 2.0), (3, 2.0), (4, 5.0)]
+
+
+def test_plan_drafts_at_batch_one_and_less_then_nothing_as_the_batch_grows():
     assert expected_tokens(0.5, 2) == pytest.approx(1.75)
-    assert best_length(0.1, 0.6, 4) == 0  # poor acceptance, costly draft: none
-    assert best_length(0.9, 0.1, 4) == 4  # good acceptance, cheap draft: all
-    assert 0 < best_length(0.6, 0.3, 4) < 4
+    policy = _timed(DraftPolicy(k_max=2, probe=16), fixed=0.030, per_row=0.002)
+    policy.draft_cost = 0.001
+    for r in range(32):
+        policy.states[str(r)] = _RequestState(hits=5.0, trials=10.0)  # acceptance 0.5
+    lengths = {b: sum(policy.plan([str(r) for r in range(b)])) for b in (1, 2, 8, 32)}
+    assert lengths[1] == 2 and lengths[2] >= 2  # a verified row is almost free
+    assert lengths[8] < 16  # each row costs: fewer draft tokens than 2 per request
+    assert lengths[32] == 0  # and under load none, not even a probe (no draft could pay)
+
+
+def test_plan_gives_the_draft_tokens_to_the_requests_whose_drafts_are_accepted():
+    policy = _timed(DraftPolicy(k_max=2, probe=16), fixed=0.030, per_row=0.002, flat_rows=2)
+    policy.draft_cost = 0.0005
+    policy.states["good"] = _RequestState(hits=9.0, trials=10.0)
+    policy.states["poor"] = _RequestState(hits=1.0, trials=10.0)
+    good, poor = policy.plan(["good", "poor"] + [f"x{i}" for i in range(6)])[:2]
+    assert good == 2 and poor <= 1
 
 
 def test_policy_probes_ever_more_rarely_while_drafting_does_not_pay():
-    policy = DraftPolicy(k_max=3, probe=4, max_backoff=4)
-    policy.cost = 0.9  # measured: a draft forward costs most of a step
+    policy = _timed(DraftPolicy(k_max=3, probe=4, max_backoff=4), fixed=0.030, per_row=0.0)
+    policy.draft_cost = 0.025  # measured: a draft token costs most of a step
     policy.states["r"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
-    lengths = [policy.length("r") for _ in range(60)]
+    lengths = [policy.plan(["r"])[0] for _ in range(60)]
     probes = [i for i, k in enumerate(lengths) if k]
     assert set(lengths) == {0, 1}
     assert probes == [0, 4, 12, 28, 44]  # waits of 4, 8, 16, then at most 4 x 4
-    # drafting pays again (acceptance measured high): full drafts, and the backoff starts over
+    # drafting pays again (acceptance measured high, drafts cheap): full drafts, and the backoff starts over
     policy.states["r"].hits, policy.states["r"].trials = 40.0, 40.0
-    policy.cost = 0.1
-    assert policy.length("r") == 3
+    policy.draft_cost = 0.001
+    assert policy.plan(["r"]) == [3]
     policy.states["r"].hits, policy.states["r"].trials = 0.0, 40.0
-    policy.cost = 0.9
-    assert [policy.length("r") for _ in range(6)] == [1, 0, 0, 0, 1, 0]
+    policy.draft_cost = 0.025
+    assert [policy.plan(["r"])[0] for _ in range(6)] == [1, 0, 0, 0, 1, 0]
 
 
-def test_a_new_request_starts_from_the_last_finished_requests_acceptance_and_backoff():
-    policy = DraftPolicy(k_max=3, probe=4, max_backoff=4, cost=0.2)
-    assert policy.length("fresh") > 0  # the prior (acceptance 0.5) says a cheap draft pays
-    policy.cost = 0.9
-    policy.states["a"] = _RequestState(hits=0.0, trials=20.0, judged=True)  # measured: nothing accepted
-    for _ in range(30):  # probes backed off to 16 steps
-        policy.length("a")
-    policy.forget_except(set())  # both finish; "a" had judged drafts, "fresh" had not
-    assert policy.states == {} and policy.start.trials == 20.0
-    # a new request drafts no full draft to learn what "a" measured: a probe, then the long wait
-    assert [policy.length("b") for _ in range(17)] == [1] + [0] * 15 + [1]
-    policy.forget_except({"b"})
-    assert policy.start.trials == 20.0  # a live request does not replace it
+def test_a_new_request_starts_from_the_prior_whatever_finished_before():
+    policy = _timed(DraftPolicy(k_max=3, probe=4, max_backoff=4), fixed=0.030, per_row=0.0)
+    policy.draft_cost = 0.001
+    assert policy.plan(["fresh"]) == [3]  # the prior (acceptance 0.5) says a cheap draft pays
+    policy.states["a"] = _RequestState(hits=0.0, trials=20.0)  # measured: nothing accepted
+    for _ in range(30):
+        assert policy.plan(["a"])[0] <= 1
+    policy.forget_except(set())
+    assert policy.states == {}
+    assert policy.plan(["b"]) == [3]  # what "a" measured does not reach "b"
 
 
 def test_policy_learns_acceptance_from_accepted_counts():
-    policy = DraftPolicy(k_max=3, probe=4, cost=0.2)
+    policy = _timed(DraftPolicy(k_max=3, probe=4), fixed=0.030, per_row=0.0)
+    policy.draft_cost = 0.001
     for _ in range(10):
-        assert policy.length("r") == 3 or policy.states["r"].alpha() < 0.9
+        assert policy.plan(["r"]) == [3]
         policy.proposed("r", 3)
         assert policy.observe("r", 4) == (3, 3)  # all three accepted, plus the bonus token
     assert policy.states["r"].alpha() > 0.9
-    assert policy.length("r") == 3
     policy.proposed("r", 3)
     assert policy.observe("r", 1) == (0, 3)  # all rejected
 
@@ -98,10 +132,11 @@ def test_first_token_acceptance_is_the_share_of_drafts_whose_first_token_was_acc
 
 def test_a_draft_never_accepted_stops_even_when_it_is_cheap():
     # the prior's pseudo-trial fades with the evidence: the estimate falls towards 0, not to a floor
-    policy = DraftPolicy(k_max=2, probe=4, cost=0.05)
+    policy = _timed(DraftPolicy(k_max=2, probe=4), fixed=0.030, per_row=0.0)
+    policy.draft_cost = 0.0015
     lengths = []
     for _ in range(40):
-        lengths.append(policy.length("r"))
+        lengths.append(policy.plan(["r"])[0])
         if lengths[-1]:
             policy.proposed("r", lengths[-1])
         policy.observe("r", 1)  # nothing accepted
@@ -109,18 +144,9 @@ def test_a_draft_never_accepted_stops_even_when_it_is_cheap():
     assert sum(1 for k in lengths[-30:] if k) <= 3  # probes only
 
 
-def test_policy_counts_what_verifying_a_draft_token_adds_to_a_step():
-    policy = DraftPolicy(k_max=3, probe=4, cost=0.5)
-    policy.states["r"] = _RequestState(hits=6.0, trials=10.0)  # acceptance about 0.6
-    assert policy.length("r") == 1  # a draft at half a step pays if verifying it is free
-    for _ in range(20):
-        policy.stepped(0.010, 0)  # plain steps: 10 ms
-        policy.stepped(0.012, 1)  # a step verifying one draft token: 12 ms
-    assert policy.verify == pytest.approx(0.2, abs=0.01)
-    # with that cost counted it does not: only one-token probes, 4 then 8 steps apart
-    assert [policy.length("r") for _ in range(14)] == [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0]
-    policy.stepped(0.0, 1)  # no time measured (the first step): nothing changes
-    assert policy.verify == pytest.approx(0.2, abs=0.01)
+def test_until_a_step_is_timed_every_request_drafts_the_full_length():
+    assert DraftPolicy(k_max=3, probe=16).plan(["a", "b"]) == [3, 3]
+    assert _timed(DraftPolicy(k_max=3, probe=0), 0.03, 0.01).plan(["a"] * 40) == [3] * 40  # probe 0: always
 
 
 def test_self_spec_arguments_merge_into_the_depth_config():

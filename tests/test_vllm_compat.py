@@ -276,7 +276,7 @@ def test_without_the_v1_runner_exits_and_the_self_draft_are_refused_and_schedule
     from vllm_depth.config import DepthConfigError
     from vllm_depth.patches import RUNNER_PATCHES, engine_args
 
-    assert has_v1_runner() and len(RUNNER_PATCHES) == 2  # the installed vLLM 0.32
+    assert has_v1_runner() and len(RUNNER_PATCHES) == 3  # the installed vLLM 0.32
     monkeypatch.setattr(engine_args, "has_v1_runner", lambda: False)
 
     def config(**kw):

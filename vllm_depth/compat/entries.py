@@ -157,8 +157,17 @@ _RUNNER_HOOKS = (
     E(_RUNNER, "GPUModelRunner._prepare_inputs", "patches.worker.model_runner (_prepare_inputs): a step with no draft tokens runs with "
       f"speculative_config None (no SpecDecodeMetadata, the plain sampler); {_PATCHED}",
       "test_self_draft_hooks_exist_with_their_signatures: source strings"),
-    E(_RUNNER, "GPUModelRunner._sample", "a step without spec_decode_metadata samples plainly",
-      "test_self_draft_hooks_exist_with_their_signatures: 'if spec_decode_metadata is None:'"),
+    E(_RUNNER, "GPUModelRunner._sample", "a step without spec_decode_metadata samples plainly; "
+      f"patches.worker.seeded_prefill (_sample) saves the generators of discarded rows before it; {_PATCHED}",
+      "test_self_draft_hooks_exist_with_their_signatures: 'if spec_decode_metadata is None:'; "
+      "test_sampled_and_greedy_requests_in_one_batch_keep_their_distributions (end to end)"),
+    E(_RUNNER, "GPUModelRunner._bookkeeping_sync", "rewinds the generator of a seeded request whose sampled token "
+      "is discarded (set_offset, which CPU generators lack); patches.worker.seeded_prefill (_bookkeeping_sync) "
+      f"restores the saved state instead; {_PATCHED}", "test_a_seeded_request_repeats_itself_alone_and_in_a_batch, "
+      "test_sampled_and_greedy_requests_in_one_batch_keep_their_distributions (end to end)"),
+    E(_RUNNER, "GPUModelRunner.discard_request_mask", "compat.runner.discarded_generators: the rows whose sampled "
+      "token is discarded (an unfinished prefill chunk)", "test_sampled_and_greedy_requests_in_one_batch_keep_their_"
+      "distributions (end to end)"),
     E(_RUNNER, "GPUModelRunner.propose_draft_token_ids", "patches.worker.model_runner (propose_draft_token_ids): binds the call's "
       "sample_hidden_states, spec_decode_metadata, hidden_states and common_attn_metadata by name and hands them "
       "to the drafter; the custom_class "
@@ -219,7 +228,11 @@ _INPUT_BATCH = (
     E(_BATCH, "InputBatch.token_ids_cpu", "the custom_class propose call passes it", "test_self_draft_hooks_exist_"
       "with_their_signatures: source string"),
     E(_BATCH, "InputBatch.block_table", "draft_attention: block_table[gid]", "no check"),
-    E(_BATCH, "CachedRequestState.sampling_params", "step_requests: the request's extra_args", "no check"),
+    E(_BATCH, "CachedRequestState.sampling_params", "step_requests: the request's extra_args; "
+      "compat.runner.seeded_sampling: seed and temperature", "no check"),
+    E(_BATCH, "InputBatch.generators", "compat.runner.discarded_generators, patches.worker.seeded_prefill: "
+      "{batch index: torch.Generator} of seeded requests", "test_a_seeded_request_repeats_itself_alone_and_in_a_"
+      "batch (end to end)"),
     E("vllm.v1.worker.block_table", "MultiGroupBlockTable.__getitem__", "draft_attention: one group's table",
       "no check"),
     E("vllm.v1.worker.block_table", "BlockTable.get_cpu_tensor", "draft_attention: the rows' block ids",

@@ -36,6 +36,22 @@ def step_rows(runner, qsl) -> list[tuple[str, dict | None, bool]]:
     return out
 
 
+def seeded_sampling(runner, req_id: str) -> bool:
+    """Whether a request samples at temperature > 0 with a seed of its own (vLLM 0.32
+    ``CachedRequestState.sampling_params``): its random draws in rejection sampling follow the draft
+    tokens it is given."""
+    params = runner.requests[req_id].sampling_params
+    return params is not None and params.seed is not None and params.temperature > 0
+
+
+def discarded_generators(runner) -> dict:
+    """{batch index: its torch.Generator} of the step's seeded requests whose sampled token is
+    discarded (their prompt is not complete after the step: vLLM 0.32 ``discard_request_mask``)."""
+    batch = runner.input_batch
+    mask = runner.discard_request_mask.np[: batch.num_reqs]
+    return {int(i): batch.generators[int(i)] for i in mask.nonzero()[0] if int(i) in batch.generators}
+
+
 def request_ids(runner) -> list[str]:
     """The step's request ids, in the runner's batch order (vLLM 0.32 ``InputBatch.req_ids``)."""
     return runner.input_batch.req_ids

@@ -8,6 +8,10 @@ scheduler sums them per request and, when the request finishes, returns
 ``kv_transfer_params`` (vLLM's one free-form per-request field that reaches
 ``RequestOutput`` and the OpenAI responses).
 
+With prefix caching on, the blocks a request that may exit generates are cached under a key of its
+own (``add_request``): their K/V may be filled by propagation, so no other request may reuse them.
+Its prompt's blocks, computed at full depth, are shared as usual.
+
 With ``kv_fill: "recompute"`` it also schedules a token that exited early
 once more, with the next token of its request, so the layers it skipped run
 for real (``_rerun_exited``).
@@ -23,8 +27,10 @@ from __future__ import annotations
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from vllm_depth.compat.requests import recompute_last_token
+from vllm_depth.compat.requests import keep_generated_blocks_private, recompute_last_token
 from vllm_depth.config import depth_config_of
+from vllm_depth.early_exit.step import exit_plan
+from vllm_depth.request_args import parse_request_args
 
 _NONE = object()  # the step's output brought no drafts
 
@@ -37,9 +43,31 @@ class _DepthStats:
         self._full = len(depth.schedule(hf.num_hidden_layers))
         # kv_fill 'recompute': an exited token is scheduled again with the next one
         self._recompute = depth.recomputes()
+        # the exit settings a request's own are checked against (None: no token exits on this engine)
+        exits = depth.exit_layers is not None and self.vllm_config.speculative_config is None
+        self._exit_settings = dict(thresholds=depth.thresholds(), min_layer=depth.min_layer,
+                                   exit_layers=depth.exit_layers) if exits else None
         self._depth: dict[str, list[int]] = {}  # req_id -> [sum of layers, decode tokens, tokens re-run]
         # the self-draft's drafts, when they came back with the step's output (``take_depth_drafts``)
         self._drafts = _NONE
+
+    def add_request(self, request) -> None:
+        if self._may_exit(request):
+            keep_generated_blocks_private(request)
+        super().add_request(request)
+
+    def _may_exit(self, request) -> bool:
+        """Whether a token of ``request`` may leave early: then the K/V of what it generates may be
+        filled by propagation (or wait a step for ``recompute``), and its blocks past the prompt are
+        kept out of other requests' reach in the prefix cache (``keep_generated_blocks_private``)."""
+        if self._exit_settings is None:
+            return False
+        params = request.sampling_params
+        try:
+            depth = parse_request_args(params.extra_args if params is not None else None)
+        except ValueError:  # refused by the front end; counted as exiting all the same
+            return True
+        return exit_plan(depth, **self._exit_settings) is not None
 
     def update_from_output(self, scheduler_output, model_runner_output):
         exits = getattr(model_runner_output, "depth_exits", None) or {}

@@ -55,25 +55,36 @@ class ExitStep:
     num_reqs: int
 
 
+def exit_plan(depth: RequestDepth, *, thresholds: tuple[float, ...], min_layer: int,
+              exit_layers: tuple[int, ...]) -> tuple[tuple[float, ...], int] | None:
+    """A request's (threshold per exit layer, min layer), or None when none of its tokens can exit.
+
+    ``thresholds``: the model's, one per exit layer; a request's ``depth_exit_threshold`` replaces
+    all of them.
+    """
+    if not depth.exit:
+        return None
+    t = thresholds if depth.exit_threshold is None else (depth.exit_threshold,) * len(exit_layers)
+    m = min_layer if depth.min_layer is None else depth.min_layer
+    # confidence > 1.0 is impossible: a request with no layer it may exit at never exits
+    if all(x >= 1.0 or layer < m for x, layer in zip(t, exit_layers)):
+        return None
+    return tuple(t), m
+
+
 def plan_step(requests: list[StepRequest], query_start_loc: torch.Tensor, *, thresholds: tuple[float, ...],
               min_layer: int, exit_layers: tuple[int, ...]) -> ExitStep | None:
-    """The step's exit candidates, or None when no token can exit (then no check runs).
-
-    ``thresholds``: the model's, one per exit layer; a request's ``depth_exit_threshold``
-    replaces all of them.
-    """
+    """The step's exit candidates (``exit_plan`` of its decode requests), or None when no token can
+    exit (then no check runs)."""
     qsl = query_start_loc.cpu().tolist()
     candidates = []
     for r, req in enumerate(requests):
-        if not req.decode or not req.depth.exit:
+        if not req.decode:
             continue
-        t = thresholds if req.depth.exit_threshold is None else (req.depth.exit_threshold,) * len(exit_layers)
-        m = min_layer if req.depth.min_layer is None else req.depth.min_layer
-        # confidence > 1.0 is impossible: a request with no layer it may exit at is no candidate
-        if all(x >= 1.0 or layer < m for x, layer in zip(t, exit_layers)):
-            continue
-        # the request's last row (before it: the token kv_fill 'recompute' re-runs)
-        candidates.append((qsl[r + 1] - 1, tuple(t), m))
+        plan = exit_plan(req.depth, thresholds=thresholds, min_layer=min_layer, exit_layers=exit_layers)
+        if plan is not None:
+            # the request's last row (before it: the token kv_fill 'recompute' re-runs)
+            candidates.append((qsl[r + 1] - 1, *plan))
     if not candidates:
         return None
     return ExitStep(candidates, qsl, len(requests))

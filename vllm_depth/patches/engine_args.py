@@ -1,9 +1,11 @@
 """vLLM 0.32 ``EngineArgs.create_engine_config``: the depth engine's settings, decided and checked
 while the engine config is built, before any process starts.
 
-- a self-draft that cannot run is refused;
+- a self-draft that cannot run is refused, and so are token-level exits, where vLLM has no V1 model
+  runner (vLLM 0.34: ``compat.runner.has_v1_runner``);
 - the depth config is checked against the parallel layout;
 - kv_fill 'recompute' runs without async scheduling;
+- early exit with prefix caching runs with the depth scheduler (exited K/V stays private);
 - the CUDA-graph mode (``compat.cudagraph.cudagraph_policy``), with one start-up log line;
 - the depth scheduler, when the user asked for no scheduler class of their own (chosen after vLLM
   has settled ``async_scheduling``).
@@ -11,12 +13,15 @@ while the engine config is built, before any process starts.
 
 from __future__ import annotations
 
+import vllm
 from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
 
 from vllm_depth.compat.cudagraph import cudagraph_policy
+from vllm_depth.compat.runner import has_v1_runner
 from vllm_depth.config import (
     PROPOSER,
+    PROPOSER_PATHS,
     DepthConfigError,
     check_parallel,
     depth_config_of,
@@ -27,6 +32,16 @@ from vllm_depth.patches.base import is_depth, patch
 
 logger = init_logger(__name__)
 SCHEDULERS = "vllm_depth.core.scheduler"
+
+
+def check_v1_runner(speculative_config: dict | None) -> None:
+    """Refuse the self-draft, before vLLM reads its ``speculative_config``, where vLLM has no V1 model
+    runner: vLLM 0.34 takes ``model`` for a draft checkpoint to load, having no ``custom_class`` proposers."""
+    self_draft = isinstance(speculative_config, dict) and speculative_config.get("model") in PROPOSER_PATHS
+    if self_draft and not has_v1_runner():
+        raise ValueError(f"speculative_config.model={PROPOSER!r} drafts through vLLM's V1 model runner and its "
+                         f"custom_class proposers, which vLLM {vllm.__version__} does not have; allowed: "
+                         f"vllm>=0.32,<0.34")
 
 
 def check_self_draft(config) -> None:
@@ -55,6 +70,17 @@ def sync_for_recompute(config, depth, asked_async) -> None:
         sc.async_scheduling = False
 
 
+def private_exit_blocks(config, depth) -> None:
+    """With prefix caching on, the depth scheduler keeps the blocks of exiting requests private
+    (``DepthScheduler.add_request``): a scheduler of the user's own would let them leak."""
+    sc = config.scheduler_config
+    exits = depth.exit_layers is not None and config.speculative_config is None
+    if exits and config.cache_config.enable_prefix_caching and sc.scheduler_cls is not None:
+        raise DepthConfigError(f"depth.exit_layers with prefix caching needs vllm-depth's scheduler, which keeps "
+                               f"the K/V of exited tokens out of other requests' cache hits; allowed: "
+                               f"scheduler_cls unset (got {sc.scheduler_cls!r}), or enable_prefix_caching=False")
+
+
 def apply_cudagraph_policy(config, depth) -> None:
     """``cudagraph_policy`` on the engine config, with one start-up log line."""
     cc = config.compilation_config
@@ -75,8 +101,13 @@ def configure(config, asked_async) -> None:
         return
     pc, hf = config.parallel_config, config.model_config.hf_config
     depth = depth_config_of(hf)
+    if depth.exit_layers is not None and not has_v1_runner():
+        raise DepthConfigError(f"depth.exit_layers: token-level early exit is handed each step by vLLM's V1 model "
+                               f"runner, which vLLM {vllm.__version__} does not have; allowed: no exit_layers (layer "
+                               f"schedules run), or vllm>=0.32,<0.34")
     check_parallel(depth, pc.tensor_parallel_size, pc.pipeline_parallel_size, len(depth.schedule(hf.num_hidden_layers)))
     sync_for_recompute(config, depth, asked_async)
+    private_exit_blocks(config, depth)
     apply_cudagraph_policy(config, depth)
     if config.scheduler_config.scheduler_cls is None:
         name = "DepthAsyncScheduler" if config.scheduler_config.async_scheduling else "DepthScheduler"
@@ -86,6 +117,7 @@ def configure(config, asked_async) -> None:
 def install() -> None:
     def wrap(original):
         def method(self, *args, **kwargs):
+            check_v1_runner(self.speculative_config)
             config = original(self, *args, **kwargs)
             configure(config, self.async_scheduling)
             return config

@@ -24,8 +24,10 @@ token is known (the verifier's final states there), which writes the head's own 
 positions, then drafts from the last one, one head forward per further token.  Its K/V past the
 accepted tokens is written again, from the verifier's states, after the next step.
 
-The draft length adapts per request (``spec_decode.policy``).  A draft also stops at the first token
-whose draft confidence is not above ``draft_threshold``.
+How much each request drafts is chosen for the whole batch each step (``spec_decode.policy``): as
+much as pays at the measured cost of verifying and drafting at this batch size, so that under load
+the self-draft drafts less, then not at all.  A draft also stops at the first token whose draft
+confidence is not above ``draft_threshold``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from vllm.forward_context import set_forward_context
 
 from vllm_depth.compat.attention import draft_attention
-from vllm_depth.compat.runner import request_ids
+from vllm_depth.compat.runner import request_ids, seeded_sampling
 from vllm_depth.config import PROPOSER, require_draft
 from vllm_depth.patches.worker import rejection_sampler
 from vllm_depth.spec_decode.policy import DraftCounters, DraftPolicy
@@ -68,6 +70,7 @@ class SelfDraft:
         self.threshold = 0.0
         self.policy = DraftPolicy(self.k, 0)
         self._last_end = None  # when the last propose returned (the verifier step runs in between)
+        self._last_ids: set[str] = set()  # the requests of the last propose
         self.counters = DraftCounters()
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
         self.attends = False  # the attention draft head drafts (``_draft_attending``)
@@ -117,56 +120,77 @@ class SelfDraft:
         t0 = time.perf_counter()
         req_ids = request_ids(self.runner)
         drafts: list[list[int]] = [[] for _ in sampled_token_ids]
-        step_seconds = t0 - self._last_end if self._last_end is not None else 0.0
-        rows, tokens, positions, lengths = [], [], [], []
-        verified = 0  # draft tokens the step just run checked
-        decode_only = True  # the step ran no prefill (its time says what verification costs)
+        self._time_step(t0, req_ids)
+        candidates = []  # (row, request id, position of its last sampled token)
         for i, sampled in enumerate(sampled_token_ids):
             if not sampled:  # a prefill chunk: no token sampled yet
-                decode_only = False
                 continue
-            req_id = req_ids[i]
-            decode_only &= req_id in self.policy.states  # a request's first token: its prefill ran
-            accepted, proposed = self.policy.observe(req_id, len(sampled))
-            verified += proposed
-            self.counters.accepted += accepted
-            if proposed:
-                self.counters.judged += 1
-                self.counters.first_accepted += accepted > 0
-            if proposed == self.policy.k_max:
-                full = self.counters.accepted_of_full
-                full[accepted] = full.get(accepted, 0) + 1
+            self._observe(req_ids[i], len(sampled))
             position = int(num_tokens_no_spec[i]) - 1  # the position of the token just sampled
-            k = min(self.policy.length(req_id), self.max_model_len - 1 - position)
-            if k <= 0:
-                continue
-            rows.append(i)
-            tokens.append(sampled[-1])
-            positions.append(position)
-            lengths.append(k)
+            if position < self.max_model_len - 1:
+                candidates.append((i, req_ids[i], position))
         self.policy.forget_except(set(req_ids))
-        if decode_only:
-            self.policy.stepped(step_seconds, verified)
+        lengths = self._lengths([r for _, r, _ in candidates], len(req_ids))
+        rows, tokens, positions, ks = [], [], [], []
+        for (i, req_id, position), k in zip(candidates, lengths):
+            k = min(k, self.max_model_len - 1 - position)
+            if k > 0:
+                rows.append(i)
+                tokens.append(sampled_token_ids[i][-1])
+                positions.append(position)
+                ks.append(k)
         if self.attends:  # the head's pass over the step's rows runs also when no request drafts
-            forwards = self._draft_attending(rows, positions, lengths, drafts, num_tokens_no_spec, token_ids_cpu)
-        elif rows:
-            forwards = self._draft(rows, tokens, positions, lengths, drafts, sampled_token_ids)
-        if rows:
-            for i in rows:
-                if drafts[i]:
-                    self.policy.proposed(req_ids[i], len(drafts[i]))
-                    self.counters.proposals += 1
-                    self.counters.drafted += len(drafts[i])
-            self.policy.measured((time.perf_counter() - t0) / forwards, step_seconds)
+            normed = self._attend_step(rows, num_tokens_no_spec, token_ids_cpu)
+            t1 = time.perf_counter()
+            if normed is not None and rows:
+                self._draft_attending(normed, rows, positions, ks, drafts)
+        else:
+            t1 = time.perf_counter()
+            if rows:
+                self._draft(rows, tokens, positions, ks, drafts, sampled_token_ids)
+        self.policy.timed_drafts(time.perf_counter() - t1, sum(map(len, drafts)))
+        for i, k in zip(rows, ks):
+            if drafts[i]:
+                self.policy.proposed(req_ids[i], len(drafts[i]))
+                self.counters.proposals += 1
+                self.counters.drafted += len(drafts[i])
         self._last_end = time.perf_counter()
         self.counters.seconds += self._last_end - t0
         return drafts
 
+    def _lengths(self, req_ids: list[str], rows: int) -> list[int]:
+        """The draft length of each request: the policy's plan for the batch, but the full length for a
+        seeded sampled request, whose random draws in verification follow its drafts: so that its
+        output repeats whatever else runs beside it."""
+        fixed = [seeded_sampling(self.runner, r) for r in req_ids]
+        planned = iter(self.policy.plan([r for r, f in zip(req_ids, fixed) if not f], rows=rows))
+        return [self.policy.k_max if f else next(planned) for f in fixed]
+
+    def _time_step(self, t0: float, req_ids: list[str]) -> None:
+        """The verifier step just run, from the end of the last ``propose`` to now, with its rows: timed
+        only when a request of it was in the step before (otherwise the engine may have been idle)."""
+        common = self._verifier[3] if self._verifier is not None else None
+        live = set(req_ids)
+        if self._last_end is not None and common is not None and live & self._last_ids:
+            self.policy.timed_step(int(common.query_start_loc_cpu[-1]), t0 - self._last_end)
+        self._last_ids = live
+
+    def _observe(self, req_id: str, num_sampled: int) -> None:
+        """What the verifier made of the request's last draft, into the policy and the counters."""
+        accepted, proposed = self.policy.observe(req_id, num_sampled)
+        self.counters.accepted += accepted
+        if proposed:
+            self.counters.judged += 1
+            self.counters.first_accepted += accepted > 0
+        if proposed == self.policy.k_max:
+            full = self.counters.accepted_of_full
+            full[accepted] = full.get(accepted, 0) + 1
+
     @torch.inference_mode()
     def _draft(self, rows: list[int], tokens: list[int], positions: list[int], lengths: list[int],
-               drafts: list[list[int]], sampled_token_ids) -> int:
+               drafts: list[list[int]], sampled_token_ids) -> None:
         """Up to ``lengths[j]`` greedy draft tokens for request row ``rows[j]``, stopping a row at low
-        confidence; returns the draft forwards run.  A ``prev_state`` head reads, per row, the
+        confidence.  A ``prev_state`` head reads, per row, the
         verifier's final state that sampled its last token (``_prev_states``); a later draft token
         reads the head's output for the one before (it has no final state: EAGLE's approximation of
         a feature by the draft's own)."""
@@ -191,21 +215,16 @@ class SelfDraft:
                 break
             active, ids, pos, limit = active[go], token[go].to(torch.int32), pos[go] + 1, limit[go]
             prev = None if prev is None else out.normed[go]
-        return step + 1
 
     @torch.inference_mode()
-    def _draft_attending(self, rows: list[int], positions: list[int], lengths: list[int], drafts: list[list[int]],
-                         num_tokens_no_spec, token_ids_cpu) -> int:
-        """The attention draft head: its pass over the step's rows (``_attend_step``), whose last row per
-        drafting request gives its first draft token; each further token is one head forward over one
-        row, reading the head's own output in place of a final state.  Returns the head forwards run."""
-        normed = self._attend_step(rows, num_tokens_no_spec, token_ids_cpu)
-        if normed is None or not rows:
-            return 0 if normed is None else 1
+    def _draft_attending(self, normed: torch.Tensor, rows: list[int], positions: list[int], lengths: list[int],
+                         drafts: list[list[int]]) -> None:
+        """The attention draft head's drafts: ``normed`` is the head's pass (``_attend_step``) at each
+        drafting row's last row, which gives its first draft token; each further token is one head
+        forward over one row, reading the head's own output in place of a final state."""
         device = self.runner.device
         active, limit = torch.tensor(rows, dtype=torch.long), torch.tensor(lengths)
         pos = torch.tensor(positions, dtype=torch.long)  # the head's row for a first draft: its last sampled token's
-        forwards = 1
         for step in range(max(lengths)):
             token, go = self._choose(self.model.draft_head_logits(normed), active, limit, step, drafts)
             if not bool(go.any()):
@@ -215,9 +234,8 @@ class SelfDraft:
             with set_forward_context(metadata, self.vllm_config, num_tokens=active.numel(), slot_mapping=slots):
                 normed = self.model.draft_attend(token[go].to(device, torch.int32), pos.to(device), prev)
             pos = pos + 1
-            forwards += 1
-        return forwards
 
+    @torch.inference_mode()
     def _attend_step(self, rows: list[int], num_tokens_no_spec, token_ids_cpu) -> torch.Tensor | None:
         """The head over every row of the step whose next token is known (the head at position ``p``
         reads token ``p + 1`` and the verifier's final state at ``p``), for every request, drafting or
