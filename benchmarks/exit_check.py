@@ -120,7 +120,7 @@ def main_gpu(args) -> int:
             x = torch.randn(t, m.config.hidden_size, dtype=dtype, device=dev)
             rope = m.model.rotary_emb(x[None], torch.arange(t, device=dev)[None])
             fns = {"head": lambda: x @ head.t(), "fused": lambda: K.exit_stats(x, norm_w, eps, head),
-                   "logits": lambda: K.probs_of_logits(K.rms_norm(x, norm_w, eps).to(dtype) @ head.t()),
+                   "logits": lambda: K.probs_of_logits(K.fused_rms_norm(x, norm_w, eps).to(dtype) @ head.t()),
                    "layer": lambda: layer(x[None], position_embeddings=rope, attention_mask=None),
                    "sat": lambda: K.saturation(x, x)}
             print(f"  default tiles (block_v/block_k/splits/warps): "

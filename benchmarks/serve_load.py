@@ -56,13 +56,17 @@ def _port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model: str, args: list[str], log: Path, timeout: float = 1200):
+def serve(model: str, args: list[str], log: Path, timeout: float = 1200, env: dict | None = None,
+          max_model_len: int = 2048):
+    """``vllm serve MODEL ARGS`` (fp32) on 127.0.0.1 until the block ends; yields its URL."""
     port = _port()
     vllm = str(Path(sys.executable).parent / "vllm")
     cmd = [vllm, "serve", model, *args, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--gpu-memory-utilization", "0.3", "--max-model-len", "2048", "--seed", "0"]
+           "--gpu-memory-utilization", "0.3", "--max-model-len", str(max_model_len), "--seed", "0"]
+    # KV cache in host memory: 2 GiB per server (the default share of memory is 30% each, too much for three)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), **(env or {})}
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout

@@ -1,13 +1,18 @@
 """Shared fixtures: real checkpoints (built once into the cache) and real vLLM engines.
 
-Engines take 40-60 s to start here, so they are module-scoped and shut down
-when their module ends.
+Engines take 20-60 s to start here, so one pool (``engines``) serves the whole test run: an engine is
+started once per configuration and shared by every test that asks for it, the least recently used
+ones shut down beyond ``VDEPTH_TEST_ENGINES`` (default 3) alive.  A test that changes an engine's
+state takes a fresh one of its own (``engines.lease``); a test that starts engines outside the pool
+(servers, subprocesses) asks for ``own_engines``.  Tests that use an engine fixture are marked
+``slow`` here (``pytest_collection_modifyitems``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 
 # Triton reads TRITON_INTERPRET when triton.language is first imported, and many imports pull Triton
 # in (transformers, vLLM): set it before any of them, for the kernel tests that run the Triton
@@ -16,7 +21,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
-from vllm_depth.tools.bench import shutdown  # noqa: F401 (used by the test modules)
+from vllm_depth.tools.bench import shutdown  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: several live at once
 # collective_rpc with a test function (inspecting the engine-side model) needs pickling
@@ -91,22 +96,121 @@ def make_llm(model: str, **kwargs):
     return LLM(model=model, **{**ENGINE_ARGS, **kwargs})
 
 
+def engine_config(model: str, **kwargs):
+    """The engine config ``make_llm(model, **kwargs)`` would build before starting any process: where
+    vLLM and the plugin refuse settings (``patches.engine_args``, ``patches.registry``)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(model=model, **{**ENGINE_ARGS, **kwargs}).create_engine_config()
+
+
+def _frozen(value):
+    """A hashable stand-in for engine arguments: dicts as sorted item tuples, lists as tuples."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class EnginePool:
+    """The test run's vLLM engines, one per (checkpoint, arguments), started as ``make_llm`` starts
+    them.  At most ``capacity`` unpinned engines (and leases) are alive: before another starts, the
+    least recently used unpinned ones are shut down.  Pinned engines (``stock_llm``'s) live until
+    the end of the run."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, capacity)
+        self._engines: OrderedDict = OrderedDict()  # key -> LLM, least recently used first
+        self._pinned: set = set()
+        self._leases = 0
+
+    @staticmethod
+    def key(model: str, kwargs: dict) -> tuple:
+        return str(model), _frozen(kwargs)
+
+    def llm(self, model: str, *, pin: bool = False, **kwargs):
+        """The pool's engine on ``model`` with ``kwargs`` (``ENGINE_ARGS`` beside them), started if
+        there is none; ``pin``: never shut down before the end of the run."""
+        key = self.key(model, kwargs)
+        if key not in self._engines:
+            if not pin:
+                self._shrink(self.capacity - 1)
+            self._engines[key] = make_llm(model, **kwargs)
+        self._engines.move_to_end(key)
+        if pin:
+            self._pinned.add(key)
+        return self._engines[key]
+
+    @contextlib.contextmanager
+    def lease(self, model: str, **kwargs):
+        """A fresh engine of the caller's own, shut down on exit: for a test that patches the
+        engine's internals (``collective_rpc``) or configures it in ways that must not reach
+        another test."""
+        self._shrink(self.capacity - 1)
+        llm = make_llm(model, **kwargs)
+        self._leases += 1
+        try:
+            yield llm
+        finally:
+            self._leases -= 1
+            shutdown(llm)
+
+    def trim(self) -> None:
+        """Shut down every unpinned engine: for tests that start engines outside the pool."""
+        self._shrink(0)
+
+    def close(self) -> None:
+        self._pinned.clear()
+        self._shrink(0)
+
+    def _shrink(self, keep: int) -> None:
+        """Shut down the least recently used unpinned engines until ``keep`` (less the live leases)
+        are left."""
+        unpinned = [k for k in self._engines if k not in self._pinned]
+        for key in unpinned[: max(0, len(unpinned) - max(0, keep - self._leases))]:
+            shutdown(self._engines.pop(key))
+
+
 @pytest.fixture(scope="session")
-def stock_llm(tiny_dir):
+def engines():
+    """The test run's engine pool (``EnginePool``)."""
+    pool = EnginePool(int(os.environ.get("VDEPTH_TEST_ENGINES", "3")))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def own_engines(engines):
+    """For a test that starts engines, servers or engine subprocesses outside the pool: the pool's
+    unpinned engines are shut down first."""
+    engines.trim()
+    return engines
+
+
+@pytest.fixture(scope="session")
+def stock_llm(engines, tiny_dir):
     """``stock_llm(path)``: stock vLLM (``ENGINE_ARGS``) on a checkpoint, started once per session and
-    shared by the modules that compare against it (an idle engine costs no CPU here).  Compiled on
-    tiny, as the compiled depth engines it is compared with; eager on any other checkpoint, as the
-    depth engines on real weights are (compiling SmolLM2 costs a minute and a half)."""
-    engines = {}
+    shared by the modules that compare against it (pinned in the pool: an idle engine costs no CPU
+    here).  Compiled on tiny, as the compiled depth engines it is compared with; eager on any other
+    checkpoint, as the depth engines on real weights are (compiling SmolLM2 costs a minute and a half)."""
 
     def get(path: str):
-        if path not in engines:
-            engines[path] = make_llm(path, **({} if path == tiny_dir else EAGER))
-        return engines[path]
+        return engines.llm(path, pin=True, **({} if path == tiny_dir else EAGER))
 
-    yield get
-    for llm in engines.values():
-        shutdown(llm)
+    return get
+
+
+# A test that uses one of these (directly or through other fixtures) starts a vLLM engine or trains a
+# draft head on SmolLM2: it is marked slow.
+SLOW_FIXTURES = {"engines", "stock_llm", "own_engines", "attended_head"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
 
 
 def greedy(llm, prompts, max_tokens=32, logprobs=None, ignore_eos=False):

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 SCRIPT = Path(__file__).with_name("backend_engine.py")
 BACKENDS = ("CPU_ATTN", "FLEX_ATTENTION")
 # (exit layer forced with threshold 0, its full depth, the self-draft's prefix and length)
@@ -34,6 +32,13 @@ def run_engine(model: str, mode: str, backend: str, depth: dict, k: int = 2) -> 
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert r.returncode == 0 and lines, f"{backend} {mode} engine failed:\n{(r.stdout + r.stderr)[-4000:]}"
     return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_engines(engines):
+    """The engines here start in subprocesses: the pool's unpinned ones are shut down first (and the
+    module's tests are slow)."""
+    engines.trim()
 
 
 @pytest.fixture(scope="module", params=list(CASES))

@@ -46,7 +46,7 @@ def test_bench_refuses_bad_arguments_before_starting_engines(tmp_path, tiny_dir,
 
 
 @pytest.mark.slow
-def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
+def test_bench_runs_side_by_side_and_writes_json(own_engines, tmp_path, tiny_dir):
     prompts = tmp_path / "p.jsonl"
     lines = [
         {"prompt": "def fibonacci(n):"},
@@ -77,7 +77,7 @@ def test_bench_runs_side_by_side_and_writes_json(tmp_path, tiny_dir):
 
 
 @pytest.mark.slow
-def test_bench_times_every_arm_against_stock_in_one_run(tmp_path, tiny_dir):
+def test_bench_times_every_arm_against_stock_in_one_run(own_engines, tmp_path, tiny_dir):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def fibonacci(n):"}\n{"prompt": "a b c a b c a b"}\n')
     out, plot = tmp_path / "r.json", tmp_path / "r.png"

@@ -12,10 +12,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 LOADED = "Directly load AOT compilation"
 FAILED = "Compiling model again due to a load failure"
 SCRIPT = """
@@ -37,7 +33,7 @@ def _start(script, cache) -> tuple[str, str]:
     return next(line for line in out.stdout.splitlines() if line.startswith("TOKENS")), log
 
 
-def test_a_second_start_loads_every_depth_graph_from_the_cache(tiny_dir, tmp_path):
+def test_a_second_start_loads_every_depth_graph_from_the_cache(own_engines, tiny_dir, tmp_path):
     script = tmp_path / "engine.py"
     script.write_text(SCRIPT.format(model=tiny_dir))
     cold_tokens, cold = _start(script, tmp_path / "cache")

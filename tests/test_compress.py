@@ -11,10 +11,8 @@ from conftest import (
     EAGER,
     PROMPTS,
     greedy,
-    make_llm,
     prompt_logprobs,
     run_cli,
-    shutdown,
 )
 
 TOL = 1e-3
@@ -66,14 +64,13 @@ CASES = {
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def compressed(request, tmp_path_factory, tiny_dir, smollm2_dir):
+def compressed(request, engines, tmp_path_factory, tiny_dir, smollm2_dir):
     alias, args = CASES[request.param]
     out = tmp_path_factory.mktemp(request.param) / "ckpt"
     r = run_cli("compress", alias, *args, "--samples", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    llm = make_llm(str(out), model_impl="depth", **EAGER)
-    yield request.param, str(out), (tiny_dir if alias == "tiny" else smollm2_dir), llm
-    shutdown(llm)
+    llm = engines.llm(str(out), model_impl="depth", **EAGER)
+    return request.param, str(out), (tiny_dir if alias == "tiny" else smollm2_dir), llm
 
 
 @pytest.mark.slow

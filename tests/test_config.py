@@ -31,7 +31,7 @@ def test_request_args():
 
 def test_sampling_params_leave_depth_args_to_the_engine_that_serves_the_depth_model():
     """Building ``SamplingParams`` checks nothing of ``depth_*`` (a stock engine ignores them); the
-    depth engine's front end refuses bad ones (tests/test_early_exit.py, tests/test_server.py)."""
+    depth engine's front end refuses bad ones (tests/test_early_exit.py, tests/test_serving.py)."""
     import vllm_depth
 
     vllm_depth.register()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EAGER, PROMPTS, greedy, make_llm, run_cli, shutdown
+from conftest import EAGER, PROMPTS, greedy, run_cli
 from test_self_spec import chi_square_pvalue, counters
 
 from vllm_depth.config import PROPOSER, DepthConfigError, parse_depth_config
@@ -101,16 +101,16 @@ def test_the_trained_head_is_in_the_checkpoint(attended_head):
 
 
 @pytest.fixture(scope="module")
-def engine(attended_head):
-    llm = make_llm(attended_head, model_impl="depth",
-                   hf_overrides={"depth": {"exit_heads": HEAD, "draft_layers": 0, "draft_backoff": 0}},
-                   speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **EAGER)
-    yield llm
-    shutdown(llm)
+def engine(engines, attended_head):
+    # shared: what a test changes in it (``_record``, ``_wrong_drafts``) it sets back
+    return engines.llm(attended_head, model_impl="depth",
+                       hf_overrides={"depth": {"exit_heads": HEAD, "draft_layers": 0, "draft_backoff": 0}},
+                       speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **EAGER)
 
 
 def _record(worker, start: bool):
-    """From now (``start``) keep every ``propose``'s drafts and known token counts; else return them."""
+    """From now (``start``) keep every ``propose``'s drafts and known token counts; else stop (the
+    drafter's own ``propose`` again) and return them."""
     drafter = worker.model_runner.drafter
     if start:
         drafter._recorded, propose = [], type(drafter).propose
@@ -122,7 +122,9 @@ def _record(worker, start: bool):
 
         drafter.propose = recording
         return None
-    return drafter._recorded
+    recorded = drafter._recorded
+    del drafter.propose, drafter._recorded
+    return recorded
 
 
 def _kv_layers(worker) -> int:
@@ -164,8 +166,10 @@ def test_every_engine_draft_is_the_pytorch_heads_and_greedy_equals_stock(attende
     checked = 0
     for prompt in PROMPTS[:3]:  # one request at a time: each step's row 0 is the prompt's
         engine.collective_rpc(_record, args=(True,))
-        out = greedy(engine, [prompt], max_tokens=16)[0]
-        recorded = engine.collective_rpc(_record, args=(False,))[0]
+        try:
+            out = greedy(engine, [prompt], max_tokens=16)[0]
+        finally:
+            recorded = engine.collective_rpc(_record, args=(False,))[0]
         assert list(out.outputs[0].token_ids) == list(greedy(stock, [prompt], max_tokens=16)[0].outputs[0].token_ids)
         seq = list(out.prompt_token_ids) + list(out.outputs[0].token_ids)
         for (n, drafts), in (step for step in recorded if step):
@@ -212,15 +216,15 @@ def _wrong_drafts(worker, on: bool):
     """``on``: every draft names another token than the head predicts (the reduced vocabulary's column ->
     token map shifted by one) and a 4-step backoff; else the head's own drafts at full length again."""
     drafter = worker.model_runner.drafter
-    model = drafter.model
+    drafts = drafter.drafts
     if on:
-        def shifted(normed, logits_of=type(model).draft_head_logits):
-            out = logits_of(model, normed)
+        def shifted(normed, logits_of=type(drafts).head_logits):
+            out = logits_of(drafts, normed)
             return out._replace(columns=out.columns.roll(1))
 
-        model.draft_head_logits = shifted
+        drafts.head_logits = shifted
     else:
-        del model.draft_head_logits
+        del drafts.head_logits
     drafter.configure(None, None, 4 if on else 0)
 
 
@@ -233,7 +237,9 @@ def test_drafts_that_do_not_pay_back_off_to_plain_steps(engine, smollm2_dir, sto
     finally:
         engine.collective_rpc(_wrong_drafts, args=(False,))
     assert ids == [list(o.outputs[0].token_ids) for o in greedy(stock_llm(smollm2_dir), PROMPTS[:1], max_tokens=64)]
-    assert c["plain_steps"] > 40 and c["drafted"] < 20, c
+    # the plan drafts while one draft token's expected yield (the request's decaying acceptance) beats
+    # its measured cost, then probes at doubling waits: most of the 64 steps are plain
+    assert c["plain_steps"] > 40 and c["proposals"] < 64 // 3, c
 
 
 # -- vLLM's own EAGLE proposer with a head trained here --------------------------------------
@@ -265,7 +271,7 @@ def _record_eagle(worker, start: bool):
     return drafter._recorded
 
 
-def test_vllms_eagle_loads_the_exported_head_and_drafts_as_the_pytorch_head(eagle_dir, tiny_dir, stock_llm):
+def test_vllms_eagle_loads_the_exported_head_and_drafts_as_the_pytorch_head(engines, eagle_dir, tiny_dir, stock_llm):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -276,15 +282,13 @@ def test_vllms_eagle_loads_the_exported_head_and_drafts_as_the_pytorch_head(eagl
     state = {("fc.weight" if k == "fc.weight" else "layer." + k[len("layers.0."):]): v.float()
              for k, v in load_file(f"{eagle_dir}/model.safetensors").items()}
     assert not head.load_state_dict(state, strict=False).unexpected_keys
-    llm = make_llm(tiny_dir, speculative_config={"method": "eagle", "model": eagle_dir, "num_speculative_tokens": 2},
-                   **EAGER)
-    try:
+    # leased: _record_eagle leaves its recorder in the proposer
+    with engines.lease(tiny_dir, speculative_config={"method": "eagle", "model": eagle_dir, "num_speculative_tokens": 2},
+                       **EAGER) as llm:
         llm.collective_rpc(_record_eagle, args=(True,))
         out = greedy(llm, PROMPTS[:1], max_tokens=8)[0]
         first = llm.collective_rpc(_record_eagle, args=(False,))[0][0][0]  # after the prefill
         same = [list(o.outputs[0].token_ids) for o in greedy(llm, PROMPTS[:3], max_tokens=16)]
-    finally:
-        shutdown(llm)
     known = list(out.prompt_token_ids) + [out.outputs[0].token_ids[0]]
     assert first == _reference(head.eval(), model, known, 2, model.lm_head.weight.detach().float())
     assert same == [list(o.outputs[0].token_ids) for o in greedy(stock_llm(tiny_dir), PROMPTS[:3], max_tokens=16)]

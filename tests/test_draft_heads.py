@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import reference_exit as rx
 import torch
-from conftest import EAGER, PROMPTS, greedy, make_llm, shutdown
+from conftest import EAGER, PROMPTS, greedy
 
 from vllm_depth.config import PROPOSER, DepthConfigError, parse_depth_config
 
@@ -165,13 +165,14 @@ def _reference_drafts(model, heads, prompt_ids: list[int], first: int, layer: in
     return out
 
 
-def test_engine_drafts_as_the_formula_and_greedy_equals_stock(drafted, tiny_dir, stock_llm):
+def test_engine_drafts_as_the_formula_and_greedy_equals_stock(engines, drafted, tiny_dir, stock_llm):
     from transformers import AutoModelForCausalLM
 
     stock = stock_llm(tiny_dir)
-    llm = make_llm(drafted, model_impl="depth", hf_overrides={"depth": {"exit_heads": HEADS, "draft_layers": 0, "draft_backoff": 0}},
-                   speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **EAGER)
-    try:
+    # leased: the test reconfigures the drafter (_configure) and records its proposals (_record)
+    with engines.lease(drafted, model_impl="depth",
+                       hf_overrides={"depth": {"exit_heads": HEADS, "draft_layers": 0, "draft_backoff": 0}},
+                       speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **EAGER) as llm:
         model = AutoModelForCausalLM.from_pretrained(drafted, dtype=torch.float32)
         heads = rx.load_exit_heads(drafted)
         for draft, layer in (((), 0), ((0, 1), 2)):  # over the embedding; after two layers (eager)
@@ -183,5 +184,3 @@ def test_engine_drafts_as_the_formula_and_greedy_equals_stock(drafted, tiny_dir,
             assert engine == _reference_drafts(model, heads, list(out.prompt_token_ids), first, layer), layer
             ids = [list(o.outputs[0].token_ids) for o in greedy(llm, PROMPTS, max_tokens=24)]
             assert ids == [list(o.outputs[0].token_ids) for o in greedy(stock, PROMPTS, max_tokens=24)], layer
-    finally:
-        shutdown(llm)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import pytest
 import reference_exit as rx
 import torch
-from conftest import EAGER, PROMPTS, make_llm, shutdown
+from conftest import EAGER, PROMPTS
 from transformers import AutoModelForCausalLM
 
 from vllm_depth.tools.bench import exit_counters, start_exit_trace, take_exit_trace
-
-pytestmark = pytest.mark.slow
 
 N = 16  # new tokens
 CASES = {
@@ -38,13 +36,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request, tiny_dir, smollm2_dir):
+def case(request, engines, tiny_dir, smollm2_dir):
     which, depth = CASES[request.param]
     path = tiny_dir if which == "tiny" else smollm2_dir
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **({} if which == "tiny" else EAGER))
+    llm = engines.llm(path, model_impl="depth", hf_overrides={"depth": depth}, **({} if which == "tiny" else EAGER))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
-    yield llm, model, depth
-    shutdown(llm)
+    return llm, model, depth
 
 
 def _params(extra=None):
@@ -167,7 +164,7 @@ def test_per_request_depth_statistics_reach_the_request_output(case):
 
 
 @pytest.mark.parametrize("which", list(CASES))
-def test_recompute_runs_the_skipped_layers_in_the_next_step(which, tiny_dir, smollm2_dir):
+def test_recompute_runs_the_skipped_layers_in_the_next_step(which, engines, tiny_dir, smollm2_dir):
     """``kv_fill: "recompute"``: a token that exits is scheduled again with the next token and runs at
     full depth, so every cached K/V is exact.  Against the reference's recompute mode (the skipped
     layers run for their K/V), in a mixed batch of 8 and at batch 1, with prefix caching on (the
@@ -176,13 +173,14 @@ def test_recompute_runs_the_skipped_layers_in_the_next_step(which, tiny_dir, smo
     name, depth = CASES[which]
     path = tiny_dir if name == "tiny" else smollm2_dir
     depth = {**depth, "kv_fill": "recompute"}
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, enable_prefix_caching=True, **EAGER)
-    start_exit_trace(llm)
-    outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
-    trace = take_exit_trace(llm)
-    alone = [generate_traced(llm, [p], _params())[0] for p in PROMPTS[:2]]
-    again = generate_traced(llm, PROMPTS, _params())
-    shutdown(llm)
+    # this test's alone: leased (shut down after it), not kept in the pool
+    with engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, enable_prefix_caching=True,
+                       **EAGER) as llm:
+        start_exit_trace(llm)
+        outs = llm.generate(PROMPTS, _params(), use_tqdm=False)
+        trace = take_exit_trace(llm)
+        alone = [generate_traced(llm, [p], _params())[0] for p in PROMPTS[:2]]
+        again = generate_traced(llm, PROMPTS, _params())
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     full = len(model.model.layers)
     kw = _kwargs(depth)

@@ -18,10 +18,8 @@ import torch
 from conftest import (
     EAGER,
     PROMPTS,
-    make_llm,
     prompt_logprobs,
     run_cli,
-    shutdown,
     vllm_server,
 )
 
@@ -142,7 +140,7 @@ def test_a_legacy_top_level_heads_file_is_read_and_moved_on_the_next_save(traine
         load_heads(str(ckpt))
 
 
-def test_a_checkpoint_with_heads_still_loads_in_stock_vllm(trained, tiny_dir, stock_llm):
+def test_a_checkpoint_with_heads_still_loads_in_stock_vllm(engines, trained, tiny_dir, stock_llm):
     """The heads live in ``depth/``, which stock vLLM's loader does not read: without --model-impl depth
     the checkpoint serves as the original does (a top-level heads file broke stock loading)."""
     from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE
@@ -151,17 +149,14 @@ def test_a_checkpoint_with_heads_still_loads_in_stock_vllm(trained, tiny_dir, st
     assert (Path(path) / HEADS_FILE).is_file() and not (Path(path) / LEGACY_HEADS_FILE).exists()
     original = stock_llm(tiny_dir)  # the session's stock engine on the original checkpoint
     ids = [original.get_tokenizer().encode(p) for p in PROMPTS[:2] + PROMPTS[3:5]]
-    llm = make_llm(path, **EAGER)
-    try:
+    with engines.lease(path, **EAGER) as llm:  # this test's alone: shut down after it, not kept in the pool
         got, want = prompt_logprobs(llm, ids), prompt_logprobs(original, ids)
-    finally:
-        shutdown(llm)
     for g, w in zip(got, want):
         assert len(g) == len(w) > 0 and max(abs(a - b) for a, b in zip(g, w)) < 1e-4
 
 
 @pytest.mark.slow
-def test_engine_exits_through_the_heads_like_the_reference(trained):
+def test_engine_exits_through_the_heads_like_the_reference(engines, trained):
     """Forced exits (threshold 0.0) at the first head at or after min_layer: the engine's tokens
     are the heads' predictions with state propagation, as in the reference."""
     from transformers import AutoModelForCausalLM
@@ -171,10 +166,10 @@ def test_engine_exits_through_the_heads_like_the_reference(trained):
 
     path, _ = trained
     depth = {**_config(path)["depth"], "exit_layers": [2, 4], "exit_criterion": "head", "exit_threshold": 0.0}
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     heads = rx.load_exit_heads(path)
-    try:
+    # this test's alone: leased (shut down after it), not kept in the pool
+    with engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER) as llm:
         for min_layer in (0, 4):
             params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True,
                                     extra_args={"depth_min_layer": min_layer})
@@ -188,12 +183,10 @@ def test_engine_exits_through_the_heads_like_the_reference(trained):
                                             min_layer=min_layer, criterion="head", heads=heads)
                 ok, detail = rx.agrees(want, list(o.outputs[0].token_ids), exits)
                 assert ok, detail
-    finally:
-        shutdown(llm)
 
 
 @pytest.mark.slow
-def test_calibrate_writes_thresholds_that_serve(trained, tmp_path):
+def test_calibrate_writes_thresholds_that_serve(own_engines, trained, tmp_path):
     """Calibrate on real generation, write the thresholds, then serve the checkpoint with them."""
     import shutil
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import reference as ref
 import torch
-from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
-
-pytestmark = pytest.mark.slow
+from conftest import EAGER, PROMPTS, greedy, prompt_logprobs
 
 COMMON = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
               num_key_value_heads=1, head_dim=64, max_position_embeddings=1024, initializer_range=0.08,
@@ -38,12 +36,11 @@ def _build(kind: str, path, tokenizer_dir: str) -> str:
 
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3", "mistral"])
-def family(request, tmp_path_factory, tiny_dir):
+def family(request, engines, tmp_path_factory, tiny_dir):
     path = _build(request.param, tmp_path_factory.mktemp(request.param), tiny_dir)
     schedule = [0, 2, 2, 1]  # reorder + repeat: every code path of the family
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}}, **EAGER)
-    yield llm, ref.hf_model(path, schedule)
-    shutdown(llm)
+    llm = engines.llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}}, **EAGER)
+    return llm, ref.hf_model(path, schedule)
 
 
 def test_runs_as_a_depth_model_and_matches_hf(family):

@@ -84,6 +84,48 @@ def test_no_import_circles_among_the_packages_modules():
     assert cycles(graph()) == []
 
 
+# The package's parts, lowest first: a module imports only from its own part or a lower one.  The
+# root module (``vllm_depth``: register) sits above what it registers; the offline tools and the
+# command line on top.
+LAYERS = (
+    ("paths", "request_args", "metrics"),
+    ("compat",),
+    ("early_exit",),
+    ("config",),
+    ("models",),
+    ("spec_decode", "core"),
+    ("patches",),
+    ("", "entrypoints"),
+    ("tools",),
+    ("cli",),
+)
+
+
+def part(module: str) -> str:
+    """The part of the package a module belongs to: its folder, or the top-level module itself
+    (``""``: the package root)."""
+    return module.split(".")[1] if "." in module else ""
+
+
+def part_graph() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for a, targets in graph().items():
+        edges.setdefault(part(a), set()).update(part(b) for b in targets if part(b) != part(a))
+    return edges
+
+
+def test_no_import_circle_between_the_packages_parts():
+    assert cycles(part_graph()) == []
+
+
+def test_every_part_has_a_layer_and_no_import_goes_up_the_layers():
+    level = {p: i for i, parts in enumerate(LAYERS) for p in parts}
+    assert set(part_graph()) <= set(level), set(part_graph()) - set(level)
+    up = [f"{name} -> {m}" for name, path in MODULES.items() for m, _, _ in imports(path)
+          if m in MODULES and part(m) != part(name) and level[part(m)] > level[part(name)]]
+    assert not up, up
+
+
 def test_engine_code_never_imports_the_offline_tools():
     bad = []
     for name, path in MODULES.items():

@@ -5,30 +5,27 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import EAGER, PROMPTS, greedy, make_llm, shutdown
-
-pytestmark = pytest.mark.slow
+from conftest import EAGER, PROMPTS, greedy
 
 
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])
-def engines(request, tiny_dir, smollm2_dir, stock_llm):
+def pair(request, engines, tiny_dir, smollm2_dir, stock_llm):
     path = tiny_dir if request.param == "tiny" else smollm2_dir
     # tiny: the depth model compiled, as served by default, against the compiled stock engine;
     # SmolLM2 (its real weights): both eager, as compiling its 30 layers costs CI minutes
-    depth = make_llm(path, model_impl="depth", **({} if request.param == "tiny" else EAGER))
-    yield stock_llm(path), depth
-    shutdown(depth)
+    depth = engines.llm(path, model_impl="depth", **({} if request.param == "tiny" else EAGER))
+    return stock_llm(path), depth
 
 
-def test_depth_engine_runs_the_plugin_class(engines):
-    stock, depth = engines
+def test_depth_engine_runs_the_plugin_class(pair):
+    stock, depth = pair
     assert depth.llm_engine.model_config.architecture.startswith("Depth")
     assert not stock.llm_engine.model_config.architecture.startswith("Depth")
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-def test_greedy_identical_to_stock(engines, batch):
-    stock, depth = engines
+def test_greedy_identical_to_stock(pair, batch):
+    stock, depth = pair
     prompts = PROMPTS[:batch]
     a = greedy(stock, prompts, max_tokens=48, logprobs=1)
     b = greedy(depth, prompts, max_tokens=48, logprobs=1)

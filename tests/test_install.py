@@ -79,7 +79,8 @@ def _complete(base: str, model: str, xargs: dict | None) -> tuple[int, str]:
     return r.status_code, (r.json()["choices"][0]["text"] if r.status_code == 200 else r.text)
 
 
-def test_vllm_serve_after_an_editable_install_is_stock_with_the_plugin_loaded(editable_env, tiny_dir, tmp_path):
+def test_vllm_serve_after_an_editable_install_is_stock_with_the_plugin_loaded(own_engines, editable_env, tiny_dir,
+                                                                              tmp_path):
     """``vllm serve`` (the console script's module) from the editable environment, no depth model:
     the plugin is loaded, and ``depth_*`` extra args, even ones a depth server refuses, change nothing."""
     port = _free_port()

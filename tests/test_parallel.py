@@ -10,6 +10,7 @@ the torch and the Triton path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -19,7 +20,7 @@ import torch.multiprocessing as mp
 
 os.environ["TRITON_INTERPRET"] = "1"  # the Triton path runs under the interpreter on the CPU
 
-from conftest import PROMPTS, make_llm, shutdown  # noqa: E402
+from conftest import PROMPTS, engine_config  # noqa: E402
 
 from vllm_depth.early_exit.kernels import exit_check as K  # noqa: E402
 
@@ -83,6 +84,9 @@ def test_vocab_parallel_exit_stats_equal_the_full_softmax(impl):
 
 
 # -- engines: two processes against one ------------------------------------------------------------
+# Every engine here is leased (its own, shut down after its test): they start under this module's
+# thread binding, the multi-process ones hold two ranks, and torch_path_llm's depend on
+# TRITON_INTERPRET, which the pool's key does not name.
 
 TP2 = dict(tensor_parallel_size=2, enforce_eager=True)
 # the tiny model's exit distributions at layers 2 and 4 have max probabilities around 0.002:
@@ -121,28 +125,29 @@ def _mixed_run(llm, cases=CASES):
             [o.kv_transfer_params["depth"]["mean_exit_layer"] for o in outs])
 
 
-def torch_path_llm(path, depth, **kwargs):
-    """A depth engine whose fused exit check takes the CPU's torch path, as it does for users (the
-    Triton path under the interpreter is checked above, and costs minutes per engine): its processes
-    start without TRITON_INTERPRET."""
-    os.environ["TRITON_INTERPRET"] = "0"
-    try:
-        return make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, **kwargs)
-    finally:
-        os.environ["TRITON_INTERPRET"] = "1"
+@contextlib.contextmanager
+def torch_path_llm(engines, path, depth, **kwargs):
+    """A depth engine (leased) whose fused exit check takes the CPU's torch path, as it does for users
+    (the Triton path under the interpreter is checked above, and costs minutes per engine): its
+    processes start without TRITON_INTERPRET."""
+    with contextlib.ExitStack() as stack:
+        os.environ["TRITON_INTERPRET"] = "0"
+        try:
+            llm = stack.enter_context(engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, **kwargs))
+        finally:
+            os.environ["TRITON_INTERPRET"] = "1"
+        yield llm
 
 
 SCHEDULE = [0, 1, 2, 2, 3, 4, 5]  # layer 2 repeated: one weight set, its own KV cache per position
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_dir):
+def one_process(engines, tiny_dir):
     """The reference: the schedule with exit points, in one process (tokens and exit layers per case)."""
-    llm = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": {**EXITS, "layer_schedule": SCHEDULE}},
-                   enforce_eager=True)
-    out = _mixed_run(llm)
-    shutdown(llm)
-    return out
+    with engines.lease(tiny_dir, model_impl="depth", hf_overrides={"depth": {**EXITS, "layer_schedule": SCHEDULE}},
+                       enforce_eager=True) as llm:
+        return _mixed_run(llm)
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +161,11 @@ def stock_tiny(tiny_dir, stock_llm):
 
 
 @pytest.mark.slow
-def test_tp2_schedule_exits_and_kv_fill_equal_one_process(tiny_dir, one_process):
+def test_tp2_schedule_exits_and_kv_fill_equal_one_process(engines, tiny_dir, one_process):
     ref_tokens, ref_layers = one_process
     depth = {**EXITS, "layer_schedule": SCHEDULE}
-    two = torch_path_llm(tiny_dir, depth, **TP2)
-    tokens, layers = _mixed_run(two)
-    shutdown(two)
+    with torch_path_llm(engines, tiny_dir, depth, **TP2) as two:
+        tokens, layers = _mixed_run(two)
     n = len(PROMPTS[:4])
     full, forced, checked = (slice(i * n, (i + 1) * n) for i in range(3))
     assert layers[full] == [7.0] * n and layers[forced] == [2.0] * n
@@ -171,16 +175,15 @@ def test_tp2_schedule_exits_and_kv_fill_equal_one_process(tiny_dir, one_process)
 
 
 @pytest.mark.slow
-def test_fused_exit_check_in_one_process_equals_the_logits_check(tiny_dir, one_process):
+def test_fused_exit_check_in_one_process_equals_the_logits_check(engines, tiny_dir, one_process):
     """``exit_check: "fused"`` (the default on GPUs) in one process: the check's statistics come from
     the fused kernel and exited tokens' logits from the step's LM head; the same exits and tokens as
     the check over the LM head's logits (the CPU's default, the ``one_process`` reference)."""
     ref_tokens, ref_layers = one_process
     depth = {**EXITS, "layer_schedule": SCHEDULE, "exit_check": "fused"}
-    llm = torch_path_llm(tiny_dir, depth, enforce_eager=True)
-    tokens, layers = _mixed_run(llm)
-    fused, checks = llm.collective_rpc(_exit_checks)[0]
-    shutdown(llm)
+    with torch_path_llm(engines, tiny_dir, depth, enforce_eager=True) as llm:
+        tokens, layers = _mixed_run(llm)
+        fused, checks = llm.collective_rpc(_exit_checks)[0]
     n = len(PROMPTS[:4])
     assert 2.0 < sum(layers[2 * n:]) / n < 7.0, layers  # some checked tokens exit, some do not
     assert fused and checks > 0  # the fused check ran
@@ -190,11 +193,11 @@ def test_fused_exit_check_in_one_process_equals_the_logits_check(tiny_dir, one_p
 
 def _exit_checks(worker) -> tuple[bool, int]:
     model = worker.model_runner.model
-    return model._fused_check(), model.model.exit_counters.checked
+    return model.exit_outputs.fused(), model.exits.counters.checked
 
 
 @pytest.mark.slow
-def test_tp2_identity_with_self_drafting_equals_stock_one_process(tiny_dir, stock_tiny):
+def test_tp2_identity_with_self_drafting_equals_stock_one_process(engines, tiny_dir, stock_tiny):
     """The identity schedule at TP=2 verifying drafts from its first 3 layers: stock vLLM's output."""
     from vllm import SamplingParams
 
@@ -202,11 +205,10 @@ def test_tp2_identity_with_self_drafting_equals_stock_one_process(tiny_dir, stoc
 
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     want = stock_tiny
-    llm = make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": {"draft_layers": 3, "draft_backoff": 0}},
-                   speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **TP2)
-    got = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
-    counters = llm.llm_engine.collective_rpc(_draft_counters)
-    shutdown(llm)
+    with engines.lease(tiny_dir, model_impl="depth", hf_overrides={"depth": {"draft_layers": 3, "draft_backoff": 0}},
+                       speculative_config={"model": PROPOSER, "num_speculative_tokens": 2}, **TP2) as llm:
+        got = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
+        counters = llm.llm_engine.collective_rpc(_draft_counters)
     assert got == want
     assert all(c["drafted"] > 0 for c in counters), counters  # both ranks drafted
 
@@ -228,7 +230,7 @@ PP_CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", list(PP_CASES))
-def test_pp2_equals_one_process(request, which):
+def test_pp2_equals_one_process(request, engines, which):
     """Stages split the schedule's positions; an exit on the first stage travels to the last.
 
     A token that exits on the first stage is sent on with its exit state and layer; the second
@@ -240,13 +242,11 @@ def test_pp2_equals_one_process(request, which):
     depth, first_exit, n = PP_CASES[which]
     path = request.getfixturevalue(f"{which}_dir")
     cases = {"full depth": {"depth_exit": False}, "forced exit": {"depth_exit_threshold": 0.0}, "checked exits": {}}
-    one = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, enforce_eager=True)
-    ref_tokens, ref_layers = _mixed_run(one, cases)
-    shutdown(one)
-    two = make_llm(path, model_impl="depth", hf_overrides={"depth": depth}, pipeline_parallel_size=2)
-    tokens, layers = _mixed_run(two, cases)
-    stage_exits = two.llm_engine.collective_rpc(_stage_exit_counts)
-    shutdown(two)
+    with engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, enforce_eager=True) as one:
+        ref_tokens, ref_layers = _mixed_run(one, cases)
+    with engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, pipeline_parallel_size=2) as two:
+        tokens, layers = _mixed_run(two, cases)
+        stage_exits = two.llm_engine.collective_rpc(_stage_exit_counts)
     k = len(PROMPTS[:4])
     assert layers[:k] == [float(n)] * k and layers[k : 2 * k] == [float(first_exit)] * k
     assert layers == ref_layers
@@ -258,7 +258,7 @@ def test_pp2_equals_one_process(request, which):
 
 
 def _stage_exit_counts(worker):
-    return dict(worker.model_runner.get_model().model.exit_counters.exits)
+    return dict(worker.model_runner.get_model().exits.counters.exits)
 
 
 @pytest.mark.parametrize("depth, parallel, match", [
@@ -274,9 +274,7 @@ def _stage_exit_counts(worker):
      r"depth\.kv_fill 'recompute' .* allowed with pipeline_parallel_size > 1: 'propagate'"),
 ])
 def test_settings_that_cannot_split_are_refused_before_any_process_starts(tiny_dir, depth, parallel, match):
-    import time
-
-    t0 = time.time()
+    # refused while the engine config is built, which LLM() does before it starts any process
+    # (test_self_spec's refusal goes through LLM() itself)
     with pytest.raises(ValueError, match=match):
-        make_llm(tiny_dir, model_impl="depth", hf_overrides={"depth": depth}, **parallel)
-    assert time.time() - t0 < 30  # refused while the config is built: no engine was started
+        engine_config(tiny_dir, model_impl="depth", hf_overrides={"depth": depth}, **parallel)

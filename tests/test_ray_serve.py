@@ -32,7 +32,8 @@ SETTINGS = {  # vllm_xargs -> the mean exit layer every response must report (No
 
 
 @pytest.fixture(scope="module")
-def ray_app(tmp_path_factory):
+def ray_app(engines, tmp_path_factory):
+    engines.trim()  # the replicas' engines start beside the pool's: its unpinned ones are shut down first
     log = tmp_path_factory.mktemp("ray") / "ray_serve.log"
     port = _free_port()
     cmd = [sys.executable, str(ROOT / "examples" / "ray_serve.py"), "tiny", "--replicas", "2",

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import pytest
 import reference as ref
-from conftest import EAGER, PROMPTS, greedy, make_llm, prompt_logprobs, shutdown
-
-pytestmark = pytest.mark.slow
+from conftest import EAGER, PROMPTS, greedy, prompt_logprobs
 
 SCHEDULES = {
     # tiny has 6 layers
@@ -26,15 +24,14 @@ TOL = 1e-3
 
 
 @pytest.fixture(scope="module", params=list(SCHEDULES))
-def case(request, tiny_dir, smollm2_dir):
+def case(request, engines, tiny_dir, smollm2_dir):
     which, schedule = SCHEDULES[request.param]
     path = tiny_dir if which == "tiny" else smollm2_dir
     compiled = request.param == "tiny-repeated"  # one schedule through torch.compile too
-    llm = make_llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}},
-                   **({} if compiled else EAGER))
+    llm = engines.llm(path, model_impl="depth", hf_overrides={"depth": {"layer_schedule": schedule}},
+                      **({} if compiled else EAGER))
     model = ref.hf_model(path, schedule)
-    yield llm, model, schedule
-    shutdown(llm)
+    return llm, model, schedule
 
 
 def test_teacher_forced_logprobs_match_reference(case):

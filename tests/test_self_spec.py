@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import EAGER, PROMPTS, greedy, make_llm, run_cli, shutdown, vllm_server
+from conftest import EAGER, PROMPTS, engine_config, greedy, make_llm, run_cli, vllm_server
 
 from vllm_depth.config import PROPOSER
 from vllm_depth.spec_decode.engine_args import self_spec_engine_args
@@ -66,10 +66,14 @@ def test_plan_drafts_at_batch_one_and_less_then_nothing_as_the_batch_grows():
     policy.draft_cost = 0.001
     for r in range(32):
         policy.states[str(r)] = _RequestState(hits=5.0, trials=10.0)  # acceptance 0.5
-    lengths = {b: sum(policy.plan([str(r) for r in range(b)])) for b in (1, 2, 8, 32)}
+    lengths, idle = {}, {}
+    for b in (1, 2, 8, 32):
+        lengths[b] = sum(policy.plan([str(r) for r in range(b)]))
+        idle[b] = policy.nothing_pays
     assert lengths[1] == 2 and lengths[2] >= 2  # a verified row is almost free
     assert lengths[8] < 16  # each row costs: fewer draft tokens than 2 per request
     assert lengths[32] == 0  # and under load none, not even a probe (no draft could pay)
+    assert idle == {1: False, 2: False, 8: False, 32: True}
 
 
 def test_plan_gives_the_draft_tokens_to_the_requests_whose_drafts_are_accepted():
@@ -166,18 +170,20 @@ def test_self_spec_arguments_merge_into_the_depth_config():
 
 
 def test_self_draft_without_the_depth_model_is_refused_at_start(tiny_dir):
+    # through LLM() itself: the refusals below (and test_parallel's) are checked on the engine config
+    # it builds first, where the plugin makes them (patches.engine_args, patches.registry)
     with pytest.raises(ValueError, match="model_impl='depth'"):
         make_llm(tiny_dir, speculative_config={"model": PROPOSER, "num_speculative_tokens": 2})
 
 
 def test_self_draft_without_a_draft_is_refused_at_start(tiny_dir):
     with pytest.raises(ValueError, match="depth.draft_layers .* or depth.draft_schedule"):
-        make_llm(tiny_dir, model_impl="depth", speculative_config={"model": PROPOSER, "num_speculative_tokens": 2})
+        engine_config(tiny_dir, model_impl="depth", speculative_config={"model": PROPOSER, "num_speculative_tokens": 2})
 
 
 def test_bad_draft_layers_name_the_field(tiny_dir):
     with pytest.raises(ValueError, match=r"depth.draft_layers: 6; the schedule has 6 positions, so 1..5"):
-        make_llm(tiny_dir, **self_spec(2, draft_layers=6))
+        engine_config(tiny_dir, **self_spec(2, draft_layers=6))
 
 
 def test_bench_refuses_a_bad_self_spec_before_starting_an_engine():
@@ -196,13 +202,11 @@ def stock(smollm2_dir, stock_llm):
 
 
 @pytest.fixture(scope="module")
-def spec(smollm2_dir):
+def spec(engines, smollm2_dir):
     # draft_backoff 0: always draft the full length, so every step speculates; eager (the
     # compiled self-draft engine is the tiny skip-set test's, the compiled draft graph
     # test_compiled_draft_equals_the_eager_layers_for_every_row's)
-    llm = make_llm(smollm2_dir, **self_spec(3, draft_layers=24, draft_backoff=0), **EAGER)
-    yield llm
-    shutdown(llm)
+    return engines.llm(smollm2_dir, **self_spec(3, draft_layers=24, draft_backoff=0), **EAGER)
 
 
 def _ids(outs):
@@ -218,7 +222,8 @@ def test_greedy_batch_of_one_equals_stock_vllm(stock, spec):
 
 
 def _count_draft_rpcs(worker, start: bool) -> int:
-    """Count the engine core's ``take_draft_token_ids`` RPCs from now (``start``), or read the count."""
+    """Count the engine core's ``take_draft_token_ids`` RPCs from now (``start``), or stop counting and
+    return the count (the worker's own method again: the engine is shared)."""
     if start:
         take = worker.take_draft_token_ids  # bound (the worker wrapper forwards to the worker)
 
@@ -228,6 +233,8 @@ def _count_draft_rpcs(worker, start: bool) -> int:
 
         worker._depth_draft_rpcs = 0
         worker.take_draft_token_ids = counted
+        return 0
+    del worker.take_draft_token_ids
     return worker._depth_draft_rpcs
 
 
@@ -235,10 +242,13 @@ def test_drafts_come_back_with_the_step_output_without_a_second_rpc(stock, spec)
     # patches.worker.model_runner (sample_tokens) and patches.engine_core: the engine core never asks the
     # worker for the drafts, and they still reach the scheduler (verified and accepted) losslessly
     spec.collective_rpc(_count_draft_rpcs, args=(True,))
-    counters(spec, reset=True)
-    assert _ids(greedy(spec, PROMPTS[:2], max_tokens=32)) == _ids(greedy(stock, PROMPTS[:2], max_tokens=32))
-    assert counters(spec)["accepted"] > 0
-    assert spec.collective_rpc(_count_draft_rpcs, args=(False,)) == [0]
+    try:
+        counters(spec, reset=True)
+        assert _ids(greedy(spec, PROMPTS[:2], max_tokens=32)) == _ids(greedy(stock, PROMPTS[:2], max_tokens=32))
+        assert counters(spec)["accepted"] > 0
+    finally:
+        rpcs = spec.collective_rpc(_count_draft_rpcs, args=(False,))
+    assert rpcs == [0]
 
 
 def _compiled_against_eager(worker):
@@ -246,15 +256,13 @@ def _compiled_against_eager(worker):
     from vllm.forward_context import set_forward_context
 
     from vllm_depth.compat.attention import draft_attention
-    from vllm_depth.models.layers import run_draft
 
     drafter = worker.model_runner.drafter
     rows, pos = torch.arange(3), torch.tensor([5, 9, 2])
     ids = torch.tensor([42, 1337, 7], dtype=torch.int32)
     metadata, slots = draft_attention(drafter.runner, rows, pos)
     out = []
-    for run in (lambda: drafter.model.model.draft_stack(ids, pos),
-                lambda: run_draft(drafter.model.model, ids, pos, drafter.draft)):
+    for run in (lambda: drafter.drafts.forward(ids, pos), lambda: drafter.drafts.forward(ids, pos, drafter.draft)):
         with set_forward_context(metadata, drafter.vllm_config, num_tokens=3, slot_mapping=slots):
             out.append(run().clone())
     return ((out[0] - out[1]).abs().amax(dim=-1) / out[1].abs().amax(dim=-1)).tolist()  # relative, per row
@@ -332,34 +340,44 @@ def test_no_extra_weights_and_no_extra_kv_per_token(stock, spec):
 # -- tiny: skip-set drafts, and serving -----------------------------------------------------
 
 
-def test_skip_set_draft_greedy_equals_stock_vllm(tiny_dir, stock_llm):
+@pytest.fixture(scope="module")
+def skip_set(engines, tiny_dir):
+    """The compiled skip-set self-draft on tiny, drafting the full length every step (a test that
+    wants another ``draft_backoff`` sets it through ``_draft_backoff`` and back)."""
+    return engines.llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=0))
+
+
+def _draft_backoff(worker, backoff: int) -> None:
+    worker.model_runner.drafter.configure(None, None, backoff)
+
+
+def test_skip_set_draft_greedy_equals_stock_vllm(skip_set, tiny_dir, stock_llm):
     want = _ids(greedy(stock_llm(tiny_dir), PROMPTS, max_tokens=24))
-    llm = make_llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=0))
-    try:
-        assert _ids(greedy(llm, PROMPTS, max_tokens=24)) == want
-        assert counters(llm)["drafted"] > 0
-    finally:
-        shutdown(llm)
+    counters(skip_set, reset=True)
+    assert _ids(greedy(skip_set, PROMPTS, max_tokens=24)) == want
+    assert counters(skip_set)["drafted"] > 0
 
 
-def test_adaptive_draft_runs_undrafted_steps_as_plain_steps_and_equals_stock(tiny_dir, stock_llm):
+def test_adaptive_draft_runs_undrafted_steps_as_plain_steps_and_equals_stock(skip_set, tiny_dir, stock_llm):
     """A step that verifies no draft is prepared and sampled as a plain decode step
     (``patches.worker.model_runner``); steps with drafts go through the rejection sampler."""
     want = _ids(greedy(stock_llm(tiny_dir), PROMPTS[:4], max_tokens=24))
-    llm = make_llm(tiny_dir, **self_spec(2, draft_schedule=[0, 1, 4], draft_backoff=3))
+    skip_set.collective_rpc(_draft_backoff, args=(3,))  # as draft_backoff 3 in the depth config
     try:
+        counters(skip_set, reset=True)
         for prompt, ids in zip(PROMPTS[:4], want):
-            assert _ids(greedy(llm, [prompt], max_tokens=24)) == [ids]
-        c = counters(llm)
+            assert _ids(greedy(skip_set, [prompt], max_tokens=24)) == [ids]
+        c = counters(skip_set)
         assert c["drafted"] > 0 and c["plain_steps"] > 4 * 2, c  # more than the prefill steps
     finally:
-        shutdown(llm)
+        skip_set.collective_rpc(_draft_backoff, args=(0,))
 
 
-def test_served_with_vllm_speculative_config_and_spec_metrics(tiny_dir, tmp_path, stock_llm):
+def test_served_with_vllm_speculative_config_and_spec_metrics(own_engines, tiny_dir, tmp_path, stock_llm):
     import requests
 
-    args = ["--hf-overrides", json.dumps({"depth": {"draft_layers": 3, "draft_backoff": 0}}),
+    # eager: the compiled self-draft is the skip-set engine's
+    args = ["--enforce-eager", "--hf-overrides", json.dumps({"depth": {"draft_layers": 3, "draft_backoff": 0}}),
             "--speculative-config", json.dumps({"model": PROPOSER, "num_speculative_tokens": 2})]
     stock = stock_llm(tiny_dir)
     want = [list(o.outputs[0].text for o in greedy(stock, [p], max_tokens=16))[0] for p in PROMPTS[:3]]

@@ -429,8 +429,8 @@ _OUTPUTS = (
       "full blocks when the request is built)", "no check"),
     E("vllm.v1.core.kv_cache_utils", "get_request_block_hasher", "builds the hasher keep_generated_blocks_private "
       "wraps: it hashes the blocks filled since the last call, chained by parent hash", "no check"),
-    E("vllm.v1.core.kv_cache_utils", "BlockHash", "keep_generated_blocks_private returns BlockHash(bytes), as "
-      "vLLM's hasher does", "no check"),
+    E("vllm.v1.core.kv_cache_utils", "BlockHash", "keep_generated_blocks_private returns bytes: BlockHash is a "
+      "NewType of bytes", "test_serving (end to end: prefix cache hits counted)"),
     E("vllm.v1.engine", "EngineCoreOutput", "the depth stats ride in kv_transfer_params (finish_reason, "
       "request_id read)", "test_scheduler_and_outputs_carry_depth_statistics: kv_transfer_params is a field"),
     E("vllm.v1.engine", "EngineCoreOutputs", "update_from_output's return: outputs per client", "no check"),
@@ -443,9 +443,9 @@ _SAMPLING = (
     E("vllm.v1.engine.input_processor", "InputProcessor.process_inputs", "calls self._validate_params(params, "
       "supported_tasks)", "test_input_processor_validate_hook_and_request_id_suffix: source string"),
     E("vllm.exceptions", "VLLMValidationError", "patches.sampling_params raises a subclass of it (and of "
-      "ValueError) for a bad depth_* arg: HTTP 400 from the OpenAI app's VLLMError handler", "test_server, "
+      "ValueError) for a bad depth_* arg: HTTP 400 from the OpenAI app's VLLMError handler", "test_serving, "
       "test_ray_serve"),
-    E("vllm.sampling_params", "SamplingParams.extra_args", "per-request depth controls (depth_*)", "test_server"),
+    E("vllm.sampling_params", "SamplingParams.extra_args", "per-request depth controls (depth_*)", "test_serving"),
     E("vllm.v1.engine.input_processor", "InputProcessor.assign_request_id", "compat.requests.user_request_id strips the "
       "'-<8 hex>' suffix", "test_input_processor_validate_hook_and_request_id_suffix: source string"),
     E("vllm.compilation.decorators", "_try_load_aot_compiled_fn", "patches.compile_cache: for the depth model's "
@@ -519,7 +519,7 @@ _MODEL = (
       "test_native_kernels_swap_the_platform_kernel_in_and_restore_the_default"),
     E("vllm.distributed.parallel_state", "get_pp_group", "decoder: rank_in_group, world_size, is_first_rank, "
       "is_last_rank", "test_parallel"),
-    E("vllm.distributed.parallel_state", "get_tensor_model_parallel_world_size", "decoder, _fused_check",
+    E("vllm.distributed.parallel_state", "get_tensor_model_parallel_world_size", "decoder, ExitOutputs.fused",
       "test_parallel"),
     E("vllm.distributed.communication_op", "tensor_model_parallel_all_gather", "the cross-rank exit check "
       "gathers [T, 5] partials", "test_parallel"),

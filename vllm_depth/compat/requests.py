@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-from vllm.v1.core.kv_cache_utils import BlockHash
-
 
 def user_request_id(engine_request_id: str) -> str:
     """The id a user gave (``RequestOutput.request_id``) of an engine-side request id: vLLM 0.32
@@ -42,8 +40,8 @@ def keep_generated_blocks_private(request) -> bool:
         return False
     salt = os.urandom(16)
 
-    def private(req):
-        return [BlockHash(hashlib.sha256(bytes(h) + salt).digest()) for h in hasher(req)]
+    def private(req):  # vLLM's BlockHash is a NewType of bytes
+        return [hashlib.sha256(bytes(h) + salt).digest() for h in hasher(req)]
 
     request._block_hasher = private
     return True

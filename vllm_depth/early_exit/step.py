@@ -29,20 +29,14 @@ class StepRequest:
     decode: bool  # its last scheduled token samples a new token after the prompt
 
 
-@dataclass
+@dataclass(frozen=True)
 class DepthStep:
-    """One step's state, handed by the model runner (``patches.worker.model_runner``) to the depth
-    model before its forward, and read back when the step's output is sampled."""
+    """What the model runner (``patches.worker.model_runner``) hands the depth model's exit controller
+    (``early_exit.controller``) before a step's forward."""
 
     requests: list[StepRequest]  # in token-layout order
     groups: dict  # layer name -> its attention group (``compat.attention.attention_groups_by_layer``)
     query_start_loc: torch.Tensor | None  # CPU; None in profiling runs
-    # set by the model: {request id: layers run} of the step's decode tokens (for the depth scheduler)
-    exits: dict[str, int] | None = None
-    # set by the model: (request indices, logits) of exited tokens whose exit logits were computed; the
-    # runner's next ``compute_logits`` is the step's sampling (one row per request: early exit runs
-    # without speculative decoding), which takes them instead of the LM head's
-    exit_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -102,6 +96,9 @@ class ExitCounters:
     def as_dict(self) -> dict:
         return {"exits": dict(self.exits), "checked": self.checked,
                 "fill_tokens": self.fill_tokens, "fill_seconds": self.fill_seconds}
+
+    def reset(self) -> None:
+        self.exits, self.checked, self.fill_tokens, self.fill_seconds = {}, 0, 0, 0.0
 
 
 def _subset(indices: list[int], n: int) -> torch.Tensor | None:

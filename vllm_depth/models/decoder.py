@@ -11,18 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.distributed import (
-    get_pp_group,
-    get_tensor_model_parallel_world_size,
-    tensor_model_parallel_all_gather,
-)
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.distributed.utils import get_pp_indices
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -40,7 +35,6 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.sequence import IntermediateTensors
 
-from vllm_depth import metrics
 from vllm_depth.compat.attention import (
     AttentionViews,
     backend_name,
@@ -52,25 +46,16 @@ from vllm_depth.compat.compile import build_compiled
 from vllm_depth.compat.kernels import NativeKernels
 from vllm_depth.compat.loader import heads_file_to_load
 from vllm_depth.config import DepthConfigError, check_parallel, depth_config_of
+from vllm_depth.early_exit.controller import ExitController
 from vllm_depth.early_exit.kernels import cpu_reduce
-from vllm_depth.early_exit.kernels.exit_check import exit_stats
-from vllm_depth.early_exit.kv_fill import KVPropagator
-from vllm_depth.early_exit.step import (
-    DepthStep,
-    ExitCounters,
-    ExitRun,
-    ExitStep,
-    plan_step,
-)
+from vllm_depth.early_exit.step import ExitCounters, ExitRun, ExitStep
 from vllm_depth.models.draft_head import AttentionDraftHead
+from vllm_depth.models.drafting import Drafting
 from vllm_depth.models.exit_head import ExitHead, ExitVocab
+from vllm_depth.models.exit_outputs import ExitOutputs
 from vllm_depth.models.families import family_of
-from vllm_depth.models.layers import (
-    LowRankDelta,
-    repeat_attention,
-    run_draft,
-    run_positions,
-)
+from vllm_depth.models.kv_fill import KVPropagator
+from vllm_depth.models.layers import LowRankDelta, repeat_attention, run_positions
 from vllm_depth.models.schedule import LayerSchedule
 from vllm_depth.models.segments import DepthSegment, DraftStack
 
@@ -154,7 +139,6 @@ class DepthDecoderModel(nn.Module):
         self.draft_stack = self._draft_stack(vllm_config, prefix)
         self.kv_propagator: KVPropagator | None = None  # built from the loaded weights (load_weights)
         self.warmed_up = False
-        self.exit_trace: dict[str, list[int]] | None = None  # set to {} to record exit layers
 
     def _position_attention(self, vllm_config: VllmConfig, prefix: str) -> list[Attention]:
         """The attention module (so the KV cache) of every position.
@@ -254,15 +238,25 @@ class DepthDecoderModel(nn.Module):
         return out
 
     def warm_up(self, input_ids, positions, intermediate_tensors=None) -> None:
-        """Compile the exit segments and the draft stack in vLLM's warm-up run, with the main graph."""
+        """Compile the exit segments and the draft stack in vLLM's warm-up run, with the main graph, and
+        build the CPU exit check's native reductions (``kernels.cpu_reduce``) rather than in the first
+        step that checks."""
         if self.segments:
             self.run_segments(input_ids, positions, intermediate_tensors)
         if self.draft_stack is not None:
             self.draft_stack(input_ids, positions)
+        if positions.device.type == "cpu" and self.local_exits:
+            cpu_reduce.load()
         self.warmed_up = True
 
-    def forward_with_exits(self, input_ids, positions, step: ExitStep, groups: dict, logits_of, stats_of=None,
-                           intermediate_tensors=None):
+    def stage_checks(self, intermediate_tensors) -> bool:
+        """Whether this pipeline stage checks exits or receives tokens that exited before it."""
+        if self.local_exits:
+            return True
+        return not self.first_stage and bool((intermediate_tensors["depth_exit"] > 0).any())
+
+    def forward_with_exits(self, input_ids, positions, step: ExitStep, groups: dict, outputs: ExitOutputs,
+                           fused: bool = False, intermediate_tensors=None):
         """One step with token-level early exit.
 
         The compiled segments run between exit points; after each, the
@@ -274,8 +268,8 @@ class DepthDecoderModel(nn.Module):
         hidden states of all rows (exit states for exited tokens) and the run;
         on an earlier pipeline stage, the state to send on instead.
         ``groups``: each layer's attention group (``compat.attention.attention_groups_by_layer``), whose
-        builder gives the narrowed attention metadata.
-        ``stats_of``: the check's statistics without full logits (``depth.exit_check``; not for a
+        builder gives the narrowed attention metadata.  ``outputs``: the exit distribution at each exit
+        point; ``fused``: the check's statistics without full logits (``depth.exit_check``; not for a
         reduced-vocabulary exit head, whose logits are a sixth of the full ones).
 
         Under pipeline parallelism a token that exited on an earlier stage
@@ -289,16 +283,18 @@ class DepthDecoderModel(nn.Module):
         final = None
         local = self.schedule.local
         try:
-            hidden, residual = (None, None) if self.first_stage else self._arrive(intermediate_tensors, run, views)
+            hidden, residual = (None, None) if self.first_stage else self._arrive(intermediate_tensors, run, views,
+                                                                                  outputs)
             out = self.first_segment(input_ids, run.positions, hidden, residual) if run.num_active else None
             for segment in self.segments[1:]:
                 if out is None:
                     break
                 q, k, v, residual = out
                 point = segment.start
-                reduced = self.exit_vocab is not None and str(point) in self.exit_heads
-                keep = run.check(point, residual, self.exit_norm(point), lambda x: logits_of(point, x),
-                                 self.exit_counters, shortcut=not reduced, stats_of=None if reduced else stats_of)
+                reduced = outputs.reduced(point)
+                keep = run.check(point, residual, outputs.norm(point), lambda x: outputs.logits(point, x),
+                                 self.exit_counters, shortcut=not reduced,
+                                 stats_of=outputs.stats if fused and not reduced else None)
                 if keep is not None:
                     self._fill(segment.start, run, run.take_exited(k), run.take_exited(v), views)
                     if not run.num_active:
@@ -315,7 +311,7 @@ class DepthDecoderModel(nn.Module):
             return run.output(final, t, h, self.norm.weight), run
         return IntermediateTensors(run.stage_output(final, t, h, self.norm.weight)), run
 
-    def _arrive(self, intermediate_tensors, run: ExitRun, views):
+    def _arrive(self, intermediate_tensors, run: ExitRun, views, outputs: ExitOutputs):
         """A later pipeline stage's input: tokens that exited earlier get this stage's K/V filled from
         their exit state and leave; returns the remaining rows' hidden state and residual."""
         hidden, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
@@ -326,15 +322,11 @@ class DepthDecoderModel(nn.Module):
         for point in torch.unique(exited[exited > 0]).tolist():
             idx = torch.isin(run.rows, (exited == point).nonzero()[:, 0]).nonzero()[:, 0]  # active-row indices
             states = hidden[run.rows[idx]]
-            run.leave(idx.tolist(), point, states, self.exit_norm(point)(states), None)
+            run.leave(idx.tolist(), point, states, outputs.norm(point)(states), None)
             self._propagate(start, run, views.slots_of(run.exit_rows[-1]))
         if run.num_active:
             views.narrow(self.position_attn[start : self.schedule.local.stop], run.req_of_row, run.rows)
         return hidden[run.rows], residual[run.rows]
-
-    def exit_norm(self, point: int) -> nn.Module:
-        """What turns the state after ``point`` positions into the LM head's input: its exit head, or the final norm."""
-        return self.exit_heads[str(point)] if str(point) in self.exit_heads else self.norm
 
     def _fill(self, point: int, run: ExitRun, k, v, views) -> None:
         """KV of the tokens that just exited after ``point`` positions: exact at ``point``, propagated after."""
@@ -365,7 +357,11 @@ class DepthDecoderModel(nn.Module):
 
 
 class DepthForCausalLM(nn.Module, SupportsPP):
-    """Registered as ``Depth<Arch>`` for every supported architecture."""
+    """Registered as ``Depth<Arch>`` for every supported architecture.
+
+    ``exits``: the exit controller (``early_exit.controller``) when tokens may exit, which the model
+    runner hands each step; ``drafting``: what the self-draft reaches of the model (``models.drafting``).
+    """
 
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
@@ -393,53 +389,22 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
         )
         self._heads_file = _exit_heads_file(self.model.depth, vllm_config.model_config.model)
-        # the step the runner handed over (``begin_depth_step``), until its logits are computed
-        self._step: DepthStep | None = None
-        self._kernels = None  # platform kernels for the eager early-exit steps and drafts
-        self._head_kernels = None  # those of the draft heads and the final norm alone (``_draft_kernels``)
-        self._exit_ops = None  # those an exit step runs eagerly (``_exit_kernels``)
-
-    @property
-    def takes_depth_steps(self) -> bool:
-        """Whether the runner hands this model each step (``begin_depth_step``): with exit layers."""
-        return self.model.exits_enabled
+        self.exits = ExitController(self.model.depth, full_depth=len(self.model.schedule.physical),
+                                    last_stage=self.model.last_stage,
+                                    counters=self.model.exit_counters) if self.model.exits_enabled else None
+        self.exit_outputs = ExitOutputs(self)
+        self.drafting = Drafting(self)
+        self._kernels = None  # platform kernels for layers run eagerly (``native_kernels``)
 
     @property
     def depth_config(self):
         return self.model.depth
-
-    def begin_depth_step(self, step: DepthStep) -> None:
-        """Called by the runner before each forward (``patches.worker.model_runner``)."""
-        self._step = step
-
-    def take_exit_counters(self, reset: bool = False) -> dict:
-        """The cumulative exit counters (``reset``: start them again); read by the bench and tests."""
-        out = self.model.exit_counters.as_dict()
-        if reset:
-            self.model.exit_counters = ExitCounters()
-        return out
-
-    def trace_exits(self, start: bool) -> dict[str, list[int]] | None:
-        """The exit layers recorded per engine request id since the last call; ``start``: record
-        from now on (else stop)."""
-        out, self.model.exit_trace = self.model.exit_trace, ({} if start else None)
-        return out
 
     def native_kernels(self) -> NativeKernels:
         """vLLM's platform kernels for the model's custom ops, for layers run eagerly."""
         if self._kernels is None:
             self._kernels = NativeKernels(self)
         return self._kernels
-
-    def _exit_kernels(self) -> NativeKernels:
-        """Those of the ops an exit step runs outside its compiled segments: the final norm and exit
-        heads (the check), the embedding (saturation) and the K/V fill's rotary and k-norms."""
-        if self._exit_ops is None:
-            d = self.model
-            attns = [d.layers[d.schedule.physical[i]].self_attn for i in d.schedule.local]
-            fill = {id(m): m for a in attns for m in (a.rotary_emb, getattr(a, "k_norm", None)) if m is not None}
-            self._exit_ops = NativeKernels(nn.ModuleList([d.norm, d.exit_heads, d.embed_tokens, *fill.values()]))
-        return self._exit_ops
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -451,167 +416,37 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        depth_step = self._step
-        plan = self._exit_step(depth_step) if inputs_embeds is None else None
-        if plan is not None and not self._stage_exits(intermediate_tensors):
-            plan = None  # nothing to check or fill on this pipeline stage
-        if plan is None:  # no token can exit: the compiled full-depth graph, no check at all
-            self._record(depth_step, None)
-            hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-            if depth_step is None and not self.model.warmed_up and input_ids is not None:
-                # the warm-up run (no step requests) compiles the segments and the draft too
-                self.model.warm_up(input_ids, positions, intermediate_tensors)
-                self._warm_up_check(positions.device)
-            if isinstance(hidden, IntermediateTensors):  # to the next stage: no token exited here or before
-                residual = hidden["residual"]
-                hidden = IntermediateTensors({**hidden.tensors, "depth_exit": residual.new_zeros(
-                    residual.shape[0], dtype=torch.float32)})
-            return hidden
-        counters = self.model.exit_counters
-        checks, fill = counters.checked, counters.fill_seconds
-        stats_of = self._exit_stats if self._fused_check() else None
-        with self._exit_kernels():
-            hidden, run = self.model.forward_with_exits(input_ids, positions, plan, depth_step.groups,
-                                                        self._exit_logits, stats_of, intermediate_tensors)
-        depth_step.exit_logits = run.cached_logits()
-        self._record(depth_step, run, counters.checked - checks, counters.fill_seconds - fill)
+        exits = self.exits
+        plan = exits.plan() if exits is not None and inputs_embeds is None else None
+        if plan is not None and self.model.stage_checks(intermediate_tensors):
+            return self._forward_with_exits(input_ids, positions, plan, intermediate_tensors)
+        # no token can exit here: the compiled full-depth graph, no check at all
+        if exits is not None:
+            exits.record(None)
+        hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+        if not self.model.warmed_up and input_ids is not None and not (exits is not None and exits.stepping):
+            # the warm-up run (no step) compiles the segments and the draft too
+            self.model.warm_up(input_ids, positions, intermediate_tensors)
+        if isinstance(hidden, IntermediateTensors):  # to the next stage: no token exited here or before
+            residual = hidden["residual"]
+            hidden = IntermediateTensors({**hidden.tensors, "depth_exit": residual.new_zeros(
+                residual.shape[0], dtype=torch.float32)})
         return hidden
 
-    def _warm_up_check(self, device) -> None:
-        """Build the CPU exit check's native reductions (``kernels.cpu_reduce``) in vLLM's warm-up,
-        rather than in the first step that checks."""
-        if device.type == "cpu" and self.model.local_exits:
-            cpu_reduce.load()
-
-    def _fused_check(self) -> bool:
-        """``depth.exit_check``: the fused check (no logits) or the LM head's logits.  "auto" fuses
-        on GPUs, where the fused kernel costs about the LM-head product and a softmax over
-        materialised logits 1.3-4x it (benchmarks/exit_check.py), and under tensor parallelism,
-        where the logits are not gathered; on the CPU vLLM's LM-head GEMM is faster than any fused
-        product here, and its logits are reused as the step's for exited tokens."""
-        mode = self.model.depth.exit_check
-        if mode == "auto":
-            return get_tensor_model_parallel_world_size() > 1 or self.lm_head.weight.is_cuda
-        return mode == "fused"
-
-    def _stage_exits(self, intermediate_tensors) -> bool:
-        """Whether this pipeline stage checks exits or receives tokens that exited before it."""
-        if self.model.local_exits:
-            return True
-        return not self.model.first_stage and bool((intermediate_tensors["depth_exit"] > 0).any())
-
-    def _record(self, depth_step: DepthStep | None, run, checks: int = 0, fill_seconds: float = 0.0) -> None:
-        """Each decode token's exit point (on the last pipeline stage, where every exit is known):
-        to the step (for the scheduler), to ``model.exit_trace`` (when a dict) and to /metrics."""
-        trace = self.model.exit_trace
-        requests = depth_step.requests if depth_step is not None else None
-        if not requests or not self.model.last_stage:
-            return
-        exits, per_layer = {}, {}
-        if run is not None:
-            for reqs, point in zip(run.exit_reqs, run.exit_layers):
-                exits.update(dict.fromkeys(reqs.tolist(), point))
-                per_layer[point] = reqs.numel()
-        full = len(self.model.schedule.physical)
-        layers = [(req.req_id, exits.get(r, full)) for r, req in enumerate(requests) if req.decode]
-        depth_step.exits = dict(layers)
-        if trace is not None:
-            for req_id, point in layers:
-                trace.setdefault(req_id, []).append(point)
-        if metrics.enabled():
-            metrics.record_step([point for _, point in layers], full, per_layer, checks, fill_seconds)
-
-    def _exit_step(self, depth_step: DepthStep | None) -> ExitStep | None:
-        depth = self.model.depth
-        if depth_step is None or not depth_step.requests or depth_step.query_start_loc is None:
-            return None
-        return plan_step(depth_step.requests, depth_step.query_start_loc, thresholds=depth.thresholds(),
-                         min_layer=depth.min_layer, exit_layers=depth.exit_layers)
-
-    def _exit_logits(self, point: int, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The exit distribution's logits after ``point`` positions, and a reduced head's "other" logit."""
-        heads, vocab = self.model.exit_heads, self.model.exit_vocab
-        if vocab is None or str(point) not in heads:
-            return self.logits_processor(self.lm_head, normed), None
-        return vocab.logits(self.lm_head, heads[str(point)], normed, self.config.vocab_size)
-
-    def _exit_stats(self, normed: torch.Tensor):
-        """The exit check over the vocabulary-parallel LM head: each rank reduces its shard, then
-        one all-gather of ``[T, 5]`` partials per rank (the full logits are never gathered)."""
-        shard = self.lm_head.shard_indices
-        scale = self.logits_processor.scale
-        x = normed * scale if scale != 1.0 else normed
-        return exit_stats(x, None, 0.0, self.lm_head.weight, valid=shard.num_org_elements,
-                          offset=shard.org_vocab_start_index, gather=tensor_model_parallel_all_gather)
-
-    def draft_forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                      draft: tuple[int, ...] | None = None) -> torch.Tensor:
-        """The residual-stream state of draft tokens (in the forward context of the draft's attention
-        metadata): the compiled draft (``draft`` None), or schedule positions ``draft`` run eagerly
-        with vLLM's platform kernels (``()``: the embedding; no layer runs, no K/V is written)."""
-        if draft == ():
-            return self.model.embed_input_ids(input_ids)
-        if draft is None:
-            return self.model.draft_stack(input_ids, positions)
-        with self.native_kernels():
-            return run_draft(self.model, input_ids, positions, draft)
-
-    def draft_logits(self, state: torch.Tensor, point: int | None, prev: torch.Tensor | None = None) -> DraftLogits:
-        """Logits of a draft from its state: the exit head after ``point`` positions (a prefix
-        draft) when the checkpoint has one, else the final norm and LM head; ``prev``: the previous
-        token's final (normed) state, which a ``prev_state`` head reads.  Run eagerly with the
-        platform kernels of the head's own ops (switching every layer's, about 120, would cost
-        ~0.2 ms a draft token)."""
-        head = self._draft_head(point)
-        with self._draft_kernels():
-            return self._head_logits(head, self.model.norm(state) if head is None else head(state, prev))
-
-    def _head_logits(self, head: nn.Module | None, normed: torch.Tensor) -> DraftLogits:
-        """Logits of a draft head's output ``normed``: over its reduced vocabulary (and "other"), or the
-        LM head's (no head, or no reduced vocabulary)."""
-        vocab = self.model.exit_vocab
-        if head is None or vocab is None:
-            return DraftLogits(self.logits_processor(self.lm_head, normed), None, None, normed)
-        logits, rest = vocab.reduced_logits(self.lm_head, head, normed)
-        return DraftLogits(logits, rest, vocab.ids.data, normed)
-
-    def _draft_kernels(self) -> NativeKernels:
-        """The platform kernels of the draft heads' ops and the final norm (made on first use)."""
-        if self._head_kernels is None:
-            d = self.model
-            self._head_kernels = NativeKernels(nn.ModuleList([d.exit_heads, d.norm, *filter(None, [d.draft_head])]))
-        return self._head_kernels
-
-    def draft_attends(self) -> bool:
-        """Whether the self-draft drafts through the attention draft head (``draft_attend``)."""
-        return self.model.draft_head is not None
-
-    def draft_attend(self, input_ids: torch.Tensor, positions: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """The attention draft head's normed states (in the forward context of its attention metadata):
-        row ``j`` reads token ``input_ids[j]`` and ``prev[j]``, the final state at ``positions[j]``."""
-        head = self.model.draft_head
-        with self._draft_kernels():
-            return head(positions, self.model.embed_input_ids(input_ids), prev)
-
-    def draft_head_logits(self, normed: torch.Tensor) -> DraftLogits:
-        """Logits of the attention draft head's normed states (over its reduced vocabulary, if any)."""
-        return self._head_logits(self.model.draft_head, normed)
-
-    def _draft_head(self, point: int | None) -> ExitHead | None:
-        """The exit head after ``point`` positions (None: a skip-set draft, or no head there)."""
-        return self.model.exit_heads[str(point)] if point is not None and str(point) in self.model.exit_heads else None
-
-    def draft_reads_prev_state(self, point: int | None) -> bool:
-        """Whether the draft head after ``point`` positions reads the previous token's final state."""
-        head = self._draft_head(point)
-        return head is not None and head.prev_state
+    def _forward_with_exits(self, input_ids, positions, plan: ExitStep, intermediate_tensors):
+        counters, outputs = self.exits.counters, self.exit_outputs
+        checks, fill = counters.checked, counters.fill_seconds
+        with outputs.kernels():
+            hidden, run = self.model.forward_with_exits(input_ids, positions, plan, self.exits.groups, outputs,
+                                                        outputs.fused(), intermediate_tensors)
+        self.exits.record(run, counters.checked - checks, counters.fill_seconds - fill)
+        return hidden
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        """The LM head's logits; the first call after a step with exits is that step's sampling, one
-        row per request (early exit runs without speculative decoding): exited requests' rows are
-        their exit logits, computed by the exit check; only the others need the LM head."""
-        depth_step, self._step = self._step, None
-        cached = depth_step.exit_logits if depth_step is not None else None
+        """The LM head's logits; after a step with exits, the step's sampling (one row per request):
+        exited requests' rows are their exit logits, computed by the exit check; only the others need
+        the LM head."""
+        cached = self.exits.take_logits() if self.exits is not None else None
         if cached is None:
             return self.logits_processor(self.lm_head, hidden_states)
         reqs, exit_logits = cached  # (the same LM head matmul)
@@ -660,14 +495,3 @@ def check_exit_backend(attn) -> None:
     raise DepthConfigError(f"depth.exit_layers: attention backend {backend_name(attn)} writes the KV cache "
                            "inside its forward, so the K/V of skipped layers cannot be filled; allowed: "
                            f"{', '.join(exit_capable_backends())}, or no exit_layers")
-
-
-class DraftLogits(NamedTuple):
-    """What a draft's head gives: ``logits``; ``rest``, a reduced head's "other" logit (None: full
-    vocabulary); ``columns``, the token id of each logit column (None: the vocabulary's order);
-    ``normed``, the LM head's input."""
-
-    logits: torch.Tensor
-    rest: torch.Tensor | None
-    columns: torch.Tensor | None
-    normed: torch.Tensor

@@ -36,6 +36,14 @@ class LowRankDelta(nn.Module):
         return torch.cat([(x @ getattr(self, f"{n}_b").t()) @ getattr(self, f"{n}_a").t() for n in names], dim=-1)
 
 
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm in float32 (``weight`` None: no gain): the norm of the families' layers, in plain torch
+    (the K/V fill, with its gains folded into the projections; the trainers' heads)."""
+    h = hidden.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return h if weight is None else h * weight.float()
+
+
 def per_head(norm: nn.Module, x: torch.Tensor, head_dim: int) -> torch.Tensor:
     """``norm`` over each head of ``x`` (q/k norms of Qwen3-style attention)."""
     return norm(x.view(*x.shape[:-1], x.shape[-1] // head_dim, head_dim)).view(x.shape)

@@ -143,6 +143,8 @@ class DraftPolicy:
     draft_cost: float = 0.0  # seconds per draft token (EMA over the steps that drafted)
     times: StepTimes = field(default_factory=StepTimes)
     states: dict[str, _RequestState] = field(default_factory=dict)
+    # the last plan found that no draft token could pay, not even one surely accepted (heavy load)
+    nothing_pays: bool = False
 
     def state(self, req_id: str) -> _RequestState:
         st = self.states.get(req_id)
@@ -166,6 +168,7 @@ class DraftPolicy:
         """The draft length of each request in ``req_ids`` (0: none).  ``rows``: the rows the next
         step runs without drafts (default: one per request)."""
         n = len(req_ids)
+        self.nothing_pays = False
         if self.probe == 0:
             return [self.k_max] * n
         base = n if rows is None else rows
@@ -173,6 +176,7 @@ class DraftPolicy:
         if t0 is None:
             return [self.k_max] * n
         lengths, bar = self._best(req_ids, base, t0)
+        self.nothing_pays = bar >= 1.0 and not any(lengths)
         out = []
         for r, k in zip(req_ids, lengths):
             st = self.states[r]

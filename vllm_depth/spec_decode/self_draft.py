@@ -41,7 +41,6 @@ from vllm.forward_context import set_forward_context
 from vllm_depth.compat.attention import draft_attention
 from vllm_depth.compat.runner import request_ids, seeded_sampling
 from vllm_depth.config import PROPOSER, require_draft
-from vllm_depth.patches.worker import rejection_sampler
 from vllm_depth.spec_decode.policy import DraftCounters, DraftPolicy
 
 
@@ -55,7 +54,7 @@ class SelfDraft:
     exists: block tables and attention metadata builders), ``take_verifier_states`` (the
     verifier's final states, for draft heads that read them), ``plain_step`` (a step that verifies
     no draft runs as a plain decode step) and ``drafts_in_step_output``.  The model is reached only
-    through its methods (``draft_forward``, ``draft_logits``, ``draft_reads_prev_state``).
+    through its ``drafting`` object (``models.drafting.Drafting``: draft forwards and their logits).
     """
 
     drafts_in_step_output = True
@@ -64,29 +63,29 @@ class SelfDraft:
         self.vllm_config = vllm_config
         self.k = vllm_config.speculative_config.num_speculative_tokens
         self.max_model_len = vllm_config.model_config.max_model_len
-        self.model = None
+        self.drafts = None  # the target model's ``drafting`` (models.drafting.Drafting)
         self.runner = None
         self.draft: tuple[int, ...] = ()
         self.threshold = 0.0
         self.policy = DraftPolicy(self.k, 0)
         self._last_end = None  # when the last propose returned (the verifier step runs in between)
         self._last_ids: set[str] = set()  # the requests of the last propose
+        self._gaps: set[str] = set()  # requests the attention head's pass skipped in some step (``_pass_pays``)
         self.counters = DraftCounters()
         self.eager_draft: tuple[int, ...] | None = None  # tune-draft: try another draft, uncompiled
         self.attends = False  # the attention draft head drafts (``_draft_attending``)
         # the step's final states at its sampled rows, its spec metadata, the final states of all its
         # rows and its common attention metadata
         self._verifier = None
-        rejection_sampler.use_for_self_draft()
 
     def load_model(self, target_model) -> None:
         depth = getattr(target_model, "depth_config", None)
-        if depth is None or not hasattr(target_model, "draft_logits"):
+        if depth is None or getattr(target_model, "drafting", None) is None:
             raise ValueError(f"speculative_config.model={PROPOSER!r} drafts from a depth model; "
                              "allowed: with model_impl='depth'")
-        self.model, self.draft = target_model, require_draft(depth)
+        self.drafts, self.draft = target_model.drafting, require_draft(depth)
         self.threshold = depth.draft_threshold
-        self.attends = target_model.draft_attends()
+        self.attends = self.drafts.attends
         self.policy = DraftPolicy(self.k, depth.draft_backoff)
 
     def bind_runner(self, runner) -> None:
@@ -130,6 +129,8 @@ class SelfDraft:
             if position < self.max_model_len - 1:
                 candidates.append((i, req_ids[i], position))
         self.policy.forget_except(set(req_ids))
+        self._gaps &= set(req_ids)
+        candidates = [c for c in candidates if c[1] not in self._gaps]
         lengths = self._lengths([r for _, r, _ in candidates], len(req_ids))
         rows, tokens, positions, ks = [], [], [], []
         for (i, req_id, position), k in zip(candidates, lengths):
@@ -139,8 +140,12 @@ class SelfDraft:
                 tokens.append(sampled_token_ids[i][-1])
                 positions.append(position)
                 ks.append(k)
-        if self.attends:  # the head's pass over the step's rows runs also when no request drafts
-            normed = self._attend_step(rows, num_tokens_no_spec, token_ids_cpu)
+        if self.attends:
+            if self._pass_pays(rows, req_ids):
+                normed = self._attend_step(rows, num_tokens_no_spec, token_ids_cpu)
+            else:  # nothing drafts, and nothing would pay: no pass, and these requests draft no more
+                self._gaps.update(req_ids)
+                normed = None
             t1 = time.perf_counter()
             if normed is not None and rows:
                 self._draft_attending(normed, rows, positions, ks, drafts)
@@ -157,6 +162,16 @@ class SelfDraft:
         self._last_end = time.perf_counter()
         self.counters.seconds += self._last_end - t0
         return drafts
+
+    def _pass_pays(self, rows: list[int], req_ids: list[str]) -> bool:
+        """Whether the attention head's pass over the step's rows runs: it writes the head's K/V, which
+        later drafts attend to, so it runs in every step (drafting or not) but where no request drafts,
+        no draft token could pay at this load (``DraftPolicy.nothing_pays``) and no seeded request is in
+        the batch (whose drafts must not depend on the load).  Requests whose rows a step skips have a
+        gap in the head's K/V: they draft no more (``_gaps``); requests that arrive later do."""
+        if rows or not self.policy.nothing_pays:
+            return True
+        return any(seeded_sampling(self.runner, r) for r in req_ids)
 
     def _lengths(self, req_ids: list[str], rows: int) -> list[int]:
         """The draft length of each request: the policy's plan for the batch, but the full length for a
@@ -201,15 +216,15 @@ class SelfDraft:
         limit = torch.tensor(lengths)
         positions_run = self._draft_positions()
         layer = head_layer(positions_run)
-        prev = self._prev_states(sampled_token_ids, rows) if self.model.draft_reads_prev_state(layer) else None
+        prev = self._prev_states(sampled_token_ids, rows) if self.drafts.reads_prev_state(layer) else None
         for step in range(max(lengths)):
             if not positions_run:  # a head over the embedding: no layer runs, no K/V is written
-                state = self.model.draft_forward(ids, pos, ())
+                state = self.drafts.forward(ids, pos, ())
             else:
                 metadata, slots = draft_attention(self.runner, active, pos)
                 with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
-                    state = self.model.draft_forward(ids, pos, self.eager_draft)
-            out = self.model.draft_logits(state, layer, prev)
+                    state = self.drafts.forward(ids, pos, self.eager_draft)
+            out = self.drafts.logits(state, layer, prev)
             token, go = self._choose(out, active, limit, step, drafts)
             if not bool(go.any()):
                 break
@@ -226,27 +241,28 @@ class SelfDraft:
         active, limit = torch.tensor(rows, dtype=torch.long), torch.tensor(lengths)
         pos = torch.tensor(positions, dtype=torch.long)  # the head's row for a first draft: its last sampled token's
         for step in range(max(lengths)):
-            token, go = self._choose(self.model.draft_head_logits(normed), active, limit, step, drafts)
+            token, go = self._choose(self.drafts.head_logits(normed), active, limit, step, drafts)
             if not bool(go.any()):
                 break
             active, pos, limit, prev = active[go], pos[go], limit[go], normed[go.to(normed.device)]
             metadata, slots = draft_attention(self.runner, active, pos)
             with set_forward_context(metadata, self.vllm_config, num_tokens=active.numel(), slot_mapping=slots):
-                normed = self.model.draft_attend(token[go].to(device, torch.int32), pos.to(device), prev)
+                normed = self.drafts.attend(token[go].to(device, torch.int32), pos.to(device), prev)
             pos = pos + 1
 
     @torch.inference_mode()
     def _attend_step(self, rows: list[int], num_tokens_no_spec, token_ids_cpu) -> torch.Tensor | None:
         """The head over every row of the step whose next token is known (the head at position ``p``
         reads token ``p + 1`` and the verifier's final state at ``p``), for every request, drafting or
-        not: it writes the head's K/V there.  Returns its output at each drafting row's last such row
-        (None: no row ran)."""
+        not, but those with a gap in the head's K/V: it writes the head's K/V there.  Returns its output
+        at each drafting row's last such row (None: no row ran)."""
         _, _, hidden, common = self._verifier
         qsl = common.query_start_loc_cpu.tolist()
         step_positions = common.positions[: qsl[-1]].cpu()
+        req_ids = request_ids(self.runner)
         reqs, counts, starts = [], [], []
         for i in range(len(qsl) - 1):
-            if qsl[i + 1] == qsl[i]:
+            if qsl[i + 1] == qsl[i] or req_ids[i] in self._gaps:
                 continue
             first = int(step_positions[qsl[i]])
             m = min(qsl[i + 1] - qsl[i], int(num_tokens_no_spec[i]) - 1 - first)  # rows whose next token is known
@@ -263,7 +279,7 @@ class SelfDraft:
         metadata, slots = draft_attention(self.runner, torch.tensor(reqs), pos, torch.tensor(counts))
         device = self.runner.device
         with set_forward_context(metadata, self.vllm_config, num_tokens=ids.numel(), slot_mapping=slots):
-            normed = self.model.draft_attend(ids.to(device), pos.to(device), hidden[step_rows.to(hidden.device)])
+            normed = self.drafts.attend(ids.to(device), pos.to(device), hidden[step_rows.to(hidden.device)])
         last = dict(zip(reqs, (torch.tensor(counts).cumsum(0) - 1).tolist()))
         return normed[torch.tensor([last[r] for r in rows], dtype=torch.long, device=normed.device)]
 

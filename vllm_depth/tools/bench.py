@@ -102,8 +102,8 @@ def _model_param_bytes(worker) -> int:
 
 def _exit_counters(worker, reset: bool) -> dict | None:
     """Runs inside the engine's worker: the depth model's exit counters (None: not a depth model)."""
-    take = getattr(worker_model(worker), "take_exit_counters", None)
-    return take(reset) if take is not None else None
+    exits = getattr(worker_model(worker), "exits", None)
+    return exits.take_counters(reset) if exits is not None else None
 
 
 def exit_counters(llm, reset: bool = False) -> dict | None:
@@ -112,7 +112,7 @@ def exit_counters(llm, reset: bool = False) -> dict | None:
 
 
 def _exit_trace(worker, start: bool) -> dict | None:
-    return worker_model(worker).trace_exits(start)
+    return worker_model(worker).exits.trace_exits(start)
 
 
 def start_exit_trace(llm) -> None:

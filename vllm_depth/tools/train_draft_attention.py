@@ -41,7 +41,7 @@ from transformers.models.llama.modeling_llama import (
 
 from vllm_depth.compat.loader import heads_file
 from vllm_depth.config import ExitHeads
-from vllm_depth.early_exit.kernels.exit_check import rms_norm
+from vllm_depth.models.layers import rms_norm
 from vllm_depth.tools.analysis import load_hf
 from vllm_depth.tools.checkpoints import update_depth_config
 from vllm_depth.tools.data import stdlib_held_out_code, stdlib_texts, token_chunks

@@ -36,7 +36,7 @@ from torch import nn
 
 from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE, heads_file
 from vllm_depth.config import ExitHeads
-from vllm_depth.early_exit.kernels.exit_check import rms_norm
+from vllm_depth.models.layers import rms_norm
 from vllm_depth.tools.analysis import load_hf
 from vllm_depth.tools.arguments import TrainExitsError, check_train_exits
 from vllm_depth.tools.checkpoints import checkpoint_config, update_depth_config

@@ -96,11 +96,12 @@ def use_triton(device: torch.device) -> bool:
 # -- torch path ----------------------------------------------------------------------------
 
 
-def rms_norm(hidden: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm in float32 (``weight`` None: no gain)."""
+def fused_rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMSNorm the fused check applies before the LM head, in float32 (the Triton kernel's, in
+    torch): ``exit_stats(hidden, norm_weight, eps, ...)`` with a Llama-style final norm."""
     h = hidden.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return h if weight is None else h * weight.float()
+    return h * weight.float()
 
 
 def exit_partials_torch(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, offset=0, tile=8192) -> Partials:
@@ -110,7 +111,7 @@ def exit_partials_torch(x, lm_head, norm_weight=None, eps=0.0, *, valid=None, of
     At most ``[T x tile]`` logits exist at once.
     """
     if norm_weight is not None:
-        x = rms_norm(x, norm_weight, eps)
+        x = fused_rms_norm(x, norm_weight, eps)
     xw = x.to(lm_head.dtype)  # the product in the weights' dtype, the softmax in fp32
     v = lm_head.shape[0] if valid is None else valid
     parts = [logit_partials((xw @ lm_head[v0 : min(v0 + tile, v)].t()).float(), v0 + offset)

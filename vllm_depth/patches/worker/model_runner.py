@@ -2,13 +2,13 @@
 self-draft's hooks.  Each wrapper acts only when the runner's model or drafter has the capability
 it serves; otherwise it calls vLLM's method unchanged.
 
-- ``_model_forward``: before the forward, a model that ``takes_depth_steps`` (early exit) is handed
-  the step (``early_exit.step.DepthStep``): its requests in token-layout order with their per-request
-  depth controls, and each layer's attention group, whose builder narrows its metadata.  The runner
-  keeps the step until its output is sampled.
-- ``sample_tokens``: the step output (``ModelRunnerOutput``, a plain dataclass pickled to the
-  engine core) carries ``depth_exits`` ({request id: layers run} of the step's decode tokens, for
-  the depth scheduler) and, for a drafter with ``drafts_in_step_output``, ``depth_drafts``.
+- ``_model_forward``: before the forward, a model with an exit controller (``exits``: early exit)
+  is handed the step (``early_exit.step.DepthStep``): its requests in token-layout order with their
+  per-request depth controls, and each layer's attention group, whose builder narrows its metadata.
+- ``sample_tokens``: the controller's exits of the step end it; the step output
+  (``ModelRunnerOutput``, a plain dataclass pickled to the engine core) carries them as
+  ``depth_exits`` ({request id: layers run} of the step's decode tokens, for the depth scheduler)
+  and, for a drafter with ``drafts_in_step_output``, ``depth_drafts``.
   Without async scheduling, vLLM's engine core asks the worker for the drafts in a second RPC after
   every step (``EngineCore.post_step`` -> ``take_draft_token_ids``): one more round trip through the
   shared-memory queues per step, about 1.5% of a batch-1 step of SmolLM2 on a 2-core CPU (py-spy).
@@ -57,10 +57,9 @@ def depth_step(runner) -> DepthStep:
 
 def _forward(original):
     def method(self, *args, **kwargs):
-        model = self.get_model()
-        if getattr(model, "takes_depth_steps", False):
-            self.depth_step = depth_step(self)
-            model.begin_depth_step(self.depth_step)
+        exits = getattr(self.get_model(), "exits", None)
+        if exits is not None:
+            exits.begin(depth_step(self))
         return original(self, *args, **kwargs)
 
     return method
@@ -69,11 +68,12 @@ def _forward(original):
 def _sample_tokens(original):
     def method(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        step = self.__dict__.pop("depth_step", None)
+        exits = getattr(self.get_model(), "exits", None)
+        step_exits = exits.finish() if exits is not None else None
         if out is None or out is EMPTY_MODEL_RUNNER_OUTPUT or not hasattr(out, "req_id_to_index"):
             return out
-        if step is not None and step.exits:
-            out.depth_exits = step.exits
+        if step_exits:
+            out.depth_exits = step_exits
         if getattr(getattr(self, "drafter", None), "drafts_in_step_output", False) and not self.use_async_scheduling:
             drafts = self.take_draft_token_ids()
             out.depth_drafts = None if drafts is None else DraftTokenIds(list(drafts.req_ids), drafts.draft_token_ids)

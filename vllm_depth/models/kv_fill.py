@@ -23,8 +23,7 @@ from torch import nn
 from vllm.model_executor.layers.linear import ReplicatedLinear
 
 from vllm_depth.compat.attention import write_kv
-from vllm_depth.early_exit.kernels.exit_check import rms_norm
-from vllm_depth.models.layers import per_head
+from vllm_depth.models.layers import per_head, rms_norm
 
 
 class KVPropagator(nn.Module):
