@@ -37,16 +37,20 @@ EARLY_EXIT = {"exit_layers": [15], "exit_threshold": 0.0}  # every decode token 
 
 def server_args(name: str, spec: str | None, base: str) -> tuple[str, list[str]]:
     """(model path, ``vllm serve`` arguments) of a server: ``stock``, ``self-draft=MODEL`` (a checkpoint
-    whose depth config names its draft), ``early-exit`` (every decode token at layer 15)."""
+    whose depth config names its draft), ``early-exit`` (every decode token at layer 15),
+    ``stock-sync`` (stock without async scheduling, which vLLM turns off for a custom proposer: what
+    async scheduling is worth here)."""
     if name == "stock":
         return base, []
+    if name == "stock-sync":
+        return base, ["--no-async-scheduling"]
     if name == "self-draft":
         model = resolve_model(spec) if spec else base
         return model, ["--model-impl", "depth", "--speculative-config",
                        json.dumps({"model": PROPOSER, "num_speculative_tokens": 2})]
     if name == "early-exit":
         return base, ["--model-impl", "depth", "--hf-overrides", json.dumps({"depth": EARLY_EXIT})]
-    raise SystemExit(f"--server: {name!r} is not allowed; allowed: self-draft[=MODEL], early-exit")
+    raise SystemExit(f"--server: {name!r} is not allowed; allowed: self-draft[=MODEL], early-exit, stock-sync")
 
 
 def _port() -> int:
