@@ -69,6 +69,13 @@ def smollm2_dir() -> str:
 
 
 @pytest.fixture(scope="session")
+def gemma3_dir() -> str:
+    from vllm_depth.tools.checkpoints import resolve_model
+
+    return resolve_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
 def attended_head(smollm2_dir, tmp_path_factory) -> str:
     """A copy of SmolLM2 with an attention draft head trained for a minute (a tenth of train-exits'
     default: enough for drafts that are accepted and rejected); its config names the head and the
@@ -189,14 +196,15 @@ def own_engines(engines):
 
 
 @pytest.fixture(scope="session")
-def stock_llm(engines, tiny_dir):
-    """``stock_llm(path)``: stock vLLM (``ENGINE_ARGS``) on a checkpoint, started once per session and
-    shared by the modules that compare against it (pinned in the pool: an idle engine costs no CPU
-    here).  Compiled on tiny, as the compiled depth engines it is compared with; eager on any other
+def stock_llm(engines, tiny_dir, smollm2_dir):
+    """``stock_llm(path)``: stock vLLM (``ENGINE_ARGS``) on a checkpoint, shared by the modules that
+    compare against it: on tiny and SmolLM2 started once per session (pinned in the pool: an idle
+    engine costs no CPU here), on another checkpoint kept as the pool keeps any engine (its memory).
+    Compiled on tiny, as the compiled depth engines it is compared with; eager on any other
     checkpoint, as the depth engines on real weights are (compiling SmolLM2 costs a minute and a half)."""
 
     def get(path: str):
-        return engines.llm(path, pin=True, **({} if path == tiny_dir else EAGER))
+        return engines.llm(path, pin=path in (tiny_dir, smollm2_dir), **({} if path == tiny_dir else EAGER))
 
     return get
 

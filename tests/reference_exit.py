@@ -1,9 +1,13 @@
 """Token-level early exit with CALM-style state propagation: an independent reference.
 
-Plain PyTorch on a Hugging Face ``LlamaForCausalLM`` (no vLLM, no vllm_depth).
+Plain PyTorch on a Hugging Face ``LlamaForCausalLM`` or ``Gemma3ForCausalLM`` (no vLLM, no
+vllm_depth).
 Greedy, batch of one, never stops at EOS.  The loop keeps its own per-layer KV
 cache and computes attention itself; the HF modules supply only the weights,
-norms, projections, MLP and rotary embedding.
+norms, projections, MLP and rotary embedding.  Gemma 3's layers differ where the HF modules say so:
+q/k norms (``q_norm``, ``k_norm``), norms after attention and after the MLP
+(``pre_feedforward_layernorm``), a rotary base per layer type and a sliding window per layer
+(``sliding_window``: a query sees the keys less than that many positions back).
 
 Exit layer L is a layer count: "after the first L layers".  The prompt runs all
 N layers.  A decode token runs layers one at a time; after the first L layers,
@@ -43,9 +47,11 @@ def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 
 def _kv(layer, h, cos, sin):
-    """The K (rotated) and V that ``layer`` caches for residual stream ``h``."""
+    """The K (normed where the layer norms k, rotated) and V that ``layer`` caches for residual stream ``h``."""
     attn, x = layer.self_attn, layer.input_layernorm(h)
     k, v = _heads(attn.k_proj(x), attn.head_dim), _heads(attn.v_proj(x), attn.head_dim)
+    if hasattr(attn, "k_norm"):
+        k = attn.k_norm(k)
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     return k, v
 
@@ -54,18 +60,38 @@ def _append(kv: list, j: int, k: torch.Tensor, v: torch.Tensor) -> None:
     kv[j] = (k, v) if kv[j] is None else (torch.cat([kv[j][0], k], 2), torch.cat([kv[j][1], v], 2))
 
 
+def _rope(model, h, pos) -> list:
+    """(cos, sin) of every layer at positions ``pos`` (Gemma 3: one rotary base per layer type)."""
+    rotary, n = model.model.rotary_emb, len(model.model.layers)
+    types = getattr(model.config, "layer_types", None)
+    if types is None or not hasattr(rotary, "layer_types"):
+        return [rotary(h, pos[None])] * n
+    per_type = {t: rotary(h, pos[None], t) for t in set(types)}
+    return [per_type[t] for t in types]
+
+
 def _layer(layer, h, kv, j, cos, sin, pos):
     """One decoder layer on h [1, T, hidden] at positions ``pos``, appending its K/V to ``kv[j]``."""
     attn = layer.self_attn
     q = _heads(attn.q_proj(layer.input_layernorm(h)), attn.head_dim)
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
     q, _ = apply_rotary_pos_emb(q, q, cos, sin)
     _append(kv, j, *_kv(layer, h, cos, sin))
     groups = q.shape[1] // kv[j][0].shape[1]
     k, v = (t.repeat_interleave(groups, 1) for t in kv[j])  # GQA: query head i reads kv head i // groups
     scores = q @ k.transpose(2, 3) * attn.scaling
-    future = torch.arange(k.shape[2])[None, :] > pos[:, None]  # causal: keys after the query
-    o = torch.softmax(scores.masked_fill(future, float("-inf")).float(), -1) @ v
-    h = h + attn.o_proj(o.transpose(1, 2).reshape(1, h.shape[1], -1))
+    keys = torch.arange(k.shape[2])[None, :]
+    hidden_from = keys > pos[:, None]  # causal: keys after the query
+    window = getattr(attn, "sliding_window", None)
+    if window is not None:  # and keys a window or more behind it
+        hidden_from = hidden_from | (pos[:, None] - keys >= window)
+    o = torch.softmax(scores.masked_fill(hidden_from, float("-inf")).float(), -1) @ v
+    out = attn.o_proj(o.transpose(1, 2).reshape(1, h.shape[1], -1))
+    if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms after attention and after the MLP too
+        h = h + layer.post_attention_layernorm(out)
+        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+    h = h + out
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
@@ -160,11 +186,11 @@ def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list
         ids = list(prompt_ids) if step == 0 else [trace.tokens[-1]]
         start = 0 if step == 0 else len(prompt_ids) + step - 1
         pos = torch.arange(start, start + len(ids))
-        h = model.model.embed_tokens(torch.tensor([ids]))
-        cos, sin = model.model.rotary_emb(h, pos[None])
+        h = model.model.embed_tokens(torch.tensor([ids]))  # (Gemma's embedding module scales by sqrt(hidden))
+        rope = _rope(model, h, pos)
         prev, near, exit_at, out = h, False, N, None
         for j, layer in enumerate(layers):
-            h = _layer(layer, h, kv, j, cos, sin, pos)
+            h = _layer(layer, h, kv, j, *rope[j], pos)
             if step == 0 or j + 1 not in checks or out is not None:
                 continue
             conf = _confidence(model, h, prev, criterion, heads.get(j + 1))
@@ -174,7 +200,7 @@ def early_exit_greedy(model, prompt_ids: list[int], n: int, *, exit_layers: list
                 if kv_fill == "recompute":  # the skipped layers still run, for their K/V only
                     continue
                 for s in range(exit_at, N):  # state propagation into the skipped layers
-                    _append(kv, s, *_kv(layers[s], h, cos, sin))
+                    _append(kv, s, *_kv(layers[s], h, *rope[s]))
                 break
         h = h if out is None else out
         logits = _logits(model, h[0, -1], heads.get(exit_at))

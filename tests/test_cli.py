@@ -20,7 +20,7 @@ def test_model_alias_prints_a_cached_checkpoint_and_is_idempotent(tiny_dir):
 def test_unknown_model_names_the_aliases():
     r = run_cli("model", "no-such-model")
     assert r.returncode != 0
-    assert "smollm2-135m, tiny" in r.stderr
+    assert "smollm2-135m, gemma3-270m, tiny" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,15 @@ def test_bench_refuses_bad_arguments_before_starting_engines(tmp_path, tiny_dir,
     r = run_cli(*base, *args, timeout=120)
     assert r.returncode != 0
     assert message in r.stderr
+
+
+@pytest.mark.parametrize("arm", [[], ["--arm", "ngram"]])
+def test_bench_refuses_chat_prompts_for_a_model_without_a_chat_template(tmp_path, gemma3_dir, arm):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
+    r = run_cli("bench", "--model", gemma3_dir, "--prompts", str(prompts), *arm, timeout=120)
+    assert r.returncode != 0
+    assert "has chat messages and the tokenizer of" in r.stderr and 'raw prompts ({"prompt": ...})' in r.stderr
 
 
 @pytest.mark.slow

@@ -115,6 +115,12 @@ def test_bad_config_refused_when_the_engine_config_is_built(tiny_dir):
         _engine_config(tiny_dir, model_impl="depth", hf_overrides={"depth": {"exits": 1}})
 
 
+def test_exit_heads_on_gemma3_refused_when_the_engine_config_is_built(gemma3_dir):
+    with pytest.raises(Exception, match=r"depth.exit_heads: not available for the gemma3 family; allowed: "):
+        _engine_config(gemma3_dir, model_impl="depth", hf_overrides={"depth": {"exit_heads": {"layers": [6]}}})
+    _engine_config(gemma3_dir, model_impl="depth", hf_overrides={"depth": {"exit_layers": [6]}})  # no heads: runs
+
+
 def test_stored_depth_config_is_read_from_the_checkpoint(tiny_dir, tmp_path):
     import json
     import shutil

@@ -165,3 +165,23 @@ def test_vllm_internals_are_reached_only_through_compat_and_patches():
             if used in INTERNALS:
                 bad.append(f"{name}:{node.lineno} {used}")
     assert not bad, bad
+
+
+# The anatomy of a family's decoder layer (``models.families.Family``): its norms, projections and
+# attention parts.  The engine reads them in models/ only (the layer loop, the K/V fill, the
+# decoder), so a new family touches its family entry and nothing outside models/.
+ANATOMY = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+           "post_feedforward_layernorm", "q_norm", "k_norm", "qkv_proj", "o_proj", "gate_up_proj", "down_proj",
+           "rotary_emb", "self_attn")
+
+
+def test_layer_anatomy_is_read_only_in_models():
+    bad = []
+    for name, path in MODULES.items():
+        part = name.split(".")[1] if "." in name else ""
+        if part not in ENGINE or part == "models":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ANATOMY:
+                bad.append(f"{name}:{node.lineno} {node.attr}")
+    assert not bad, bad

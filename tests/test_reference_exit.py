@@ -107,6 +107,24 @@ def test_full_depth_matches_hf_greedy(model):
     assert err < TOL, f"max |dlogit| {err:.2e}"
 
 
+def test_gemma3_full_depth_matches_hf_greedy(gemma3_dir):
+    """Gemma 3's anatomy in the reference (sandwich norms, q/k norms, a rotary base per layer type),
+    with its sliding window narrowed to 8 so that the window cuts into this prompt and output."""
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gemma3_dir, dtype=torch.float32, attn_implementation="eager",
+                                                 sliding_window=8).eval()
+    prompt = AutoTokenizer.from_pretrained(gemma3_dir)("def fibonacci(n):\n    ").input_ids
+    N = len(model.model.layers)
+    trace = rx.early_exit_greedy(model, prompt, N_TOKENS, exit_layers=[6, 12], threshold=1.0)
+    assert trace.exit_layers == [N] * N_TOKENS
+    gen = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS)
+    assert trace.tokens == gen[0, len(prompt):].tolist()
+    wide = rx.early_exit_greedy(AutoModelForCausalLM.from_pretrained(gemma3_dir, dtype=torch.float32).eval(),
+                                prompt, N_TOKENS, exit_layers=[6], threshold=1.0)
+    assert wide.tokens != trace.tokens or not torch.allclose(wide.hidden[-1], trace.hidden[-1])  # the window acts
+
+
 def test_threshold_zero_exits_at_first_check_from_min_layer(tiny, tiny_dir):
     N = len(tiny.model.layers)
     trace = rx.early_exit_greedy(tiny, PROMPT, N_TOKENS, exit_layers=[4, 1, 3], threshold=0.0, min_layer=2)

@@ -30,7 +30,7 @@ from vllm_depth.tools.arguments import (
     check_train_draft_attention,
     check_train_exits,
 )
-from vllm_depth.tools.checkpoints import checkpoint_config, resolve_model
+from vllm_depth.tools.checkpoints import checkpoint_config, has_chat_template, resolve_model
 from vllm_depth.tools.data import read_files, stdlib_texts, token_chunks
 from vllm_depth.tools.evaluate import evaluate
 
@@ -135,7 +135,7 @@ def cmd_bench(args) -> int:
         return _bench_arms(args)
     engine_args = args.engine_args
     try:
-        bench.load_prompts(args.prompts)
+        _check_chat(bench.load_prompts(args.prompts), args.prompts, resolve_model(args.model))
         if args.self_spec is not None:
             base = args.depth if args.depth is not None else _checkpoint_depth(resolve_model(args.model))
             args.depth, spec = self_spec_engine_args(base, args.self_spec)
@@ -164,6 +164,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _check_chat(prompts, path: str, model_dir: str) -> None:
+    """Chat prompts need the model's chat template: refused before any engine starts where it has none."""
+    if any(p.messages is not None for p in prompts) and not has_chat_template(model_dir):
+        raise ValueError(f"--prompts: {path} has chat messages and the tokenizer of {model_dir} has no chat "
+                         'template; allowed for this model: raw prompts ({"prompt": ...})')
+
+
 def _bench_arms(args) -> int:
     """``bench --arm ...``: every arm against stock in one run."""
     single = [f for f, v in (("--depth", args.depth), ("--self-spec", args.self_spec), ("--sweep", args.sweep),
@@ -176,8 +183,8 @@ def _bench_arms(args) -> int:
         raise SystemExit(f"vllm-depth bench: --engine-args {shared} would reach stock too; "
                          "put them into an arm's engine_args")
     try:
-        bench.load_prompts(args.prompts)
         model_dir = resolve_model(args.model)
+        _check_chat(bench.load_prompts(args.prompts), args.prompts, model_dir)
         arms = [bench_arms.parse_arm(text, model_dir) for text in args.arm]
         names = [name for name, _ in arms]
         if len(set(names)) != len(names):

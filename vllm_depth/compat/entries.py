@@ -46,6 +46,7 @@ _UTILS = "vllm.model_executor.models.utils"
 _LLAMA = "vllm.model_executor.models.llama"
 _QWEN2 = "vllm.model_executor.models.qwen2"
 _QWEN3 = "vllm.model_executor.models.qwen3"
+_GEMMA3 = "vllm.model_executor.models.gemma3"
 _PATCHED = "patched through patches.base.patch (a wrapper that calls the original)"
 
 _VERSION_AND_PLUGIN = (
@@ -589,6 +590,19 @@ _MODEL = (
       "test_families"),
     E(_QWEN3, "Qwen3Model", "its hf_to_vllm_mapper (inherited from Qwen2Model)", "test_families",
       part="source"),
+    E(_GEMMA3, "Gemma3DecoderLayer.__init__", "families: (config, cache_config, quant_config, prefix=); its "
+      "four norms (input, post_attention, pre_feedforward, post_feedforward)", "test_families, test_identity[gemma3]"),
+    E(_GEMMA3, "Gemma3DecoderLayer.forward", "decoder.layer_forward repeats it (sandwich_norms)",
+      "test_families, test_identity[gemma3]"),
+    E(_GEMMA3, "Gemma3Attention.forward", "decoder.project_qkv repeats it (q_norm / k_norm per head)",
+      "test_families, test_identity[gemma3]"),
+    E(_GEMMA3, "Gemma3Attention.__init__", "a rotary_emb and a sliding window per layer, from layer_types",
+      "test_families, test_identity[gemma3]"),
+    E(_GEMMA3, "Gemma3Model.embed_input_ids", "the decoder scales its embeddings the same way (normalizer)",
+      "test_identity[gemma3]"),
+    E(_GEMMA3, "Gemma3Model.hf_to_vllm_mapper", "the family's weight mapper", "test_families, test_identity[gemma3]"),
+    E("vllm.model_executor.layers.layernorm", "GemmaRMSNorm", "Family.make_norm; its gain is 1 + weight "
+      "(Family.gain)", "test_families, test_identity[gemma3]"),
 )
 
 ENTRIES: tuple[Entry, ...] = (_VERSION_AND_PLUGIN + _ENGINE_CONFIG + _RUNNER_HOOKS + _INPUT_BATCH + _ATTENTION

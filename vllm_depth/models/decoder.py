@@ -20,7 +20,6 @@ from vllm.config import VllmConfig
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
 from vllm.distributed.utils import get_pp_indices
 from vllm.model_executor.layers.attention import Attention
-from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead,
@@ -53,7 +52,7 @@ from vllm_depth.models.draft_head import AttentionDraftHead
 from vllm_depth.models.drafting import Drafting
 from vllm_depth.models.exit_head import ExitHead, ExitVocab
 from vllm_depth.models.exit_outputs import ExitOutputs
-from vllm_depth.models.families import family_of
+from vllm_depth.models.families import check_family, family_of
 from vllm_depth.models.kv_fill import KVPropagator
 from vllm_depth.models.layers import LowRankDelta, repeat_attention, run_positions
 from vllm_depth.models.schedule import LayerSchedule
@@ -75,6 +74,7 @@ class DepthDecoderModel(nn.Module):
         self.config = config
         self.family = family_of(config.architectures[0])
         self.depth = depth_config_of(config)
+        check_family(self.family, self.depth)
         # Self-drafting verifies at full depth: the verifier never exits early (lossless).
         self.exits_enabled = self.depth.exit_layers is not None and vllm_config.speculative_config is None
         physical = self.depth.schedule(config.num_hidden_layers)
@@ -102,7 +102,9 @@ class DepthDecoderModel(nn.Module):
             self.family.make_layer(vllm_config, f"{prefix}.layers.{i}") if i in used else PPMissingLayer()
             for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = self.family.make_norm(config.hidden_size, config.rms_norm_eps)
+        if self.family.embed_scale:  # in the model's dtype, as vLLM's Gemma3Model keeps it
+            self.register_buffer("normalizer", torch.tensor(config.hidden_size**0.5), persistent=False)
         states = make_empty_intermediate_tensors_factory(["hidden_states", "residual"], config.hidden_size)
 
         def make_empty_intermediate_tensors(batch_size: int, dtype, device) -> IntermediateTensors:
@@ -202,6 +204,8 @@ class DepthDecoderModel(nn.Module):
         return [self.relax[str(i)] if str(i) in self.relax else None for i in range(len(self.schedule.physical))]
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.family.embed_scale:
+            return self.embed_tokens(input_ids) * self.normalizer
         return self.embed_tokens(input_ids)
 
     def forward(
@@ -386,7 +390,8 @@ class DepthForCausalLM(nn.Module, SupportsPP):
             self.lm_head = PPMissingLayer()
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
         self.logits_processor = LogitsProcessor(
-            config.vocab_size, scale=getattr(config, "logit_scale", 1.0)
+            config.vocab_size, scale=getattr(config, "logit_scale", 1.0),
+            soft_cap=getattr(config, "final_logit_softcapping", None),
         )
         self._heads_file = _exit_heads_file(self.model.depth, vllm_config.model_config.model)
         self.exits = ExitController(self.model.depth, full_depth=len(self.model.schedule.physical),

@@ -61,7 +61,7 @@ class KVPropagator(nn.Module):
         delta = decoder.position_delta[i]
         if delta is not None:
             w = w + torch.cat([delta.k_a.float() @ delta.k_b.float(), delta.v_a.float() @ delta.v_b.float()])
-        return (w * layer.input_layernorm.weight.float()[None, :]).to(sa.qkv_proj.weight.dtype)
+        return (w * decoder.family.gain(layer.input_layernorm)[None, :]).to(sa.qkv_proj.weight.dtype)
 
     def fill(self, decoder, start: int, states: torch.Tensor, positions: torch.Tensor, slots_of) -> None:
         """Write the K/V of exit ``states`` into positions ``start`` .. the end of the stage."""
@@ -84,7 +84,7 @@ class KVPropagator(nn.Module):
             k, v = keys[j], values[j]
             if not self.shared_rope:
                 sa = decoder.layers[decoder.schedule.physical[i]].self_attn
-                if hasattr(sa, "k_norm"):  # Qwen3: per-head norm of k before rotary
+                if hasattr(sa, "k_norm"):  # Qwen3, Gemma 3: per-head norm of k before rotary
                     k = per_head(sa.k_norm, k, sa.head_dim)
                 _, k = sa.rotary_emb(positions, k.clone(), k)
             attn = decoder.position_attn[i]

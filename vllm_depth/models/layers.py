@@ -45,12 +45,13 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor | None, eps: float) -> t
 
 
 def per_head(norm: nn.Module, x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """``norm`` over each head of ``x`` (q/k norms of Qwen3-style attention)."""
+    """``norm`` over each head of ``x`` (q/k norms of Qwen3 and Gemma 3 attention)."""
     return norm(x.view(*x.shape[:-1], x.shape[-1] // head_dim, head_dim)).view(x.shape)
 
 
 def project_qkv(self_attn: nn.Module, positions, hidden_states, delta=None):
-    """q, k, v of vLLM's ``LlamaAttention`` / ``Qwen3Attention`` (q/k norms, rotary), plus the delta."""
+    """q, k, v of vLLM's ``LlamaAttention`` / ``Qwen3Attention`` / ``Gemma3Attention`` (q/k norms, rotary),
+    plus the delta."""
     qkv, _ = self_attn.qkv_proj(hidden_states)
     if delta is not None:
         qkv = qkv + delta.apply(("q", "k", "v"), hidden_states)
@@ -86,21 +87,28 @@ def pre_attention(layer: nn.Module, positions, hidden_states, residual, delta=No
     return q, k, v, residual
 
 
-def post_attention(layer: nn.Module, attn: Attention, q, k, v, residual, delta=None):
-    """The second half: attention (the position's module, so its KV cache), o_proj, MLP."""
+def post_attention(layer: nn.Module, attn: Attention, q, k, v, residual, delta=None, sandwich: bool = False):
+    """The second half: attention (the position's module, so its KV cache), o_proj, MLP.
+
+    ``sandwich`` (``Family.sandwich_norms``, vLLM's ``Gemma3DecoderLayer``): the attention output and
+    the MLP output are normed too, and the residual joins before the MLP's own pre-norm."""
     a = attn(q, k, v)
     out, _ = layer.self_attn.o_proj(a)
     if delta is not None:
         out = out + delta.apply(("o",), a)
-    hidden_states, residual = layer.post_attention_layernorm(out, residual)
-    return mlp_forward(layer.mlp, hidden_states, delta), residual
+    if not sandwich:
+        hidden_states, residual = layer.post_attention_layernorm(out, residual)
+        return mlp_forward(layer.mlp, hidden_states, delta), residual
+    hidden_states, residual = layer.pre_feedforward_layernorm(layer.post_attention_layernorm(out), residual)
+    return layer.post_feedforward_layernorm(mlp_forward(layer.mlp, hidden_states, delta)), residual
 
 
-def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual, delta=None):
-    """vLLM's decoder-layer forward (``LlamaDecoderLayer`` / ``Qwen3DecoderLayer``), with the
-    position's attention module (and delta)."""
+def layer_forward(layer: nn.Module, attn: Attention, positions, hidden_states, residual, delta=None,
+                  sandwich: bool = False):
+    """vLLM's decoder-layer forward (``LlamaDecoderLayer``, ``Qwen3DecoderLayer``, ``Gemma3DecoderLayer``),
+    with the position's attention module (and delta)."""
     q, k, v, residual = pre_attention(layer, positions, hidden_states, residual, delta)
-    return post_attention(layer, attn, q, k, v, residual, delta)
+    return post_attention(layer, attn, q, k, v, residual, delta, sandwich)
 
 
 def repeat_attention(template: Attention, vllm_config: VllmConfig, prefix: str) -> Attention:
@@ -121,10 +129,11 @@ def repeat_attention(template: Attention, vllm_config: VllmConfig, prefix: str) 
 def run_positions(decoder, positions_run, positions, hidden, residual):
     """Schedule positions ``positions_run`` (in order) of ``decoder`` on the given rows, each with its
     own attention module (so its own KV cache) and delta."""
+    sandwich = decoder.family.sandwich_norms
     for i in positions_run:
         layer = decoder.layers[decoder.schedule.physical[i]]
         hidden, residual = layer_forward(layer, decoder.position_attn[i], positions, hidden, residual,
-                                         decoder.position_delta[i])
+                                         decoder.position_delta[i], sandwich)
     return hidden, residual
 
 

