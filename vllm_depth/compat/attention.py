@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from vllm.config import CUDAGraphMode
 from vllm.forward_context import get_forward_context, is_forward_context_available
+from vllm.platforms import current_platform
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
@@ -243,6 +244,10 @@ def exit_capable_backends() -> list[str]:
 
     names = []
     for member in AttentionBackendEnum:
+        if member.name.startswith("ROCM_") and not current_platform.is_rocm():
+            # some ROCm backend modules import vllm._C, whose op library a CPU build's own _C refuses
+            # with a C++ abort that no except clause catches
+            continue
         try:
             backend = member.get_class()
         except Exception:  # a backend whose kernels this build lacks
