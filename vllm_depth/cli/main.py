@@ -457,8 +457,9 @@ def add_train_exits_parser(sub) -> None:
     t.add_argument("--chunks", type=int, help="chunks of training text the base model reads once (its states are "
                    f"kept in memory; default {TRAIN_CHUNKS}, {DRAFT_CHUNKS} with --draft-attention)")
     t.add_argument("--steps", type=int, help=f"training steps, one chunk each (cycling; default {TRAIN_STEPS})")
-    t.add_argument("--dtype", default="bfloat16", choices=TEACHER_DTYPES,
-                   help="the base model's dtype as teacher (bfloat16: as vLLM serves it on the CPU, twice as fast)")
+    t.add_argument("--dtype", default="auto", choices=TEACHER_DTYPES,
+                   help="the base model's dtype as teacher (auto: bfloat16 where this machine multiplies it "
+                        "natively, a GPU or an AVX-512 CPU, as vLLM serves it; float32 on an AVX2-only CPU)")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per chunk")
     t.add_argument("--mlp-width", type=int, default=TRAIN_MLP_WIDTH, help="width of each head's residual MLP (0: linear)")
     t.add_argument("--vocab", type=int, default=8192,

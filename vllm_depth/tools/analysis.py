@@ -52,6 +52,16 @@ class LayerAnalysis:
         return "\n".join(lines)
 
 
+def teacher_dtype(name: str) -> str:
+    """The dtype a trainer's teacher runs in: ``name``, or for "auto" bfloat16 where bfloat16 matmuls are
+    native (a GPU, or a CPU whose oneDNN multiplies bfloat16: AVX-512, AMX) and float32 elsewhere (on an
+    AVX2-only CPU torch's bfloat16 matmul measured 0.3 GFLOP/s against float32's 160)."""
+    if name != "auto":
+        return name
+    native = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bfloat16" if native else "float32"
+
+
 def load_hf(path: str, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -38,7 +38,7 @@ def _check_out(model_dir: str, out: str, error: type[ValueError], hint: str = ""
         raise error(f"--out: must differ from the model directory{hint}")
 
 
-TEACHER_DTYPES = ("bfloat16", "float32")
+TEACHER_DTYPES = ("auto", "bfloat16", "float32")
 
 
 def check_train_exits(model_dir: str, exit_layers: list[int], steps: int, mlp_width: int, vocab: int,

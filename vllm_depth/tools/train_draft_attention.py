@@ -42,7 +42,7 @@ from transformers.models.llama.modeling_llama import (
 from vllm_depth.compat.loader import heads_file
 from vllm_depth.config import ExitHeads
 from vllm_depth.models.layers import rms_norm
-from vllm_depth.tools.analysis import load_hf
+from vllm_depth.tools.analysis import load_hf, teacher_dtype
 from vllm_depth.tools.checkpoints import update_depth_config
 from vllm_depth.tools.data import stdlib_held_out_code, stdlib_texts, token_chunks
 from vllm_depth.tools.distill import distill
@@ -236,16 +236,17 @@ class DraftAttentionReport:
 def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: str | None = None, steps: int = 1500,
                           chunks: int = 400, seq_len: int = 256, vocab: int = 8192, self_text: int = 128,
                           self_tokens: int = 192, lr: float = 1e-3, eval_chunks: int = 24, fmt: str = "depth",
-                          dtype: str = "bfloat16", progress: bool = True) -> tuple[str, DraftAttentionReport]:
+                          dtype: str = "auto", progress: bool = True) -> tuple[str, DraftAttentionReport]:
     """Train, measure held-out agreement, save; returns (checkpoint, report).  ``chunks`` chunks of
     ``seq_len`` tokens of ``texts`` (default: the standard library's sources) and ``self_text``
-    continuations of ``self_tokens`` tokens the model writes itself; the base model (in ``dtype``)
-    writes and reads each once.  ``fmt`` "depth": into the checkpoint (or a copy at
+    continuations of ``self_tokens`` tokens the model writes itself; the base model (in ``dtype``, see
+    ``teacher_dtype``) writes and reads each once.  ``fmt`` "depth": into the checkpoint (or a copy at
     ``out``) for the self-draft; "eagle": vLLM's EAGLE draft, written as its own checkpoint at ``out``."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
     model, tok = load_hf(model_dir)
-    teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0]
+    product = getattr(torch, teacher_dtype(dtype))
+    teacher = model if product == torch.float32 else load_hf(model_dir, product)[0]
     texts = texts if texts is not None else stdlib_texts("calib")
     space = OutputSpace(model, frequent_tokens(tok, texts, vocab) if vocab else None)
     prompts = function_prompts(self_text + max(1, self_text // 8))
@@ -265,7 +266,7 @@ def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: s
     def loss_of(f: SequenceFeatures):
         loss = 0.0
         for i, g in enumerate(head.two_steps(embed(f.ids[1:]), f.final[:-1]), start=1):  # a first, a second token
-            loss = loss + distill_loss(space.logits_of(head, g, torch.bfloat16), f.teacher_lp[i:], f.top[i:],
+            loss = loss + distill_loss(space.logits_of(head, g, product), f.teacher_lp[i:], f.top[i:],
                                        f.teacher_ix[i:]) + REGRESSION * F.smooth_l1_loss(g, f.final[i:].float())
         return loss
 
