@@ -185,6 +185,49 @@ def test_engine_exits_through_the_heads_like_the_reference(engines, trained):
                 assert ok, detail
 
 
+@pytest.fixture(scope="module")
+def gemma3_heads(gemma3_dir, tmp_path_factory):
+    """Heads at 6 and 12 trained briefly on Gemma 3 270M (a 262,144-token vocabulary; the heads predict its
+    8192 most frequent tokens of the training text and "other") into a copy of it."""
+    from vllm_depth.tools.train_exit_heads import train_exits
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("gemma3_heads") / "ckpt"
+    return train_exits(gemma3_dir, [6, 12], out=str(out), steps=150, chunks=150, seq_len=64, eval_chunks=8,
+                       progress=False)
+
+
+@pytest.mark.slow
+def test_gemma3_heads_learn_and_the_engine_exits_through_them_like_the_reference(engines, gemma3_heads):
+    """Gemma's norm gain is ``1 + w``: the heads start from the final norm's effective gain, learn, and the
+    engine's forced exits through them (over the reduced vocabulary, K/V of the skipped sliding-window and
+    global layers propagated) give the plain-PyTorch reference's tokens."""
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+
+    from vllm_depth.tools.bench import start_exit_trace, take_exit_trace
+
+    path, report = gemma3_heads
+    for layer in (6, 12):
+        assert report.agreement_after[layer] > report.agreement_before[layer] + 0.03, report
+    depth = {**_config(path)["depth"], "exit_layers": [6, 12], "exit_criterion": "head", "exit_threshold": 0.0}
+    assert depth["exit_heads"]["vocab"] == 8192
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    heads = rx.load_exit_heads(path)
+    with engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER) as llm:
+        params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+        start_exit_trace(llm)
+        outs = llm.generate(PROMPTS[:4], params, use_tqdm=False)
+        trace = take_exit_trace(llm)
+    for o in outs:
+        exits = [18] + trace[o.request_id]
+        assert set(exits[1:]) == {6}
+        want = rx.early_exit_greedy(model, o.prompt_token_ids, 12, exit_layers=[6, 12], threshold=0.0,
+                                    criterion="head", heads=heads)
+        ok, detail = rx.agrees(want, list(o.outputs[0].token_ids), exits)
+        assert ok, detail
+
+
 @pytest.mark.slow
 def test_calibrate_writes_thresholds_that_serve(own_engines, trained, tmp_path):
     """Calibrate on real generation, write the thresholds, then serve the checkpoint with them."""

@@ -107,6 +107,25 @@ def test_real_smollm2_shapes_and_weights(smollm2_dir):
     check(K.exit_stats_torch(hidden, norm_w, 1e-5, head), ref)
 
 
+def test_real_gemma3_shapes_and_weights(gemma3_dir):
+    """Gemma 3 270M's 262,144-row LM head (5.3 times SmolLM2's); its final norm's gain is ``1 + w``.
+    Under the interpreter with wide tiles (the default tiles take minutes there)."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(gemma3_dir, "model.safetensors"), "pt") as f:
+        head = f.get_tensor("model.embed_tokens.weight").float()  # tied: 262144 x 640
+        norm_w = 1 + f.get_tensor("model.norm.weight").float()
+        emb = head[torch.tensor([818, 5279, 563])] * 640**0.5  # real token embeddings, scaled as the model does
+    assert head.shape == (262144, 640)
+    noise = torch.randn(1, 640, generator=torch.Generator().manual_seed(0)) * 8
+    hidden = torch.cat([emb * 4, noise]).to(DEVICE)
+    norm_w, head = norm_w.to(DEVICE), head.to(DEVICE)
+    ref = full_reference(hidden, norm_w, 1e-6, head)
+    config = K.TritonConfig(block_v=4096, block_k=128) if DEVICE.type == "cpu" else None
+    check(K.exit_stats_triton(hidden, norm_w, 1e-6, head, config), ref)
+    check(K.exit_stats_torch(hidden, norm_w, 1e-6, head), ref)
+
+
 @pytest.mark.parametrize("t, h", [(1, 576), (7, 100)])
 def test_saturation_matches_cosine(t, h):
     a, b = torch.randn(t, h, device=DEVICE), torch.randn(t, h, device=DEVICE)

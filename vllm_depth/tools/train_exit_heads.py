@@ -36,6 +36,7 @@ from torch import nn
 
 from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE, heads_file
 from vllm_depth.config import ExitHeads
+from vllm_depth.models.families import family_of
 from vllm_depth.models.layers import rms_norm
 from vllm_depth.tools.analysis import load_hf, teacher_dtype
 from vllm_depth.tools.arguments import TrainExitsError, check_train_exits
@@ -265,7 +266,8 @@ def train_heads(model, features: list[ChunkFeatures], exit_layers: list[int], st
 
     g = torch.Generator().manual_seed(seed)
     eps = model.config.rms_norm_eps
-    heads = {n: TorchExitHead(model.model.norm.weight, eps, mlp_width, g, reduced=vocab.ids is not None,
+    gain = family_of(model.config.architectures[0]).gain(model.model.norm)  # Gemma's 1 + w: the head's own weight
+    heads = {n: TorchExitHead(gain, eps, mlp_width, g, reduced=vocab.ids is not None,
                               prev_state=prev_state)
              for n in exit_layers}
 
