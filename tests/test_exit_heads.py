@@ -193,7 +193,7 @@ def gemma3_heads(gemma3_dir, tmp_path_factory):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("gemma3_heads") / "ckpt"
-    return train_exits(gemma3_dir, [6, 12], out=str(out), steps=150, chunks=150, seq_len=64, eval_chunks=8,
+    return train_exits(gemma3_dir, [6, 12], out=str(out), steps=100, chunks=80, seq_len=64, eval_chunks=8,
                        progress=False)
 
 
