@@ -110,7 +110,7 @@ SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 def check_family(family: Family, depth) -> None:
     """Refuse the depth settings a family cannot run (``depth``: its ``DepthConfig``), while the engine
     config is built (``patches.registry``) and again when the model is built."""
-    if family.two_kv_groups and (depth.draft_layers is not None or depth.draft_schedule is not None):
+    if family.two_kv_groups and depth.draft_positions() is not None:
         # measured on Gemma 3 270M (fp32, greedy): alone each request was stock's, but in a batch of 8
         # the self-draft changed 1 to 4 requests' tokens (vLLM's n-gram drafts on the same engine did not)
         field = "draft_layers" if depth.draft_layers is not None else "draft_schedule"

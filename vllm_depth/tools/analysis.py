@@ -70,6 +70,13 @@ def load_hf(path: str, dtype=torch.float32):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def load_teacher(path: str, model, dtype: str):
+    """(teacher, its dtype's name): ``model`` (float32, from ``load_hf``) itself where the teacher runs in
+    float32, else a second copy of the checkpoint in ``teacher_dtype(dtype)``."""
+    name = teacher_dtype(dtype)
+    return (model if name == "float32" else load_hf(path, getattr(torch, name))[0]), name
+
+
 @torch.no_grad()
 def weight_similarity(model) -> list[list[float]]:
     layers = model.model.layers

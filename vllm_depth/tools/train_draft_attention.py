@@ -42,7 +42,7 @@ from transformers.models.llama.modeling_llama import (
 from vllm_depth.compat.loader import heads_file
 from vllm_depth.config import ExitHeads
 from vllm_depth.models.layers import rms_norm
-from vllm_depth.tools.analysis import load_hf, teacher_dtype
+from vllm_depth.tools.analysis import load_hf, load_teacher
 from vllm_depth.tools.checkpoints import update_depth_config
 from vllm_depth.tools.data import stdlib_held_out_code, stdlib_texts, token_chunks
 from vllm_depth.tools.distill import distill
@@ -240,13 +240,13 @@ def train_draft_attention(model_dir: str, texts: list[str] | None = None, out: s
     """Train, measure held-out agreement, save; returns (checkpoint, report).  ``chunks`` chunks of
     ``seq_len`` tokens of ``texts`` (default: the standard library's sources) and ``self_text``
     continuations of ``self_tokens`` tokens the model writes itself; the base model (in ``dtype``, see
-    ``teacher_dtype``) writes and reads each once.  ``fmt`` "depth": into the checkpoint (or a copy at
+    ``analysis.teacher_dtype``) writes and reads each once.  ``fmt`` "depth": into the checkpoint (or a copy at
     ``out``) for the self-draft; "eagle": vLLM's EAGLE draft, written as its own checkpoint at ``out``."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
     model, tok = load_hf(model_dir)
-    product = getattr(torch, teacher_dtype(dtype))
-    teacher = model if product == torch.float32 else load_hf(model_dir, product)[0]
+    teacher, name = load_teacher(model_dir, model, dtype)
+    product = getattr(torch, name)  # of the head's states with the LM head rows, as the teacher's
     texts = texts if texts is not None else stdlib_texts("calib")
     space = OutputSpace(model, frequent_tokens(tok, texts, vocab) if vocab else None)
     prompts = function_prompts(self_text + max(1, self_text // 8))

@@ -38,7 +38,7 @@ from vllm_depth.compat.loader import HEADS_FILE, LEGACY_HEADS_FILE, heads_file
 from vllm_depth.config import ExitHeads
 from vllm_depth.models.families import family_of
 from vllm_depth.models.layers import rms_norm
-from vllm_depth.tools.analysis import load_hf, teacher_dtype
+from vllm_depth.tools.analysis import load_hf, load_teacher
 from vllm_depth.tools.arguments import TrainExitsError, check_train_exits
 from vllm_depth.tools.checkpoints import checkpoint_config, update_depth_config
 from vllm_depth.tools.data import stdlib_held_out_code, stdlib_texts, token_chunks
@@ -357,9 +357,10 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
                 prev_state: bool = False) -> tuple[str, TrainReport]:
     """Train, measure held-out agreement before and after, save; returns (checkpoint, report).
 
-    The base model (in ``dtype``, see ``teacher_dtype``) reads ``chunks`` chunks of ``seq_len`` tokens
-    once; the heads then train ``steps`` steps on what it computed (``steps / chunks`` passes).  Agreement is measured in
-    float32 on held-out standard-library code (``eval_chunks`` chunks) and docstrings (half as many).
+    The base model (in ``dtype``, see ``analysis.teacher_dtype``) reads ``chunks`` chunks of ``seq_len``
+    tokens once; the heads then train ``steps`` steps on what it computed (``steps / chunks`` passes).
+    Agreement is measured in float32 on held-out standard-library code (``eval_chunks`` chunks) and
+    docstrings (half as many).
     ``prev_state``: draft heads that also read the previous token's final state (layer 0 allowed).
     """
     import time
@@ -369,9 +370,8 @@ def train_exits(model_dir: str, exit_layers: list[int], texts: list[str] | None 
     check_train_exits(model_dir, exit_layers, steps, mlp_width, vocab, texts, out, chunks, dtype, prev_state)
     cfg = AutoConfig.from_pretrained(model_dir)
     t0 = time.perf_counter()
-    dtype = teacher_dtype(dtype)
     model, tok = load_hf(model_dir)
-    teacher = model if dtype == "float32" else load_hf(model_dir, getattr(torch, dtype))[0]
+    teacher, dtype = load_teacher(model_dir, model, dtype)
     texts = texts if texts is not None else stdlib_texts("calib")
     space = OutputSpace(model, frequent_tokens(tok, texts, vocab) if vocab else None)
     held = held_out_features(model, tok, exit_layers, space, seq_len, eval_chunks, progress, prev_state)
