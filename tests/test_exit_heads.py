@@ -198,7 +198,7 @@ def gemma3_heads(gemma3_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_gemma3_heads_learn_and_the_engine_exits_through_them_like_the_reference(engines, gemma3_heads):
+def test_gemma3_heads_learn_and_the_engine_exits_through_them_like_the_reference(own_engines, gemma3_heads):
     """Gemma's norm gain is ``1 + w``: the heads start from the final norm's effective gain, learn, and the
     engine's forced exits through them (over the reduced vocabulary, K/V of the skipped sliding-window and
     global layers propagated) give the plain-PyTorch reference's tokens."""
@@ -214,7 +214,7 @@ def test_gemma3_heads_learn_and_the_engine_exits_through_them_like_the_reference
     assert depth["exit_heads"]["vocab"] == 8192
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     heads = rx.load_exit_heads(path)
-    with engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER) as llm:
+    with own_engines.lease(path, model_impl="depth", hf_overrides={"depth": depth}, **EAGER) as llm:
         params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
         start_exit_trace(llm)
         outs = llm.generate(PROMPTS[:4], params, use_tqdm=False)
