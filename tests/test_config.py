@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_depth.config import PROPOSER, DepthConfigError, parse_depth_config
+from vllm_depth.config import DepthConfigError, parse_depth_config
 
 
 def test_exit_fields_and_defaults():
@@ -121,16 +121,6 @@ def test_the_attention_draft_head_on_gemma3_refused_when_the_engine_config_is_bu
                                         r"for the gemma3 family; allowed: attention false"):
         _engine_config(gemma3_dir, model_impl="depth", hf_overrides={"depth": {"exit_heads": heads}})
     _engine_config(gemma3_dir, model_impl="depth", hf_overrides={"depth": {"exit_heads": {"layers": [6]}}})
-
-
-@pytest.mark.parametrize("draft", [{"draft_schedule": [0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 16, 17]},
-                                   {"draft_layers": 9}])
-def test_the_self_draft_on_gemma3_refused_when_the_engine_config_is_built(gemma3_dir, draft):
-    """Two KV-cache groups (sliding-window and global layers): batched self-draft outputs were not stock's."""
-    field = next(iter(draft))
-    spec = {"model": PROPOSER, "num_speculative_tokens": 2}
-    with pytest.raises(Exception, match=rf"depth.{field}: the self-draft is not available for the gemma3 family"):
-        _engine_config(gemma3_dir, model_impl="depth", hf_overrides={"depth": draft}, speculative_config=spec)
 
 
 def test_stored_depth_config_is_read_from_the_checkpoint(tiny_dir, tmp_path):

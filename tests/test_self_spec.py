@@ -9,6 +9,7 @@ distribution of sampled tokens (a two-sample chi-square test).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import EAGER, PROMPTS, engine_config, greedy, make_llm, run_cli, vllm_server
@@ -349,6 +350,22 @@ def skip_set(engines, tiny_dir):
 
 def _draft_backoff(worker, backoff: int) -> None:
     worker.model_runner.drafter.configure(None, None, backoff)
+
+
+CODE = [json.loads(line)["prompt"] for line in open(Path(__file__).parents[1] / "benchmarks/prompts/code.jsonl")][:8]
+
+
+def test_gemma3_skip_set_draft_in_a_fresh_engines_first_batch_equals_stock(engines, gemma3_dir, stock_llm):
+    """Gemma 3 (sliding-window and global layers in KV-cache groups of their own), a skip-set draft
+    (layers 8-11 skipped), eager: the engine's first step is a batch of 8 prompts.  Eager on the CPU,
+    vLLM runs no warm-up pass, and the draft stack must not be warmed up in that first step, where it
+    would write a skip set's K/V over the prompts' (these 8 requests all differed from stock then)."""
+    want = _ids(greedy(stock_llm(gemma3_dir), CODE, max_tokens=24, ignore_eos=True))
+    draft = dict(draft_schedule=[0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 16, 17], draft_backoff=0)
+    with engines.lease(gemma3_dir, **self_spec(2, **draft), **EAGER) as llm:  # fresh: its first step is this batch
+        assert _ids(greedy(llm, CODE, max_tokens=24, ignore_eos=True)) == want
+        c = counters(llm)
+    assert c["drafted"] > 0 and c["accepted"] > 0, c
 
 
 def test_skip_set_draft_greedy_equals_stock_vllm(skip_set, tiny_dir, stock_llm):

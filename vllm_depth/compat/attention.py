@@ -112,6 +112,12 @@ def current_query_start_loc(groups: dict):
     return group.depth_common.query_start_loc_cpu
 
 
+def writes_kv_cache() -> bool:
+    """Whether this forward pass attends and writes the paged KV cache: a scheduled step (or a CUDA
+    graph capture), not vLLM's profiling and warm-up runs, which carry no attention metadata."""
+    return is_forward_context_available() and bool(get_forward_context().attn_metadata)
+
+
 class AttentionViews:
     """The forward context's attention metadata and slots, narrowed as tokens exit.
 

@@ -40,6 +40,7 @@ from vllm_depth.compat.attention import (
     exit_capable_backends,
     kv_write_is_separate,
     write_kv,
+    writes_kv_cache,
 )
 from vllm_depth.compat.compile import build_compiled
 from vllm_depth.compat.kernels import NativeKernels
@@ -429,8 +430,12 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         if exits is not None:
             exits.record(None)
         hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-        if not self.model.warmed_up and input_ids is not None and not (exits is not None and exits.stepping):
-            # the warm-up run (no step) compiles the segments and the draft too
+        if (not self.model.warmed_up and input_ids is not None and not (exits is not None and exits.stepping)
+                and not writes_kv_cache()):
+            # vLLM's warm-up run compiles the segments and the draft too.  Never a scheduled step: there
+            # the draft stack would write its own K/V (a skip set's differs from the verifier's) over
+            # the K/V the step just wrote at the step's slots (vLLM skips its warm-up run on the CPU
+            # when the model runs eagerly with an explicit KV-cache size)
             self.model.warm_up(input_ids, positions, intermediate_tensors)
         if isinstance(hidden, IntermediateTensors):  # to the next stage: no token exited here or before
             residual = hidden["residual"]

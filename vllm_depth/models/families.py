@@ -40,7 +40,6 @@ class Family:
     embed_scale: bool = False  # token embeddings times sqrt(hidden_size)
     sandwich_norms: bool = False  # post_attention_layernorm on the attention output, then
     # pre_feedforward_layernorm (adding the residual) and post_feedforward_layernorm on the MLP output
-    two_kv_groups: bool = False  # sliding-window and global layers: vLLM keeps a KV-cache group for each
 
     def make_norm(self, hidden_size: int, eps: float) -> nn.Module:
         """The family's RMSNorm module (the final norm)."""
@@ -93,7 +92,7 @@ def _gemma3() -> Family:
                                   vllm_config.quant_config, prefix=prefix)
 
     return Family("gemma3", make, Gemma3Model.hf_to_vllm_mapper, norm_offset=1.0, embed_scale=True,
-                  sandwich_norms=True, two_kv_groups=True)
+                  sandwich_norms=True)
 
 
 # HF architecture -> family factory.  Mistral's HF checkpoints are Llama-shaped.
@@ -110,14 +109,6 @@ SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 def check_family(family: Family, depth) -> None:
     """Refuse the depth settings a family cannot run (``depth``: its ``DepthConfig``), while the engine
     config is built (``patches.registry``) and again when the model is built."""
-    if family.two_kv_groups and depth.draft_positions() is not None:
-        # measured on Gemma 3 270M (fp32, greedy): alone each request was stock's, but in a batch of 8
-        # the self-draft changed 1 to 4 requests' tokens (vLLM's n-gram drafts on the same engine did not)
-        field = "draft_layers" if depth.draft_layers is not None else "draft_schedule"
-        raise DepthConfigError(f"depth.{field}: the self-draft is not available for the {family.name} family, "
-                               "whose sliding-window and global layers keep two KV-cache groups (its batched "
-                               "outputs are not stock's); allowed: no draft_layers or draft_schedule, or a "
-                               "Llama, Mistral, Qwen2 or Qwen3 checkpoint")
     heads = depth.exit_heads
     if heads is not None and heads.attention and family.norm_offset:
         # the attention draft head's layer is a Llama decoder layer (models.draft_head,
