@@ -352,7 +352,7 @@ def _draft_backoff(worker, backoff: int) -> None:
     worker.model_runner.drafter.configure(None, None, backoff)
 
 
-CODE = [json.loads(line)["prompt"] for line in open(Path(__file__).parents[1] / "benchmarks/prompts/code.jsonl")][:8]
+CODE_PROMPTS = Path(__file__).parents[1] / "benchmarks" / "prompts" / "code.jsonl"
 
 
 def test_gemma3_skip_set_draft_in_a_fresh_engines_first_batch_equals_stock(engines, gemma3_dir, stock_llm):
@@ -360,10 +360,13 @@ def test_gemma3_skip_set_draft_in_a_fresh_engines_first_batch_equals_stock(engin
     (layers 8-11 skipped), eager: the engine's first step is a batch of 8 prompts.  Eager on the CPU,
     vLLM runs no warm-up pass, and the draft stack must not be warmed up in that first step, where it
     would write a skip set's K/V over the prompts' (these 8 requests all differed from stock then)."""
-    want = _ids(greedy(stock_llm(gemma3_dir), CODE, max_tokens=24, ignore_eos=True))
+    from vllm_depth.tools.bench import load_prompts
+
+    code = [p.text for p in load_prompts(str(CODE_PROMPTS))[:8]]
+    want = _ids(greedy(stock_llm(gemma3_dir), code, max_tokens=24, ignore_eos=True))
     draft = dict(draft_schedule=[0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 16, 17], draft_backoff=0)
     with engines.lease(gemma3_dir, **self_spec(2, **draft), **EAGER) as llm:  # fresh: its first step is this batch
-        assert _ids(greedy(llm, CODE, max_tokens=24, ignore_eos=True)) == want
+        assert _ids(greedy(llm, code, max_tokens=24, ignore_eos=True)) == want
         c = counters(llm)
     assert c["drafted"] > 0 and c["accepted"] > 0, c
 

@@ -28,11 +28,6 @@ class ExitController:
         self._exits: dict[str, int] | None = None
         self._logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @property
-    def stepping(self) -> bool:
-        """Whether a step is in flight (vLLM's warm-up and profiling runs have none)."""
-        return self._step is not None
-
     def begin(self, step: DepthStep) -> None:
         """The runner's step, before its forward."""
         self._step, self._exits, self._logits = step, None, None

@@ -430,8 +430,7 @@ class DepthForCausalLM(nn.Module, SupportsPP):
         if exits is not None:
             exits.record(None)
         hidden = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-        if (not self.model.warmed_up and input_ids is not None and not (exits is not None and exits.stepping)
-                and not writes_kv_cache()):
+        if not self.model.warmed_up and input_ids is not None and not writes_kv_cache():
             # vLLM's warm-up run compiles the segments and the draft too.  Never a scheduled step: there
             # the draft stack would write its own K/V (a skip set's differs from the verifier's) over
             # the K/V the step just wrote at the step's slots (vLLM skips its warm-up run on the CPU
